@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) recipes/ds3net.py $(ARGS)
+	$(PY) recipes/ds3net.py --out runs/demo-$$(date +%Y%m%d-%H%M%S) $(ARGS)
 
 # Triton kernels run on the CPU through Triton's interpreter.
 test: $(STAMP)

@@ -1,0 +1,78 @@
+"""Synthesis with a trained generator: load it from a checkpoint, run it over the axial slices of a volume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ds3kit.errors import CheckpointError
+from ds3kit.models import Generator
+from ds3kit.train.checkpoint import GENERATOR_FORMAT, load_checkpoint, save_checkpoint
+
+
+def save_generator(path: str | Path, generator: Generator, **metadata: Any) -> None:
+    """Write a generator checkpoint (architecture config + weights + ``metadata``) atomically."""
+    state = {name: tensor.detach().cpu() for name, tensor in generator.state_dict().items()}
+    save_checkpoint(path, {"config": generator.config(), "state_dict": state, "metadata": metadata}, kind=GENERATOR_FORMAT)
+
+
+def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
+    """Rebuild a generator from a checkpoint written by :func:`save_generator`; returns it (eval mode) and its metadata.
+
+    Raises:
+        CheckpointError: not a ds3kit generator checkpoint, or weights that do not fit the stored architecture.
+    """
+    payload = load_checkpoint(path, kind=GENERATOR_FORMAT)
+    try:
+        generator = Generator(**payload["config"])
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path}: cannot rebuild the generator from its config: {error}") from None
+    try:
+        generator.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        summary = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the generator architecture: {summary}") from None
+    return generator.to(device).eval(), dict(payload.get("metadata", {}))
+
+
+@torch.no_grad()
+def synthesize_volume(
+    generator: nn.Module,
+    inputs: np.ndarray,
+    *,
+    brain_mask: np.ndarray | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Synthesize T1ce for every axial slice of a normalised session.
+
+    Args:
+        generator: maps (B, 3, H, W) in [0, 1] to (B, 1, H, W); any H, W.
+        inputs: (3, X, Y, Z) float32 in [0, 1], channels T1, T2, FLAIR; slices along the last axis.
+        brain_mask: (X, Y, Z) bool; voxels outside are set to 0, as in the training targets.
+        batch_size: slices per forward pass.
+
+    Returns:
+        (X, Y, Z) float32 synthesized T1ce in the normalised [0, 1] scale.
+    """
+    if inputs.ndim != 4 or inputs.shape[0] != 3:
+        raise ValueError(f"inputs must be (3, X, Y, Z), got shape {inputs.shape}")
+    generator.eval()
+    device = torch.device(device)
+    depth = inputs.shape[-1]
+    output = np.zeros(inputs.shape[1:], dtype=np.float32)
+    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs, -1, 0)))  # (Z, 3, X, Y)
+    starts = range(0, depth, batch_size)
+    for start in tqdm(starts, desc="synthesize", unit="batch", disable=not progress, leave=False):
+        batch = slices[start : start + batch_size].to(device, non_blocking=True).float()
+        prediction = generator(batch).float().clamp_(0, 1)
+        output[..., start : start + batch.shape[0]] = np.moveaxis(prediction[:, 0].cpu().numpy(), 0, -1)
+    if brain_mask is not None:
+        output[~brain_mask.astype(bool)] = 0.0
+    return output

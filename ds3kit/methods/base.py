@@ -1,0 +1,90 @@
+"""What every training method shares: its optimisers, a guarded update, and the hooks the trainer calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or Inf; raised before it can touch the weights."""
+
+
+class Method(nn.Module):
+    """A training method: networks, optimisers, and one optimisation step over a paired and an unpaired batch.
+
+    Subclasses set ``uses_paired`` / ``uses_unpaired`` (which data streams the trainer feeds), build their
+    networks in ``__init__``, and implement :meth:`training_step` and :meth:`generators`.
+    """
+
+    uses_paired: bool = True
+    uses_unpaired: bool = False
+    #: True for unpaired translation (CUT): the "paired" stream only lends real T1ce slices of OTHER subjects.
+    target_domain_only: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.step = 0
+
+    def add_optimizer(self, name: str, parameters: Iterable[nn.Parameter], *, lr: float, betas: tuple[float, float]) -> None:
+        self.optimizers[name] = torch.optim.Adam(list(parameters), lr=lr, betas=betas)
+
+    def training_step(self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None) -> dict[str, float]:
+        """One optimisation step of every network; returns the loss terms for logging."""
+        raise NotImplementedError
+
+    def generators(self) -> dict[str, nn.Module]:
+        """The generators to evaluate and ship, by role (e.g. ``{"student": ..., "teacher": ...}``)."""
+        raise NotImplementedError
+
+    def shipped_generator(self) -> str:
+        """The role of the model a user takes away (DS3-Net: the student)."""
+        return next(iter(self.generators()))
+
+    @torch.no_grad()
+    def difficulty(self, inputs: Tensor, prediction: Tensor) -> Tensor | None:
+        """The difficulty map the shipped model's discriminator draws for a prediction (for figures), if any."""
+        return None
+
+    def update(self, optimizer: str, terms: Mapping[str, Tensor]) -> None:
+        """Zero, backpropagate the sum of ``terms``, average gradients across processes, step.
+
+        Every term is checked first, so a non-finite loss stops training with its name and the step
+        before it corrupts any weight.
+        """
+        for name, value in terms.items():
+            if not bool(torch.isfinite(value.detach()).all()):
+                raise NonFiniteLossError(f"non-finite loss at step {self.step}: {name} = {value.detach().item()}")
+        opt = self.optimizers[optimizer]
+        opt.zero_grad(set_to_none=True)
+        total = sum(terms.values())
+        total.backward()
+        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        _average_gradients(params)
+        opt.step()
+
+
+def _average_gradients(params: list[nn.Parameter]) -> None:
+    # Methods take several optimiser steps per iteration over networks used in several passes, which
+    # DistributedDataParallel's one-forward-one-backward contract does not fit; one coalesced
+    # all-reduce per update gives the same synchronous data parallelism.
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not params:
+        return
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for grad in grads:
+        count = grad.numel()
+        grad.copy_(flat[offset : offset + count].view_as(grad))
+        offset += count
+
+
+def item(value: Tensor | float) -> float:
+    """A loss term as a float for logging."""
+    return float(value.detach()) if isinstance(value, Tensor) else float(value)

@@ -1,0 +1,238 @@
+"""DS3-Net (Huang et al., MICCAI 2022) and its paired-only teacher, composed from ds3kit's parts.
+
+Teacher G^T, trained on paired data only (so it IS the paper's "DS3-Net (paired only)")::
+
+    M^T   = difficulty_map(D^T(x_p, G^T(x_p)))                       (detached, beta ramps up)
+    L^T   = l_adv(D^T(x_p, G^T(x_p)), real)
+          + l_pixel * mean(M^T |G^T(x_p) - y_p|)                        L_pid
+          + l_nce * PatchNCE(E(G^T(x_p)), sg(E(x_p)), weights M^T)       L_pad
+
+Student G^S, on unpaired data after the teacher's warm-up::
+
+    M^S   = difficulty_map(D^S(x_u, G^S(x_u)))
+    L^S   = l_adv(D^S(x_u, G^S(x_u)), real)
+          + l_feature * mean_k ||f_k^S(x_u) - sg(f_k^T(x_u))||^2         L_fd
+          + l_image * mean(M^S |G^S(x_u) - sg(G^T(x_u))|)                L_id
+          + l_nce * PatchNCE(E^S(G^S(x_u)), sg(E^S(x_u)), weights M^S)   L_pad (option)
+
+Discriminators: D^T real (x_p, y_p) vs fake (x_p, G^T(x_p)); D^S real (x_p, y_p) vs fake (x_u, G^S(x_u)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ds3kit.distill import DualLevelDistillation
+from ds3kit.losses import PatchNCELoss, adversarial_loss, difficulty_beta, difficulty_l1, difficulty_map
+from ds3kit.methods.base import Method, item
+from ds3kit.models import PatchDiscriminator
+
+
+@dataclass
+class DS3NetOptions:
+    """Loss weights and the reconstruction's switches (docs/method.md discusses each)."""
+
+    lambda_adv: float = 1.0
+    lambda_pixel: float = 100.0  # pix2pix's L1 weight
+    lambda_nce: float = 1.0
+    lambda_feature: float = 1.0
+    lambda_image: float = 100.0  # the teacher's prediction is the student's pixel target
+    beta_max: float = 1.0  # difficulty map M = 1 + beta * (1 - realness)
+    beta_warmup_fraction: float = 0.3  # beta ramps 0 -> beta_max over this fraction of the steps
+    gan_mode: str = "lsgan"
+    nce_patches: int = 256
+    nce_sampling: str = "uniform"  # or "difficulty": locations drawn in proportion to M
+    nce_temperature: float = 0.07
+    student_nce: bool = True  # the student also gets L_pad on its unpaired batches
+    teacher_warmup_fraction: float = 0.3  # teacher-only steps on paired data before joint training
+    use_difficulty: bool = True  # ablation switch: False = M == 1 everywhere
+    use_nce: bool = True
+    use_feature_distillation: bool = True
+    use_image_distillation: bool = True
+
+
+class PairedTeacher(Method):
+    """A generator and a conditional PatchGAN trained on paired data with the difficulty-guided losses.
+
+    With the DS3-Net options it is the paper's "DS3-Net (paired only)"; with ``use_difficulty=False`` and
+    ``use_nce=False`` it is pix2pix (L1 + LSGAN).
+    """
+
+    uses_paired = True
+    uses_unpaired = False
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: PatchDiscriminator,
+        options: DS3NetOptions,
+        *,
+        total_steps: int,
+        lr: float,
+        betas: tuple[float, float],
+        role: str = "teacher",
+    ) -> None:
+        super().__init__()
+        self.options = options
+        self.total_steps = total_steps
+        self.role = role
+        self.generator = generator
+        self.discriminator = discriminator
+        self.patch_nce = self._make_patch_nce(generator) if options.use_nce else None
+        generator_params = list(generator.parameters())
+        if self.patch_nce is not None:
+            generator_params += list(self.patch_nce.parameters())
+        self.add_optimizer(f"{role}_generator", generator_params, lr=lr, betas=betas)
+        self.add_optimizer(f"{role}_discriminator", discriminator.parameters(), lr=lr, betas=betas)
+
+    def _make_patch_nce(self, generator: nn.Module) -> PatchNCELoss:
+        o = self.options
+        return PatchNCELoss(
+            generator.feature_channels, num_patches=o.nce_patches, temperature=o.nce_temperature, sampling=o.nce_sampling
+        )
+
+    @property
+    def beta(self) -> float:
+        if not self.options.use_difficulty:
+            return 0.0
+        warmup = max(1, round(self.options.beta_warmup_fraction * self.total_steps))
+        return difficulty_beta(self.step, beta_max=self.options.beta_max, warmup_steps=warmup)
+
+    def generators(self) -> dict[str, nn.Module]:
+        return {self.role: self.generator}
+
+    @torch.no_grad()
+    def difficulty(self, inputs: Tensor, prediction: Tensor) -> Tensor:
+        scores = self.discriminator(inputs, prediction)
+        return difficulty_map(scores, prediction.shape[-2:], beta=max(self.beta, 1e-12), mode=self.options.gan_mode)
+
+    def training_step(self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None) -> dict[str, float]:
+        assert paired is not None
+        logs, prediction = self.generator_step(paired["inputs"], paired["target"], paired.get("brain_mask"))
+        logs.update(self.discriminator_step(paired["inputs"], paired["target"], paired["inputs"], prediction))
+        return logs
+
+    def generator_step(self, inputs: Tensor, target: Tensor, mask: Tensor | None) -> tuple[dict[str, float], Tensor]:
+        o = self.options
+        prediction, input_features = self.generator.forward_with_features(inputs)
+        scores = self.discriminator(inputs, prediction)
+        difficulty = difficulty_map(scores, target.shape[-2:], beta=self.beta, mode=o.gan_mode)
+        terms = {
+            f"{self.role}/adv": o.lambda_adv * adversarial_loss(scores, True, mode=o.gan_mode),
+            f"{self.role}/pixel": o.lambda_pixel * difficulty_l1(prediction, target, difficulty),
+        }
+        if self.patch_nce is not None:
+            terms[f"{self.role}/nce"] = o.lambda_nce * self.patch_nce(
+                self.generator.encode(prediction), input_features, difficulty
+            )
+        self.update(f"{self.role}_generator", terms)
+        logs = {name: item(value) for name, value in terms.items()}
+        logs[f"{self.role}/beta"] = self.beta
+        return logs, prediction.detach()
+
+    def discriminator_step(self, real_inputs: Tensor, real_target: Tensor, fake_inputs: Tensor, fake: Tensor) -> dict[str, float]:
+        mode = self.options.gan_mode
+        terms = {
+            f"{self.role}/d_real": 0.5 * adversarial_loss(self.discriminator(real_inputs, real_target), True, mode=mode),
+            f"{self.role}/d_fake": 0.5 * adversarial_loss(self.discriminator(fake_inputs, fake), False, mode=mode),
+        }
+        self.update(f"{self.role}_discriminator", terms)
+        return {name: item(value) for name, value in terms.items()}
+
+
+class DS3Net(Method):
+    """The semi-supervised method: a :class:`PairedTeacher` plus a student distilled on unpaired data."""
+
+    uses_paired = True
+    uses_unpaired = True
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        teacher_discriminator: PatchDiscriminator,
+        student_discriminator: PatchDiscriminator,
+        options: DS3NetOptions,
+        *,
+        total_steps: int,
+        lr: float,
+        betas: tuple[float, float],
+    ) -> None:
+        super().__init__()
+        self.options = options
+        self.total_steps = total_steps
+        self.teacher = PairedTeacher(
+            teacher, teacher_discriminator, options, total_steps=total_steps, lr=lr, betas=betas, role="teacher"
+        )
+        self.student = student
+        self.student_discriminator = student_discriminator
+        self.distillation = DualLevelDistillation(teacher, student)
+        self.student_nce = self.teacher._make_patch_nce(student) if options.use_nce and options.student_nce else None
+        student_params = list(student.parameters())
+        if self.student_nce is not None:
+            student_params += list(self.student_nce.parameters())
+        self.optimizers.update(self.teacher.optimizers)
+        self.add_optimizer("student_generator", student_params, lr=lr, betas=betas)
+        self.add_optimizer("student_discriminator", student_discriminator.parameters(), lr=lr, betas=betas)
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.options.teacher_warmup_fraction * self.total_steps)
+
+    def generators(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "teacher": self.teacher.generator}
+
+    @torch.no_grad()
+    def difficulty(self, inputs: Tensor, prediction: Tensor) -> Tensor:
+        scores = self.student_discriminator(inputs, prediction)
+        return difficulty_map(scores, prediction.shape[-2:], beta=max(self.teacher.beta, 1e-12), mode=self.options.gan_mode)
+
+    def training_step(self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None) -> dict[str, float]:
+        assert paired is not None and unpaired is not None
+        self.teacher.step = self.step
+        logs = self.teacher.training_step(paired, None)
+        if self.step < self.warmup_steps:
+            return logs
+        logs.update(self.student_step(paired, unpaired["inputs"]))
+        return logs
+
+    def student_step(self, paired: Mapping[str, Tensor], unpaired_inputs: Tensor) -> dict[str, float]:
+        o = self.options
+        beta = self.teacher.beta
+        student_map: Tensor | None = None
+
+        def weigh_by_student_discriminator(prediction: Tensor) -> Tensor:
+            nonlocal student_map
+            scores = self.student_discriminator(unpaired_inputs, prediction)
+            student_map = difficulty_map(scores, prediction.shape[-2:], beta=beta, mode=o.gan_mode)
+            terms["student/adv"] = o.lambda_adv * adversarial_loss(scores, True, mode=o.gan_mode)
+            return student_map
+
+        terms: dict[str, Tensor] = {}
+        out = self.distillation(unpaired_inputs, weigh_by_student_discriminator)
+        if o.use_feature_distillation:
+            terms["student/feature"] = o.lambda_feature * out.feature_loss
+        if o.use_image_distillation:
+            terms["student/image"] = o.lambda_image * out.image_loss
+        if self.student_nce is not None:
+            terms["student/nce"] = o.lambda_nce * self.student_nce(
+                self.student.encode(out.student_prediction), out.student_features, student_map
+            )
+        self.update("student_generator", terms)
+        logs = {name: item(value) for name, value in terms.items()}
+
+        d_terms = {
+            "student/d_real": 0.5 * adversarial_loss(
+                self.student_discriminator(paired["inputs"], paired["target"]), True, mode=o.gan_mode
+            ),
+            "student/d_fake": 0.5 * adversarial_loss(
+                self.student_discriminator(unpaired_inputs, out.student_prediction.detach()), False, mode=o.gan_mode
+            ),
+        }
+        self.update("student_discriminator", d_terms)
+        logs.update({name: item(value) for name, value in d_terms.items()})
+        return logs

@@ -1,0 +1,157 @@
+"""Run configuration shared by every recipe, and the command-line flags that set it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunConfig:
+    """What a training run needs besides the method's own options.
+
+    ``steps`` counts optimiser steps of the whole run (for DS3-Net: teacher warm-up plus joint training).
+    ``batch_size`` is per process; under torchrun the global batch is ``batch_size * world_size``.
+    """
+
+    data: str | None = None  # a BraTS-layout root; None = the built-in phantom cohort
+    out: str = "runs/ds3net"
+    paired_fraction: float = 0.05
+    steps: int = 1500
+    epochs: float | None = None  # if set, overrides steps: passes over the paired (or unpaired) training slices
+    batch_size: int = 4
+    image_size: int | None = 96
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    lr_decay_fraction: float = 0.5  # linear decay to zero over this last fraction of the steps (pix2pix)
+    device: str | None = None  # None: CUDA when present
+    seed: int = 0
+    preset: str = "small"
+    encoder: str = "builtin"
+    augment: bool = True
+    val_every: int = 250
+    log_every: int = 10
+    checkpoint_every: int = 250
+    stop_after_steps: int | None = None
+    resume: bool = False
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    phantom_cases: int = 40
+    phantom_shape: tuple[int, int, int] = (96, 96, 48)
+    eval_batch_size: int = 32
+    max_test_subjects: int | None = None
+    num_threads: int | None = None
+    progress: bool = True
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in values.items() if key in known}
+        for key in ("betas", "phantom_shape"):
+            if key in values and values[key] is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+# The tiny configuration CI runs: at least 6 optimiser steps, well under 2 minutes on 2 CPU cores.
+SMOKE_OVERRIDES: dict[str, Any] = {
+    "steps": 8,
+    "batch_size": 2,
+    "image_size": 48,
+    "preset": "tiny",
+    "val_every": 4,
+    "log_every": 2,
+    "checkpoint_every": 4,
+    "phantom_cases": 10,
+    "phantom_shape": (48, 48, 16),
+    "eval_batch_size": 16,
+    "max_test_subjects": 2,
+}
+
+
+# Flag name -> RunConfig field, for every flag whose value maps one to one.
+_FLAGS: dict[str, tuple[str, type, str]] = {
+    "data": ("--data", str, "BraTS-layout root folder (default: the phantom cohort, generated on first use)"),
+    "out": ("--out", str, "run directory"),
+    "paired_fraction": ("--paired-fraction", float, "fraction of training subjects with T1ce"),
+    "steps": ("--steps", int, "optimiser steps of the whole run"),
+    "epochs": ("--epochs", float, "passes over the training slices (overrides --steps)"),
+    "batch_size": ("--batch-size", int, "per-process batch size"),
+    "image_size": ("--image-size", int, "training slices are centre-cropped / zero-padded to this size"),
+    "lr": ("--lr", float, "Adam learning rate"),
+    "device": ("--device", str, "cpu, cuda, cuda:1 ... (default: CUDA when present)"),
+    "seed": ("--seed", int, "seed of the split, the initialisation and the sampling"),
+    "preset": ("--preset", str, "network size preset: tiny, small, large"),
+    "encoder": ("--encoder", str, "modality encoders: 'builtin' or 'timm:<model name>'"),
+    "val_every": ("--val-every", int, "validate every N steps"),
+    "checkpoint_every": ("--checkpoint-every", int, "write a resumable checkpoint every N steps"),
+    "stop_after_steps": ("--stop-after-steps", int, "stop cleanly after N steps, leaving a resumable run"),
+    "phantom_cases": ("--phantom-cases", int, "subjects in the phantom cohort"),
+    "max_test_subjects": ("--max-test-subjects", int, "evaluate on at most N held-out subjects"),
+}
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunConfig | None = None) -> None:
+    """The flags every recipe accepts. ``defaults`` lets a recipe change a default (pix2pix: 100 % paired)."""
+    d = defaults or RunConfig()
+    for name, (flag, kind, help_text) in _FLAGS.items():
+        # default None: config_from_args tells "not given" (smoke settings apply) from "given".
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=f"{help_text} (default: {getattr(d, name)})")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no kornia augmentation")
+    parser.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--smoke", action="store_true", help="tiny configuration for CI (8 steps, small phantom)")
+
+
+def config_from_args(args: argparse.Namespace, defaults: RunConfig | None = None) -> RunConfig:
+    """Build a :class:`RunConfig` from parsed flags: explicit flags win over ``--smoke``, which wins over defaults."""
+    config = dataclasses.replace(defaults) if defaults is not None else RunConfig()
+    if args.smoke:
+        config = dataclasses.replace(config, **SMOKE_OVERRIDES, out=config.out + "-smoke")
+    given = {name: getattr(args, name) for name in _FLAGS if getattr(args, name) is not None}
+    return dataclasses.replace(
+        config,
+        **given,
+        augment=args.augment,
+        resume=args.resume,
+        compile=args.compile,
+        amp=args.amp,
+        progress=args.progress,
+        method_options={**config.method_options, **_method_options(args)},
+    )
+
+
+_METHOD_PREFIX = "method__"
+
+
+def add_method_arguments(parser: argparse.ArgumentParser, options_type: type) -> None:
+    """One flag per field of a method's options dataclass (``lambda_pixel`` -> ``--lambda-pixel``;
+    booleans get ``--use-nce / --no-use-nce``). Unset flags keep the dataclass default."""
+    group = parser.add_argument_group(f"method options ({options_type.__name__}; see docs/method.md)")
+    for option in dataclasses.fields(options_type):
+        flag = "--" + option.name.replace("_", "-")
+        dest = _METHOD_PREFIX + option.name
+        if isinstance(option.default, bool):
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(default: {option.default})")
+        else:
+            group.add_argument(flag, dest=dest, type=type(option.default), default=None, help=f"(default: {option.default})")
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        key[len(_METHOD_PREFIX):]: value
+        for key, value in vars(args).items()
+        if key.startswith(_METHOD_PREFIX) and value is not None
+    }

@@ -1,0 +1,378 @@
+"""The training engine every recipe shares: data streams, the step loop, validation, checkpoints, the final report.
+
+A recipe supplies a factory ``build_method(config, total_steps) -> Method``; the trainer owns everything else:
+
+- data: the cohort (BraTS root or the built-in phantom), a subject-level split, paired and unpaired slice streams
+  whose batch for step ``s`` is a pure function of ``(seed, s)`` (so a resumed run sees the batches a straight run
+  sees, and torchrun ranks split one global batch);
+- the loop: kornia augmentation on the device, bf16 autocast / channels_last / torch.compile on CUDA, a linear
+  learning-rate decay, a progress bar, JSONL/CSV/TensorBoard logs, periodic validation;
+- checkpoints: ``checkpoints/last.pt`` (everything to resume, written atomically), and at the end one generator
+  checkpoint per role (``student.pt``, ``teacher.pt``...);
+- the report: ``metrics.json`` on held-out subjects (whole image, brain, tumour), predictions as NIfTI, PNG panels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ds3kit.augment import MRIAugmentation
+from ds3kit.data import CohortSplit, Session, SliceDataset, default_cohort, list_cases, load_brats_case, save_volume, split_cohort
+from ds3kit.errors import InputError
+from ds3kit.evaluation import Evaluation, evaluate_generator
+from ds3kit.inference import save_generator
+from ds3kit.methods.base import Method, NonFiniteLossError
+from ds3kit.train.checkpoint import TRAINING_FORMAT, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from ds3kit.train.config import RunConfig
+from ds3kit.train.distributed import DistributedContext, init_distributed, shutdown_distributed
+from ds3kit.train.figures import save_panel
+from ds3kit.train.logging import RunLogger
+from ds3kit.utils.atomic import atomic_write_text
+
+MethodFactory = Callable[[RunConfig, int], Method]
+ValidationCallback = Callable[[int, dict[str, float]], None]
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+class StepBatches:
+    """Batches of a slice dataset indexed by the optimiser step: epoch-wise permutations seeded by (seed, epoch).
+
+    Position ``p = step * global_batch + i`` is item ``p mod n`` of the permutation of epoch ``p // n``; rank r takes
+    ``i`` in ``[r * batch, (r + 1) * batch)``. No iterator state: resuming at step s needs only s.
+    """
+
+    def __init__(self, dataset: SliceDataset, *, batch_size: int, seed: int, stream: int, context: DistributedContext) -> None:
+        if len(dataset) == 0:
+            raise InputError("a training stream has no slices with brain tissue")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.stream = stream
+        self.context = context
+        self._permutations: dict[int, torch.Tensor] = {}
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._permutations:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream * 10_007 + epoch)
+            self._permutations = {epoch: torch.randperm(len(self.dataset), generator=generator)}
+        return self._permutations[epoch]
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        n = len(self.dataset)
+        first = step * self.batch_size * self.context.world_size + self.context.rank * self.batch_size
+        items = [self.dataset[int(self._permutation(p // n)[p % n])] for p in range(first, first + self.batch_size)]
+        return {key: torch.stack([item[key] for item in items]) for key in items[0] if isinstance(items[0][key], torch.Tensor)}
+
+
+class Trainer:
+    """Runs one training job for a method built by ``build_method``; see the module docstring."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        build_method: MethodFactory,
+        *,
+        name: str,
+        on_validation: ValidationCallback | None = None,
+    ) -> None:
+        self.config = config
+        self.build_method = build_method
+        self.name = name
+        self.on_validation = on_validation
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _cohort(self) -> CohortSplit:
+        cfg = self.config
+        if cfg.data is not None:
+            root = Path(cfg.data)
+            if not root.is_dir():
+                raise InputError(f"--data {root}: no such directory")
+        else:
+            if self.context.is_main:
+                default_cohort(cases=cfg.phantom_cases, shape=cfg.phantom_shape)
+            self.context.barrier()
+            root = default_cohort(cases=cfg.phantom_cases, shape=cfg.phantom_shape)
+        cases = list_cases(root)
+        if len(cases) < 3:
+            raise InputError(f"{root}: found {len(cases)} case folder(s); training needs at least 3 (train, val, test)")
+        return split_cohort(
+            cases, paired_fraction=cfg.paired_fraction, val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction, seed=cfg.seed,
+        )
+
+    def _streams(self, split: CohortSplit, method: Method) -> tuple[StepBatches | None, StepBatches | None]:
+        cfg = self.config
+        train = split.train_paired + split.train_unpaired
+        if method.target_domain_only:
+            # Unpaired translation: inputs from one half of the subjects, real T1ce from the other half.
+            paired_cases, unpaired_cases = train[1::2], train[0::2]
+        else:
+            paired_cases, unpaired_cases = split.train_paired, split.train_unpaired
+        streams: list[StepBatches | None] = []
+        for index, (used, cases, with_target, what) in enumerate(
+            ((method.uses_paired, paired_cases, True, "paired"), (method.uses_unpaired, unpaired_cases, False, "unpaired"))
+        ):
+            if not used:
+                streams.append(None)
+                continue
+            if not cases:
+                raise InputError(
+                    f"{self.name} needs {what} training subjects, the split has none "
+                    f"(paired_fraction={cfg.paired_fraction}, {len(train)} training subjects)"
+                )
+            dataset = SliceDataset(cases, with_target=with_target, image_size=cfg.image_size)
+            streams.append(StepBatches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, stream=index, context=self.context))
+        return streams[0], streams[1]
+
+    def _total_steps(self, paired: StepBatches | None, unpaired: StepBatches | None) -> int:
+        cfg = self.config
+        if cfg.epochs is None:
+            return cfg.steps
+        largest = max(len(s.dataset) for s in (paired, unpaired) if s is not None)
+        return max(1, math.ceil(cfg.epochs * largest / (cfg.batch_size * self.context.world_size)))
+
+    # ----------------------------------------------------------------------------------------------- run
+    def fit(self) -> dict[str, Any] | None:
+        """Train, then evaluate on the test subjects. Returns the metrics written to ``metrics.json``, or None when
+        the run stopped early (``stop_after_steps``) with a resumable checkpoint."""
+        cfg = self.config
+        self.device = resolve_device(cfg.device)
+        self.context = init_distributed(self.device)
+        if self.context.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.context.local_rank)
+            torch.cuda.set_device(self.device)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        try:
+            return self._fit()
+        finally:
+            shutdown_distributed(self.context)
+
+    def _fit(self) -> dict[str, Any] | None:
+        cfg, ctx = self.config, self.context
+        run_dir = Path(cfg.out)
+        last = run_dir / "checkpoints" / "last.pt"
+        if last.exists() and not cfg.resume:
+            raise InputError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+        if ctx.is_main:
+            for sub in ("checkpoints", "figures", "predictions"):
+                (run_dir / sub).mkdir(parents=True, exist_ok=True)
+        ctx.barrier()
+        self.log = RunLogger(run_dir, enabled=ctx.is_main)
+
+        torch.manual_seed(cfg.seed)
+        split = self._cohort()
+        probe = self.build_method(cfg, 1)  # streams depend on what the method consumes
+        paired, unpaired = self._streams(split, probe)
+        del probe
+        total = self._total_steps(paired, unpaired)
+        torch.manual_seed(cfg.seed)  # identical initialisation on every rank and in every run
+        method = self.build_method(cfg, total).to(self.device)
+        use_cuda = self.device.type == "cuda"
+        if use_cuda and cfg.channels_last:
+            method = method.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            for module in {*method.generators().values(), *(m for m in method.modules() if "Discriminator" in type(m).__name__)}:
+                module.compile()
+        schedulers = {name: _linear_decay(opt, total, cfg.lr_decay_fraction) for name, opt in method.optimizers.items()}
+        augment = MRIAugmentation().to(self.device) if cfg.augment else None
+
+        start = 0
+        if cfg.resume and last.exists():
+            start = self._restore(last, method, schedulers)
+        else:
+            torch.manual_seed(cfg.seed + 7919 * ctx.rank)
+        val_sessions = [load_brats_case(case) for case in split.val] if ctx.is_main else []
+
+        stop_at = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda and cfg.amp else nullcontext()
+        bar = tqdm(total=total, initial=start, desc=self.name, unit="step", disable=not (cfg.progress and ctx.is_main),
+                   dynamic_ncols=True, file=sys.stderr)
+        method.train()
+        started = time.perf_counter()
+        for step in range(start, stop_at):
+            method.step = step
+            batches = [self._prepare(stream(step), augment) if stream is not None else None for stream in (paired, unpaired)]
+            with autocast:
+                try:
+                    losses = method.training_step(*batches)
+                except NonFiniteLossError as error:
+                    bar.close()
+                    raise NonFiniteLossError(f"{error}; training stopped, the last good checkpoint is {last}") from None
+            for scheduler in schedulers.values():
+                scheduler.step()
+            done = step + 1
+            bar.update(1)
+            if done % cfg.log_every == 0 or done == stop_at:
+                rate = (done - start) * cfg.batch_size * ctx.world_size / (time.perf_counter() - started)
+                bar.set_postfix({k.split("/")[-1] if len(losses) < 6 else k: f"{v:.3g}" for k, v in list(losses.items())[:6]})
+                self.log.log(done, "train", {**losses, "images_per_s": rate})
+            if done % cfg.val_every == 0 or done == total:
+                self._validate(done, method, val_sessions)
+            if done % cfg.checkpoint_every == 0 or done == stop_at:
+                self._save(last, done, method, schedulers)
+        bar.close()
+        if stop_at < total:
+            if ctx.is_main:
+                print(f"{self.name}: stopped after step {stop_at} of {total}; resume with --resume --out {run_dir}",
+                      file=sys.stderr)
+            return None
+        ctx.barrier()
+        return self._finish(method, split, run_dir, total) if ctx.is_main else None
+
+    def _prepare(self, batch: dict[str, torch.Tensor], augment: MRIAugmentation | None) -> dict[str, torch.Tensor]:
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        if augment is not None:
+            batch = augment(batch)
+        if self.device.type == "cuda" and self.config.channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in batch.items()}
+        return batch
+
+    # ----------------------------------------------------------------------------------------------- state
+    def _save(self, path: Path, step: int, method: Method, schedulers: Mapping[str, Any]) -> None:
+        if not self.context.is_main:
+            return
+        payload = {
+            "method": self.name,
+            "step": step,
+            "config": self.config.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in method.state_dict().items()},
+            "optimizers": {name: opt.state_dict() for name, opt in method.optimizers.items()},
+            "schedulers": {name: sched.state_dict() for name, sched in schedulers.items()},
+            "rng": capture_rng_state(),
+        }
+        save_checkpoint(path, payload, kind=TRAINING_FORMAT)
+
+    def _restore(self, path: Path, method: Method, schedulers: Mapping[str, Any]) -> int:
+        payload = load_checkpoint(path, kind=TRAINING_FORMAT, map_location=self.device)
+        if payload["method"] != self.name:
+            raise InputError(f"{path}: a checkpoint of {payload['method']!r}, not {self.name!r}")
+        try:
+            method.load_state_dict(payload["model"])
+        except RuntimeError as error:
+            raise InputError(f"{path}: the checkpoint's networks do not fit this configuration: "
+                             f"{str(error).splitlines()[0]}") from None
+        for name, opt in method.optimizers.items():
+            opt.load_state_dict(payload["optimizers"][name])
+        for name, sched in schedulers.items():
+            sched.load_state_dict(payload["schedulers"][name])
+        if self.context.is_main:
+            restore_rng_state(payload["rng"])
+        else:
+            torch.manual_seed(self.config.seed + 7919 * self.context.rank + payload["step"])
+        if self.context.is_main:
+            print(f"{self.name}: resumed from {path} at step {payload['step']}", file=sys.stderr)
+        return int(payload["step"])
+
+    # ----------------------------------------------------------------------------------------------- evaluation
+    def _validate(self, step: int, method: Method, sessions: list[Session]) -> None:
+        if not self.context.is_main or not sessions:
+            self.context.barrier()
+            return
+        role = method.shipped_generator()
+        generator = method.generators()[role]
+        result = evaluate_generator(generator, sessions, device=self.device, batch_size=self.config.eval_batch_size)
+        method.train()
+        summary = {f"{role}/{k}": v for k, v in result.mean.items()}
+        self.log.log(step, "val", summary)
+        if self.on_validation is not None:
+            self.on_validation(step, result.mean)
+        self.context.barrier()
+
+    def _finish(self, method: Method, split: CohortSplit, run_dir: Path, total: int) -> dict[str, Any]:
+        cfg = self.config
+        cases = split.test[: cfg.max_test_subjects] if cfg.max_test_subjects else split.test
+        sessions = [load_brats_case(case) for case in cases]
+        report: dict[str, Any] = {
+            "method": self.name,
+            "steps": total,
+            "paired_fraction": cfg.paired_fraction,
+            "seed": cfg.seed,
+            "shipped": method.shipped_generator(),
+            "split": {key: [p.name for p in value] for key, value in vars(split).items()},
+            "models": {},
+        }
+        evaluations: dict[str, Evaluation] = {}
+        for role, generator in method.generators().items():
+            save_generator(run_dir / "checkpoints" / f"{role}.pt", generator, method=self.name, role=role, step=total,
+                           image_size=cfg.image_size, intensity="per-modality robust percentiles in the brain -> [0, 1]")
+            evaluation = evaluate_generator(generator, sessions, device=self.device, batch_size=cfg.eval_batch_size,
+                                            keep_predictions=True)
+            evaluations[role] = evaluation
+            report["models"][role] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": evaluation.subjects}
+            for session in sessions:
+                (run_dir / "predictions" / role).mkdir(parents=True, exist_ok=True)
+                save_volume(run_dir / "predictions" / role / f"{session.case_id}_t1ce.nii.gz",
+                            evaluation.predictions[session.case_id], session.affine, session.header)
+        atomic_write_text(run_dir / "metrics.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+        self._figures(method, sessions, evaluations, run_dir / "figures")
+        self.log.close()
+        print(format_table(report), file=sys.stdout)
+        return report
+
+    def _figures(self, method: Method, sessions: list[Session], evaluations: Mapping[str, Evaluation], folder: Path) -> None:
+        role = method.shipped_generator()
+        rows = []
+        for session in sessions[:4]:
+            prediction = evaluations[role].predictions[session.case_id]
+            z = _most_tumour_slice(session)
+            inputs = torch.from_numpy(session.inputs[..., z][None]).to(self.device)
+            difficulty = method.difficulty(inputs, torch.from_numpy(prediction[..., z][None, None]).to(self.device))
+            rows.append({
+                "label": f"{session.case_id} z={z}",
+                "T1": session.inputs[0, ..., z], "T2": session.inputs[1, ..., z], "FLAIR": session.inputs[2, ..., z],
+                "real T1ce": session.target[..., z], "synthesis": prediction[..., z],
+                "difficulty": None if difficulty is None else difficulty[0, 0].float().cpu().numpy(),
+                "|error|": np.abs(prediction[..., z] - session.target[..., z]),
+            })
+        if rows:
+            save_panel(folder / f"test_{role}.png", rows, title=f"{self.name}: {role} on held-out subjects")
+
+
+def _most_tumour_slice(session: Session) -> int:
+    if session.seg is not None and session.seg.any():
+        return int(np.argmax((session.seg > 0).sum(axis=(0, 1))))
+    return int(np.argmax(session.brain_mask.sum(axis=(0, 1))))
+
+
+def _linear_decay(optimizer: torch.optim.Optimizer, total: int, fraction: float) -> torch.optim.lr_scheduler.LambdaLR:
+    decay_start = total - max(1, round(fraction * total))
+
+    def factor(step: int) -> float:
+        return 1.0 if step < decay_start else max(0.0, (total - step) / (total - decay_start))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The held-out results as a fixed-width table: one row per model, brain and tumour region."""
+    columns = ("brain_ssim", "brain_psnr", "brain_mse", "tumour_ssim", "tumour_psnr", "tumour_mse")
+    header = f"{'model':<10}" + "".join(f"{c:>13}" for c in columns)
+    lines = [f"{report['method']}: held-out subjects, {report['steps']} steps, paired fraction {report['paired_fraction']}",
+             header, "-" * len(header)]
+    for role, result in report["models"].items():
+        mean, std = result["mean"], result["std"]
+        cells = "".join(
+            f"{mean[c]:>8.4f}±{std.get(c, 0):<4.3f}"[:13].rjust(13) if c in mean else f"{'n/a':>13}" for c in columns
+        )
+        lines.append(f"{role:<10}{cells}")
+    return "\n".join(lines)
