@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ds3kit.data.normalize import IntensityScaling, brain_mask, fit_intensity_scaling, is_skull_stripped
+from ds3kit.errors import InputError
+
+
+def test_fit_matches_numpy_percentiles_inside_mask():
+    rng = np.random.default_rng(0)
+    data = rng.gamma(2.0, 100.0, size=(17, 19, 11)).astype(np.float32)
+    mask = rng.random(data.shape) > 0.4
+    scaling = fit_intensity_scaling(data, mask, lower_percentile=1.0, upper_percentile=98.0)
+    low, high = np.percentile(data[mask].astype(np.float64), [1.0, 98.0])
+    assert scaling.low == pytest.approx(low, rel=1e-5) and scaling.high == pytest.approx(high, rel=1e-5)
+    normalised = scaling.normalize(data)
+    assert normalised.dtype == np.float32 and normalised.min() == 0.0 and normalised.max() == 1.0
+    assert np.mean(normalised[mask] == 1.0) == pytest.approx(0.02, abs=0.01)
+
+
+def test_denormalize_inverts_normalize_inside_the_range():
+    scaling = IntensityScaling(low=-20.0, high=380.0)
+    values = np.linspace(-20.0, 380.0, 101, dtype=np.float32)
+    np.testing.assert_allclose(scaling.denormalize(scaling.normalize(values)), values, rtol=1e-5, atol=1e-3)
+    assert scaling.normalize(np.array([-100.0, 1000.0])).tolist() == [0.0, 1.0]
+
+
+def test_scaling_rejects_inverted_range():
+    with pytest.raises(ValueError, match="low < high"):
+        IntensityScaling(low=5.0, high=5.0)
+
+
+def test_fit_errors():
+    data = np.ones((5, 6, 7), np.float32)
+    with pytest.raises(InputError, match="empty"):
+        fit_intensity_scaling(data, np.zeros(data.shape, bool))
+    with pytest.raises(InputError, match="constant"):
+        fit_intensity_scaling(data, np.ones(data.shape, bool))
+    with pytest.raises(ValueError, match="same shape"):
+        fit_intensity_scaling(data, np.ones((5, 6, 8), bool))
+    with pytest.raises(ValueError, match="lower_percentile"):
+        fit_intensity_scaling(data, np.ones(data.shape, bool), lower_percentile=60, upper_percentile=40)
+
+
+def _ellipsoid(shape, semi_axes) -> np.ndarray:
+    grids = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij")
+    return sum((g / a) ** 2 for g, a in zip(grids, semi_axes)) < 1.0
+
+
+def test_stripped_mask_is_any_input_above_zero(small_case):
+    volumes = [small_case[name] for name in ("t1", "t2", "flair")]
+    assert is_skull_stripped(volumes)
+    expected = ndimage.binary_fill_holes(np.any([v > 0 for v in volumes], axis=0))
+    np.testing.assert_array_equal(brain_mask(volumes), expected)
+
+
+def test_raw_scan_mask_recovers_the_head_from_noisy_background():
+    rng = np.random.default_rng(5)
+    shape = (41, 45, 23)
+    head = _ellipsoid(shape, (16, 19, 9))
+    ventricle = _ellipsoid(shape, (3, 6, 3))  # dark inside in T1/FLAIR: must not become a hole
+    volumes = []
+    for tissue_level, ventricle_level in ((800.0, 100.0), (500.0, 900.0), (600.0, 60.0)):
+        image = np.where(head, tissue_level, 0.0) * (1 + 0.05 * rng.standard_normal(shape))
+        image[ventricle] = ventricle_level
+        noise = np.abs(rng.normal(0.0, 25.0, shape) + 1j * rng.normal(0.0, 25.0, shape))  # Rayleigh background
+        volumes.append((image + noise).astype(np.float32))
+    assert not is_skull_stripped(volumes)
+    mask = brain_mask(volumes)
+    dice = 2 * np.logical_and(mask, head).sum() / (mask.sum() + head.sum())
+    assert dice > 0.97
+    assert mask[ventricle].all()
+    labels, count = ndimage.label(mask)
+    assert count == 1
+
+
+def test_mask_errors():
+    with pytest.raises(ValueError, match="at least one"):
+        brain_mask([])
+    with pytest.raises(ValueError, match="share one shape"):
+        brain_mask([np.ones((4, 5, 6)), np.ones((4, 5, 7))])
