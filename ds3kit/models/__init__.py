@@ -1,0 +1,18 @@
+"""Networks: the DS3-Net generator (built-in or timm modality encoders) and the PatchGAN discriminator."""
+
+from ds3kit.models.discriminator import DISCRIMINATOR_PRESETS, PatchDiscriminator, build_discriminator
+from ds3kit.models.encoders import BuiltinEncoder, TimmEncoder, build_encoder
+from ds3kit.models.generator import GENERATOR_PRESETS, FusionBlock, Generator, build_generator
+
+__all__ = [
+    "DISCRIMINATOR_PRESETS",
+    "GENERATOR_PRESETS",
+    "BuiltinEncoder",
+    "FusionBlock",
+    "Generator",
+    "PatchDiscriminator",
+    "TimmEncoder",
+    "build_discriminator",
+    "build_encoder",
+    "build_generator",
+]
