@@ -18,7 +18,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,9 @@ from ds3kit.train.distributed import DistributedContext, init_distributed, shutd
 from ds3kit.train.figures import save_panel
 from ds3kit.train.logging import RunLogger
 from ds3kit.utils.atomic import atomic_write_text
+
+# Logged, but kept off the progress bar so the generator terms of every network fit on one line.
+_QUIET_TERMS = ("beta", "d_real", "d_fake")
 
 MethodFactory = Callable[[RunConfig, int], Method]
 ValidationCallback = Callable[[int, dict[str, float]], None]
@@ -193,12 +196,12 @@ class Trainer:
         if cfg.compile:
             for module in {*method.generators().values(), *(m for m in method.modules() if "Discriminator" in type(m).__name__)}:
                 module.compile()
-        schedulers = {name: _linear_decay(opt, total, cfg.lr_decay_fraction) for name, opt in method.optimizers.items()}
+        schedule = LinearDecay(total, cfg.lr_decay_fraction)
         augment = MRIAugmentation().to(self.device) if cfg.augment else None
 
         start = 0
         if cfg.resume and last.exists():
-            start = self._restore(last, method, schedulers)
+            start = self._restore(last, method)
         else:
             torch.manual_seed(cfg.seed + 7919 * ctx.rank)
         val_sessions = [load_brats_case(case) for case in split.val] if ctx.is_main else []
@@ -211,6 +214,7 @@ class Trainer:
         started = time.perf_counter()
         for step in range(start, stop_at):
             method.step = step
+            schedule.apply(method.optimizers.values(), step, self.config.lr)
             batches = [self._prepare(stream(step), augment) if stream is not None else None for stream in (paired, unpaired)]
             with autocast:
                 try:
@@ -218,18 +222,16 @@ class Trainer:
                 except NonFiniteLossError as error:
                     bar.close()
                     raise NonFiniteLossError(f"{error}; training stopped, the last good checkpoint is {last}") from None
-            for scheduler in schedulers.values():
-                scheduler.step()
             done = step + 1
             bar.update(1)
             if done % cfg.log_every == 0 or done == stop_at:
                 rate = (done - start) * cfg.batch_size * ctx.world_size / (time.perf_counter() - started)
-                bar.set_postfix({k.split("/")[-1] if len(losses) < 6 else k: f"{v:.3g}" for k, v in list(losses.items())[:6]})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if not k.endswith(_QUIET_TERMS)}, refresh=False)
                 self.log.log(done, "train", {**losses, "images_per_s": rate})
             if done % cfg.val_every == 0 or done == total:
                 self._validate(done, method, val_sessions)
             if done % cfg.checkpoint_every == 0 or done == stop_at:
-                self._save(last, done, method, schedulers)
+                self._save(last, done, method, schedule)
         bar.close()
         if stop_at < total:
             if ctx.is_main:
@@ -248,7 +250,7 @@ class Trainer:
         return batch
 
     # ----------------------------------------------------------------------------------------------- state
-    def _save(self, path: Path, step: int, method: Method, schedulers: Mapping[str, Any]) -> None:
+    def _save(self, path: Path, step: int, method: Method, schedule: LinearDecay) -> None:
         if not self.context.is_main:
             return
         payload = {
@@ -257,12 +259,12 @@ class Trainer:
             "config": self.config.to_dict(),
             "model": {k: v.detach().cpu() for k, v in method.state_dict().items()},
             "optimizers": {name: opt.state_dict() for name, opt in method.optimizers.items()},
-            "schedulers": {name: sched.state_dict() for name, sched in schedulers.items()},
+            "schedule": schedule.state_dict(),
             "rng": capture_rng_state(),
         }
         save_checkpoint(path, payload, kind=TRAINING_FORMAT)
 
-    def _restore(self, path: Path, method: Method, schedulers: Mapping[str, Any]) -> int:
+    def _restore(self, path: Path, method: Method) -> int:
         payload = load_checkpoint(path, kind=TRAINING_FORMAT, map_location=self.device)
         if payload["method"] != self.name:
             raise InputError(f"{path}: a checkpoint of {payload['method']!r}, not {self.name!r}")
@@ -273,8 +275,6 @@ class Trainer:
                              f"{str(error).splitlines()[0]}") from None
         for name, opt in method.optimizers.items():
             opt.load_state_dict(payload["optimizers"][name])
-        for name, sched in schedulers.items():
-            sched.load_state_dict(payload["schedulers"][name])
         if self.context.is_main:
             restore_rng_state(payload["rng"])
         else:
@@ -354,13 +354,29 @@ def _most_tumour_slice(session: Session) -> int:
     return int(np.argmax(session.brain_mask.sum(axis=(0, 1))))
 
 
-def _linear_decay(optimizer: torch.optim.Optimizer, total: int, fraction: float) -> torch.optim.lr_scheduler.LambdaLR:
-    decay_start = total - max(1, round(fraction * total))
+class LinearDecay:
+    """pix2pix's schedule: the base rate, then a linear decay to zero over the last ``fraction`` of the steps.
 
-    def factor(step: int) -> float:
-        return 1.0 if step < decay_start else max(0.0, (total - step) / (total - decay_start))
+    A pure function of the step, applied to every optimiser before each step (the student's optimiser, idle
+    during the teacher's warm-up, follows the same clock), so resuming needs nothing but the step.
+    """
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def __init__(self, total: int, fraction: float) -> None:
+        self.total = total
+        self.decay_start = total - max(1, round(fraction * total))
+
+    def factor(self, step: int) -> float:
+        if step < self.decay_start:
+            return 1.0
+        return max(0.0, (self.total - step) / (self.total - self.decay_start))
+
+    def apply(self, optimizers: Iterable[torch.optim.Optimizer], step: int, base_lr: float) -> None:
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = base_lr * self.factor(step)
+
+    def state_dict(self) -> dict[str, int | str]:
+        return {"kind": "linear_decay", "total": self.total, "decay_start": self.decay_start}
 
 
 def format_table(report: Mapping[str, Any]) -> str:

@@ -1,0 +1,87 @@
+"""End-to-end runs of the recipes in their --smoke configuration (8 steps on a small phantom cohort)."""
+
+import json
+
+import pytest
+import torch
+
+from ds3kit.inference import load_generator
+
+from .conftest import load_recipe
+
+
+def smoke(recipe: str, cohort, out, *extra: str) -> int:
+    return load_recipe(recipe).main(["--smoke", "--data", str(cohort), "--out", str(out), "--no-progress", *extra])
+
+
+def test_ds3net_smoke_writes_the_whole_run_directory(small_cohort, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert smoke("ds3net", small_cohort, out) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["models"]) == {"student", "teacher"} and report["shipped"] == "student"
+    for role in ("student", "teacher"):
+        mean = report["models"][role]["mean"]
+        assert 0.0 < mean["brain_ssim"] <= 1.0 and mean["brain_mse"] >= 0.0 and "tumour_psnr" in mean
+        generator, metadata = load_generator(out / "checkpoints" / f"{role}.pt")
+        assert metadata["role"] == role and metadata["method"] == "ds3net"
+    payload = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert payload["step"] == 8 and payload["format"] == "ds3kit.training"
+    assert (out / "figures" / "test_student.png").stat().st_size > 10_000
+    assert len(list((out / "predictions" / "student").glob("*_t1ce.nii.gz"))) == len(report["split"]["test"][:2])
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(line["split"] == "val" for line in lines)
+    assert any("student/image" in line for line in lines), "the student must train after the teacher's warm-up"
+    table = capsys.readouterr().out
+    assert "student" in table and "teacher" in table and "tumour_ssim" in table
+
+
+@pytest.mark.parametrize("recipe, roles", [("paired_only", {"teacher"}), ("pix2pix", {"generator"}), ("cut", {"generator"})])
+def test_baseline_smoke(recipe, roles, small_cohort, tmp_path):
+    out = tmp_path / recipe
+    assert smoke(recipe, small_cohort, out, "--steps", "6") == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["models"]) == roles and report["steps"] == 6
+
+
+def test_stop_and_resume_gives_the_same_metrics_as_a_straight_run(small_cohort, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert smoke("ds3net", small_cohort, straight) == 0
+    assert smoke("ds3net", small_cohort, resumed, "--stop-after-steps", "5") == 0
+    assert not (resumed / "metrics.json").exists()
+    assert torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)["step"] == 5
+    assert smoke("ds3net", small_cohort, resumed, "--resume") == 0
+    assert json.loads((resumed / "metrics.json").read_text()) == json.loads((straight / "metrics.json").read_text())
+
+
+def test_existing_run_is_not_overwritten(small_cohort, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert smoke("ds3net", small_cohort, out, "--stop-after-steps", "2") == 0
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    assert smoke("ds3net", small_cohort, out) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(small_cohort, tmp_path, capsys, monkeypatch):
+    import ds3kit.methods.ds3net as ds3net_module
+
+    out = tmp_path / "run"
+    real = ds3net_module.difficulty_l1
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        value = real(*args, **kwargs)
+        return value * float("nan") if calls["n"] == 6 else value  # the teacher's 6th update = step index 5
+
+    monkeypatch.setattr(ds3net_module, "difficulty_l1", poisoned)
+    assert smoke("ds3net", small_cohort, out, "--checkpoint-every", "4") == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 5: teacher/pixel" in err
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
+    assert not (out / "metrics.json").exists()
+
+
+def test_bad_data_root_is_one_line_error(tmp_path, capsys):
+    assert load_recipe("ds3net").main(["--smoke", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such directory" in capsys.readouterr().err
