@@ -1,0 +1,233 @@
+"""Quality study: does DS3-Net do what the paper says, on the phantom cohort (or real BraTS with --data)?
+
+    python benchmarks/quality.py                       # default: fits in about 90 minutes on 2 CPU cores
+    python benchmarks/quality.py --smoke               # CI: one seed, a few steps, tiny networks
+    python benchmarks/quality.py --data /data/BraTS2020 --preset large --steps 20000 --device cuda
+
+Trains, per seed: paired-only at 5 %, DS3-Net at 5 %, pix2pix at 100 %, CUT at 0 %, and DS3-Net at 5 % without
+each of its parts (difficulty map, patchwise loss, feature distillation, image distillation). Every run evaluates
+its shipped model on the same held-out subjects (the split depends on the seed only). Writes
+``docs/results/quality.md`` (mean ± std over seeds, whole brain and tumour region, the paper's table beside it, and
+what the numbers say about each claim) and ``docs/results/quality.png``.
+
+A run whose ``metrics.json`` exists is reused, so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _recipes import load_recipe  # noqa: E402
+
+from ds3kit.train import SMOKE_OVERRIDES, RunConfig, Trainer  # noqa: E402
+from ds3kit.utils.atomic import atomic_path, atomic_write_text  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of the study: a recipe at a paired fraction with method options."""
+
+    name: str
+    recipe: str
+    paired_fraction: float
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+ARMS = (
+    Arm("paired-only 5%", "paired_only", 0.05),
+    Arm("DS3-Net 5%", "ds3net", 0.05),
+    Arm("pix2pix 100%", "pix2pix", 1.0),
+    Arm("CUT 0%", "cut", 0.0),
+    Arm("DS3-Net 5% - difficulty map", "ds3net", 0.05, {"use_difficulty": False}),
+    Arm("DS3-Net 5% - patchwise loss", "ds3net", 0.05, {"use_nce": False}),
+    Arm("DS3-Net 5% - feature distillation", "ds3net", 0.05, {"use_feature_distillation": False}),
+    Arm("DS3-Net 5% - image distillation", "ds3net", 0.05, {"use_image_distillation": False}),
+)
+
+METRICS = ("brain_ssim", "brain_psnr", "brain_mse", "tumour_ssim", "tumour_psnr", "tumour_mse")
+
+PAPER = """| paired | method | SSIM | PSNR | MSE |
+|---|---|---|---|---|
+| 0 % | CUT | 0.7982 | 17.63 | 0.020 |
+| 5 % | DS3-Net (paired only) | 0.8691 | 21.97 | 0.008 |
+| 5 % | DS3-Net | 0.8947 | 23.60 | 0.009 |
+| 100 % | pix2pix | 0.9007 | 25.02 | 0.004 |
+| 100 % | DS3-Net | 0.8959 | 24.26 | 0.005 |"""
+
+
+def run_arm(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, float]:
+    """Train one arm at one seed (or reuse a finished run) and return its shipped model's held-out means."""
+    run_dir = out / f"{arm.recipe}-{_slug(arm.name)}-seed{seed}"
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.exists():
+        config = dataclasses.replace(
+            base, out=str(run_dir), seed=seed, paired_fraction=arm.paired_fraction, method_options=dict(arm.options),
+            resume=(run_dir / "checkpoints" / "last.pt").exists(),
+        )
+        Trainer(config, load_recipe(arm.recipe).build, name=arm.recipe).fit()
+    report = json.loads(metrics_file.read_text())
+    return report["models"][report["shipped"]]["mean"]
+
+
+def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+    table = {}
+    for arm, runs in results.items():
+        table[arm] = {}
+        for metric in METRICS:
+            values = [run[metric] for run in runs if metric in run]
+            if values:
+                table[arm][metric] = (float(np.mean(values)), float(np.std(values)))
+    return table
+
+
+def claims(table: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+    """What the numbers say about each of the paper's claims (computed, not asserted)."""
+    lines = []
+
+    def mean(arm: str, metric: str) -> float:
+        return table[arm][metric][0]
+
+    ds3, paired, pix = "DS3-Net 5%", "paired-only 5%", "pix2pix 100%"
+    d_ssim = mean(ds3, "brain_ssim") - mean(paired, "brain_ssim")
+    d_psnr = mean(ds3, "brain_psnr") - mean(paired, "brain_psnr")
+    verdict = "holds" if d_ssim > 0 and d_psnr > 0 else "does not hold"
+    lines.append(f"1. DS3-Net at 5 % vs its paired-only counterpart (brain): SSIM {d_ssim:+.4f}, PSNR {d_psnr:+.2f} dB: "
+                 f"the claim {verdict} here.")
+    t_psnr = mean(ds3, "tumour_psnr") - mean(paired, "tumour_psnr")
+    t_ssim = mean(ds3, "tumour_ssim") - mean(paired, "tumour_ssim")
+    larger = t_psnr > d_psnr
+    lines.append(f"2. The gain in the tumour region: SSIM {t_ssim:+.4f}, PSNR {t_psnr:+.2f} dB, "
+                 f"{'larger' if larger else 'not larger'} than the whole-brain PSNR gain ({d_psnr:+.2f} dB).")
+    gap_psnr = mean(pix, "brain_psnr") - mean(ds3, "brain_psnr")
+    closed = (mean(ds3, "brain_psnr") - mean(paired, "brain_psnr")) / max(
+        1e-9, mean(pix, "brain_psnr") - mean(paired, "brain_psnr"))
+    lines.append(f"3. Distance to pix2pix at 100 %: {gap_psnr:.2f} dB brain PSNR; DS3-Net closes {100 * closed:.0f} % of "
+                 f"the paired-only to pix2pix gap.")
+    for arm in table:
+        if arm.startswith("DS3-Net 5% - "):
+            part = arm.removeprefix("DS3-Net 5% - ")
+            loss = mean(ds3, "brain_psnr") - mean(arm, "brain_psnr")
+            t_loss = mean(ds3, "tumour_psnr") - mean(arm, "tumour_psnr")
+            lines.append(f"4. Without the {part}: brain PSNR {-loss:+.2f} dB, tumour PSNR {-t_loss:+.2f} dB relative to "
+                         f"full DS3-Net ({'the part contributes' if loss > 0 or t_loss > 0 else 'no measurable contribution'}).")
+    return lines
+
+
+def write_report(path: Path, table, seeds, base: RunConfig, wall: float, note: str) -> None:
+    header = "| arm | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS)
+    rows = []
+    for arm, values in table.items():
+        cells = [f"{values[m][0]:.4f} ± {values[m][1]:.4f}" if m in values else "n/a" for m in METRICS]
+        rows.append(f"| {arm} | " + " | ".join(cells) + " |")
+    text = f"""# Quality study
+
+`python benchmarks/quality.py {note}` — {time.strftime('%Y-%m-%d')}, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}),
+{base.steps} steps per run, batch {base.batch_size}, preset `{base.preset}`, image size {base.image_size},
+data: {base.data or f'phantom cohort ({base.phantom_cases} cases, {base.phantom_shape})'}; wall time {wall / 60:.1f} min.
+Held-out subjects, whole 3-D volumes; mean ± std over seeds of each run's per-subject mean. Shipped models:
+DS3-Net's student, the paired-only teacher, pix2pix's and CUT's generator.
+
+{header}
+{chr(10).join(rows)}
+
+![quality](quality.png)
+
+## What the numbers say
+
+{chr(10).join(claims(table))}
+
+## The paper (BraTS2020, whole image)
+
+{PAPER}
+
+The phantom is not BraTS: absolute values are not comparable, the ordering and the gaps are what to compare.
+"""
+    atomic_write_text(path, text)
+
+
+def plot(path: Path, table) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(table)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(arms) + 1.5), sharey=True)
+    for axis, metric in zip(axes, ("brain_psnr", "tumour_psnr")):
+        means = [table[a].get(metric, (np.nan, 0))[0] for a in arms]
+        stds = [table[a].get(metric, (np.nan, 0))[1] for a in arms]
+        axis.barh(arms, means, xerr=stds, color=["#4c72b0" if "DS3" in a else "#999999" for a in arms])
+        axis.set_xlabel(f"{metric.replace('_', ' ')} (dB)")
+        finite = [m for m in means if np.isfinite(m)]
+        if finite:
+            axis.set_xlim(min(finite) - 2, max(finite) + 1)
+    axes[0].invert_yaxis()
+    figure.suptitle("Held-out phantom subjects: mean ± std over seeds")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--out", default="runs/quality")
+    parser.add_argument("--report", default=str(REPO / "docs" / "results" / "quality.md"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--arms", nargs="+", default=None, help="a subset of the arms, by name")
+    parser.add_argument("--smoke", action="store_true", help="CI: one seed, tiny networks, a few steps")
+    args = parser.parse_args(argv)
+
+    base = RunConfig(data=args.data, steps=args.steps, batch_size=args.batch_size, image_size=args.image_size,
+                     preset=args.preset, device=args.device, progress=False, val_every=10**9,
+                     checkpoint_every=10**9)
+    seeds = args.seeds
+    if args.smoke:
+        base = dataclasses.replace(base, **{**SMOKE_OVERRIDES, "val_every": 10**9, "checkpoint_every": 10**9})
+        seeds = seeds[:1]
+    arms = [arm for arm in ARMS if args.arms is None or arm.name in args.arms]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict[str, list[dict[str, float]]] = {arm.name: [] for arm in arms}
+    for seed in seeds:
+        for arm in arms:
+            t0 = time.perf_counter()
+            results[arm.name].append(run_arm(arm, seed, base, out))
+            brain = results[arm.name][-1].get("brain_psnr", float("nan"))
+            print(f"[{time.perf_counter() - started:7.0f} s] seed {seed} {arm.name:<36} brain PSNR {brain:6.2f} dB "
+                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    table = summarise(results)
+    report = Path(args.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    note = " ".join(argv if argv is not None else sys.argv[1:])
+    write_report(report, table, seeds, base, time.perf_counter() - started, note)
+    plot(report.with_suffix(".png"), table)
+    print(report.read_text())
+    return 0
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
