@@ -1,0 +1,186 @@
+"""benchmarks/search.py: workers sharing a study, a killed worker, failed trials, summaries.
+
+The harness tests use ``--objective toy`` (an analytic function with a sleep: the search machinery without any
+training); one test runs a real ``quality --smoke`` trial through the trainer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[2]
+SEARCH = REPO / "benchmarks" / "search.py"
+
+
+def _load_search():
+    spec = importlib.util.spec_from_file_location("ds3kit_benchmark_search", SEARCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+search = _load_search()
+
+
+def _storage_spec(kind: str, tmp_path: Path) -> str:
+    if kind == "journal":
+        return str(tmp_path / "study.journal")
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    url = os.environ.get("DS3KIT_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("DS3KIT_TEST_POSTGRES_URL is not set (source .ci/postgres.sh to start a local PostgreSQL)")
+    return url
+
+
+def _worker(storage: str, study: str, out: Path, n_trials: int, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, str(SEARCH), "--storage", storage, "--study-name", study, "--n-trials", str(n_trials),
+               "--out", str(out), *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 120) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def _load(storage: str, study: str) -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=search.open_storage(storage, heartbeat_interval=1,
+                                                                            grace_period=5, max_retry=0))
+
+
+def _states(study: optuna.Study) -> list[TrialState]:
+    return [trial.state for trial in study.get_trials(deepcopy=False)]
+
+
+TOY = ("--objective", "toy", "--pruner", "none", "--heartbeat-interval", "1", "--grace-period", "5")
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgres"])
+def test_two_workers_share_one_study(tmp_path: Path, kind: str) -> None:
+    storage, study_name = _storage_spec(kind, tmp_path), f"two-workers-{uuid.uuid4().hex[:8]}"
+    workers = [_worker(storage, study_name, tmp_path / "out", trials, *TOY, "--toy-seconds", "0.4") for trials in (3, 4)]
+    outputs = [_finish(worker) for worker in workers]
+    study = _load(storage, study_name)
+    assert _states(study).count(TrialState.COMPLETE) == 7, outputs
+    assert len(study.trials) == 7
+    workers_seen = {trial.user_attrs["worker"] for trial in study.trials}
+    assert len(workers_seen) == 2, "both workers should have run trials of the one study"
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert f"Best trial: #{study.best_trial.number}" in summary
+    assert (tmp_path / "out" / "history.png").stat().st_size > 0
+    assert (tmp_path / "out" / "importances.png").stat().st_size > 0
+    # Rerunning resumes the study: its trials are added to the same study.
+    _finish(_worker(storage, study_name, tmp_path / "out", 1, *TOY, "--toy-seconds", "0"))
+    assert _states(_load(storage, study_name)).count(TrialState.COMPLETE) == 8
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite", "postgres"])
+def test_killed_worker_leaves_the_study_usable(tmp_path: Path, kind: str) -> None:
+    storage, study_name = _storage_spec(kind, tmp_path), f"killed-{uuid.uuid4().hex[:8]}"
+    victim = _worker(storage, study_name, tmp_path / "out", 1, *TOY, "--toy-seconds", "120")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert victim.poll() is None, victim.communicate()[0]
+            assert time.monotonic() < deadline, "the victim never started a trial"
+            try:
+                if TrialState.RUNNING in _states(_load(storage, study_name)):
+                    break
+            except KeyError:  # the study does not exist yet
+                pass
+            time.sleep(0.3)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+        victim.communicate()
+    assert _states(_load(storage, study_name)) == [TrialState.RUNNING]  # nobody has checked yet
+
+    _finish(_worker(storage, study_name, tmp_path / "out", 2, *TOY, "--toy-seconds", "0.2"))
+    trials = _load(storage, study_name).get_trials(deepcopy=False)
+    assert [t.state for t in trials].count(TrialState.RUNNING) == 0
+    assert trials[0].state == TrialState.FAIL
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    # The killed trial's parameters were tried again (once), by the next worker.
+    assert trials[1].params == trials[0].params
+    assert trials[1].system_attrs.get("failed_trial") == trials[0].number
+
+
+def _frozen_running(number: int, beat: dict | None, started: float) -> optuna.trial.FrozenTrial:
+    return optuna.trial.FrozenTrial(
+        number=number, state=TrialState.RUNNING, value=None, values=None,
+        datetime_start=datetime.datetime.fromtimestamp(started), datetime_complete=None, params={},
+        distributions={}, user_attrs={}, system_attrs={} if beat is None else {search.HEARTBEAT_ATTR: beat},
+        intermediate_values={}, trial_id=number,
+    )
+
+
+def test_stale_rule() -> None:
+    now = time.time()
+    other_host = {"trial": 3, "host": "elsewhere-" + socket.gethostname(), "pid": 1, "time": now - 2}
+    assert not search.is_stale(_frozen_running(3, other_host, now - 100), grace_period=10, now=now)
+    assert search.is_stale(_frozen_running(3, {**other_host, "time": now - 11}, now - 100), grace_period=10, now=now)
+    # A dead process on this host is stale at once, whatever its last beat.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = {"trial": 3, "host": socket.gethostname(), "pid": dead.pid, "time": now}
+    assert search.is_stale(_frozen_running(3, here, now), grace_period=10, now=now)
+    assert not search.is_stale(_frozen_running(3, {**here, "pid": os.getpid()}, now), grace_period=10, now=now)
+    # A beat inherited from another trial (a retry) does not count: the start time decides.
+    assert not search.is_stale(_frozen_running(4, {**here, "pid": os.getpid()}, now - 5), grace_period=10, now=now)
+    assert search.is_stale(_frozen_running(4, {**here, "pid": os.getpid()}, now - 50), grace_period=10, now=now)
+
+
+def test_failed_trials_are_marked_and_the_worker_goes_on(tmp_path: Path) -> None:
+    storage = _storage_spec("journal", tmp_path)
+    process = _worker(storage, "failing", tmp_path / "out", 3, *TOY, "--toy-seconds", "0", "--toy-fail-above", "-10")
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1, output  # no completed trial: nothing to call best
+    assert _states(_load(storage, "failing")) == [TrialState.FAIL] * 3
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "No completed trial yet." in summary and "3 fail" in summary
+    assert "history.png`: not drawn" in summary
+
+
+def test_bad_arguments_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        search.parse_args(["--storage", "x", "--study-name", "s", "--n-trials", "1", "--objective", "nope"])
+    with pytest.raises(SystemExit):
+        search.parse_args(["--storage", "x", "--study-name", "s", "--n-trials", "1", "--grace-period", "1",
+                           "--heartbeat-interval", "2"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        search.open_storage(str(tmp_path / "missing" / "j.log"), heartbeat_interval=1, grace_period=5, max_retry=0)
+
+
+@pytest.mark.slow
+def test_one_real_quality_trial(tmp_path: Path) -> None:
+    pytest.importorskip("ds3kit.augment", reason="the training engine's augmentation has not landed yet")
+    pytest.importorskip("ds3kit.losses.patch_nce", reason="PatchNCE has not landed yet")
+    storage = _storage_spec("journal", tmp_path)
+    env = {**os.environ, "DS3KIT_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, str(SEARCH), "--storage", storage, "--study-name", "quality", "--n-trials", "1",
+               "--objective", "quality", "--smoke", "--device", "cpu", "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (trial,) = _load(storage, "quality").trials
+    assert trial.state == TrialState.COMPLETE, result.stderr
+    assert 0.0 < trial.value <= 1.0  # validation brain SSIM
+    assert trial.intermediate_values, "validation SSIM was never reported to the trial"
+    assert (tmp_path / "out" / "trial-0" / "metrics.json").is_file()
+    assert "best trial #0" in result.stdout
