@@ -380,15 +380,16 @@ class LinearDecay:
 
 
 def format_table(report: Mapping[str, Any]) -> str:
-    """The held-out results as a fixed-width table: one row per model, brain and tumour region."""
+    """The held-out results as a fixed-width table: one row per model, mean ± std over subjects, brain and tumour."""
     columns = ("brain_ssim", "brain_psnr", "brain_mse", "tumour_ssim", "tumour_psnr", "tumour_mse")
-    header = f"{'model':<10}" + "".join(f"{c:>13}" for c in columns)
-    lines = [f"{report['method']}: held-out subjects, {report['steps']} steps, paired fraction {report['paired_fraction']}",
-             header, "-" * len(header)]
+    header = f"{'model':<10}" + "".join(f"{c:>18}" for c in columns)
+    lines = [
+        f"{report['method']}: held-out subjects, {report['steps']} steps, paired fraction {report['paired_fraction']}",
+        header,
+        "-" * len(header),
+    ]
     for role, result in report["models"].items():
         mean, std = result["mean"], result["std"]
-        cells = "".join(
-            f"{mean[c]:>8.4f}±{std.get(c, 0):<4.3f}"[:13].rjust(13) if c in mean else f"{'n/a':>13}" for c in columns
-        )
-        lines.append(f"{role:<10}{cells}")
+        cells = [f"{mean[c]:.4f} ± {std.get(c, 0.0):.4f}" if c in mean else "n/a" for c in columns]
+        lines.append(f"{role:<10}" + "".join(f"{cell:>18}" for cell in cells))
     return "\n".join(lines)
