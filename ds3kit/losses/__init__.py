@@ -9,13 +9,7 @@ from ds3kit.losses.difficulty import (
     difficulty_weighted_mean,
 )
 
-# TODO(lead): plain import once patch_nce lands
-try:
-    from ds3kit.losses.patch_nce import PatchNCELoss, patch_nce
-except ModuleNotFoundError as error:
-    # Only a missing patch_nce module is tolerated; an error inside it (or a missing dependency) must surface.
-    if error.name != "ds3kit.losses.patch_nce":
-        raise
+from ds3kit.losses.patch_nce import PatchNCELoss, patch_nce
 
 __all__ = [
     "GAN_MODES",

@@ -1,0 +1,338 @@
+r"""The patchwise contrastive loss (CUT's PatchNCE, difficulty-weighted): functional API, backends, module.
+
+For group :math:`b` (an image, or an image at one encoder layer) with queries :math:`q_i` (synthesized patches) and
+keys :math:`k_j` (input patches at the same locations), rows L2-normalised, temperature :math:`T`:
+
+.. math::
+    \ell_i = \log \sum_{j=1}^{N} e^{q_i \cdot k_j / T} - q_i \cdot k_i / T
+
+the cross-entropy of picking the key at the query's own location among all N keys of the same group (CUT with
+negatives from the same image; in float32 identical to CUT's PatchNCELoss, which fills the diagonal of its
+negative block with -10 before dividing by T). Per-patch weights :math:`w_i` (the difficulty map at the patch)
+multiply :math:`\ell_i`.
+
+Backends (one dispatch point, :func:`patch_nce`):
+
+- ``"reference"``: eager, materialises the (B, N, N) logits. The readable definition.
+- ``"streaming"``: tiles queries and keys, keeps a running log-sum-exp; memory O(N D + tile^2). Scalar outputs get
+  their gradients in the forward pass (backward only scales them); ``reduction="none"`` recomputes per tile.
+- ``"triton"``: the fused kernels of :mod:`ds3kit.ops.patch_nce` (CUDA, or the CPU under ``TRITON_INTERPRET=1``).
+- ``"auto"``: triton for CUDA tensors, streaming otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ds3kit.utils.checks import check_ndim, check_same_shape
+
+BACKENDS = ("auto", "reference", "streaming", "triton")
+REDUCTIONS = ("mean", "sum", "none")
+SAMPLINGS = ("uniform", "difficulty")
+# Tile sides of the streaming path: a (B, 2048, 2048) float32 score tile is 16 MiB per group.
+QUERY_TILE = 2048
+KEY_TILE = 2048
+
+
+def patch_nce(
+    query: Tensor,
+    key: Tensor,
+    *,
+    temperature: float = 0.07,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> Tensor:
+    r"""Patchwise InfoNCE with negatives from the same group; see the module docstring for the math.
+
+    Args:
+        query: (B, N, D) float32 / bfloat16 / float16, rows L2-normalised by the caller.
+        key: (B, N, D), same dtype; row i of ``key`` is the positive of row i of ``query``.
+        temperature: T > 0.
+        weight: (B, N) per-patch weights, a constant (must not require grad).
+        reduction: ``"mean"`` (over B * N), ``"sum"``, or ``"none"`` ((B, N) of ``w_i * l_i``).
+        backend: ``"auto"``, ``"reference"``, ``"streaming"`` or ``"triton"``.
+
+    Returns:
+        float32 scalar (float64 for float64 inputs), or (B, N) for ``reduction="none"``. Gradients reach ``query`` and ``key`` whenever
+        they require grad (nothing is detached here).
+
+    Example:
+        >>> q = F.normalize(torch.randn(2, 17, 8), dim=-1)
+        >>> k = F.normalize(torch.randn(2, 17, 8), dim=-1)
+        >>> loss = patch_nce(q, k)
+        >>> bool(torch.isclose(loss, patch_nce(q, k, backend="reference")))
+        True
+    """
+    _check_inputs(query, key, temperature, weight, reduction, backend)
+    if backend == "auto":
+        backend = "triton" if query.is_cuda else "streaming"
+    if backend == "reference":
+        return patch_nce_reference(query, key, temperature=temperature, weight=weight, reduction=reduction)
+    if backend == "streaming":
+        return _StreamingPatchNCE.apply(query, key, weight, temperature, reduction)
+    if not query.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 in the environment to run the kernels on the "
+            "CPU through Triton's interpreter; use backend='streaming' on the CPU"
+        )
+    from ds3kit.ops.patch_nce import patch_nce_triton
+
+    return patch_nce_triton(query, key, temperature=temperature, weight=weight, reduction=reduction)
+
+
+def patch_nce_reference(
+    query: Tensor, key: Tensor, *, temperature: float = 0.07, weight: Tensor | None = None, reduction: str = "mean"
+) -> Tensor:
+    """Eager definition: (B, N, N) logits, logsumexp minus the diagonal, accumulated in float32 (float64 stays)."""
+    accumulator = _accumulator(query)
+    logits = torch.bmm(query.to(accumulator), key.to(accumulator).transpose(1, 2)) / temperature
+    losses = torch.logsumexp(logits, dim=-1) - torch.diagonal(logits, dim1=-2, dim2=-1)
+    return _reduce(losses if weight is None else losses * weight.to(accumulator), reduction)
+
+
+def _accumulator(tensor: Tensor) -> torch.dtype:
+    # Half-precision inputs accumulate in float32; float64 (gradcheck, references) stays float64.
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _reduce(losses: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "sum":
+        return losses.sum()
+    return losses
+
+
+def _check_inputs(query: Tensor, key: Tensor, temperature: float, weight: Tensor | None, reduction: str, backend: str) -> None:
+    check_ndim(query, 3, "query", "(B, N, D)")
+    check_ndim(key, 3, "key", "(B, N, D)")
+    check_same_shape(query, key, "query", "key")
+    if query.dtype != key.dtype:
+        raise ValueError(f"query and key must share a dtype, got {query.dtype} and {key.dtype}")
+    if query.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise ValueError(f"query must be float32, bfloat16 or float16, got {query.dtype}")
+    if query.shape[1] == 0:
+        raise ValueError(f"query must hold at least one patch, got shape {tuple(query.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if weight is not None:
+        if weight.shape != query.shape[:2]:
+            raise ValueError(f"weight must be (B, N) = {tuple(query.shape[:2])}, got shape {tuple(weight.shape)}")
+        if weight.requires_grad:
+            raise ValueError("weight is a constant (the detached difficulty map); it must not require grad")
+
+
+class _StreamingPatchNCE(torch.autograd.Function):
+    """Tiled forward with a running log-sum-exp; never holds more than a (B, QUERY_TILE, KEY_TILE) score tile."""
+
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor, weight: Tensor | None, temperature: float, reduction: str) -> Tensor:
+        need_query, need_key = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        q, k = query.to(_accumulator(query)), key.to(_accumulator(key))
+        batch, n, _ = q.shape
+        scale = 1.0 / temperature
+        positive = (q * k).sum(-1) * scale
+        lse = _row_logsumexp(q, k, scale)
+        losses = lse - positive
+        weighted = losses if weight is None else losses * weight.to(q.dtype)
+        output = _reduce(weighted, reduction)
+        ctx.reduction, ctx.scale = reduction, scale
+        ctx.input_dtypes = (query.dtype, key.dtype)
+        if not (need_query or need_key):
+            return output
+        if reduction == "none":
+            ctx.save_for_backward(q, k, weight, lse)
+            return output
+        # Scalar output: the gradient is known up to the upstream scalar, so produce it now (no recompute later).
+        row_grad = torch.full((batch, n), 1.0 / (batch * n) if reduction == "mean" else 1.0, device=q.device,
+                              dtype=q.dtype)
+        if weight is not None:
+            row_grad = row_grad * weight.to(q.dtype)
+        grad_query, grad_key = _gradients(q, k, lse, row_grad, scale, need_query, need_key)
+        ctx.save_for_backward(grad_query, grad_key)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        if ctx.reduction == "none":
+            q, k, weight, lse = ctx.saved_tensors
+            row_grad = grad_output.to(q.dtype) if weight is None else grad_output.to(q.dtype) * weight.to(q.dtype)
+            grad_query, grad_key = _gradients(q, k, lse, row_grad, ctx.scale, *ctx.needs_input_grad[:2])
+        else:
+            grad_query, grad_key = ctx.saved_tensors
+            if not torch.equal(grad_output, torch.ones_like(grad_output)):  # skip the scaling when it is 1
+                grad_query = None if grad_query is None else grad_query * grad_output
+                grad_key = None if grad_key is None else grad_key * grad_output
+        grad_query = None if grad_query is None else grad_query.to(ctx.input_dtypes[0])
+        grad_key = None if grad_key is None else grad_key.to(ctx.input_dtypes[1])
+        return grad_query, grad_key, None, None, None
+
+
+def _row_logsumexp(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """log sum_j exp(q_i . k_j * scale) per row, over key tiles, with a running maximum."""
+    batch, n, _ = q.shape
+    lse = torch.empty(batch, n, device=q.device, dtype=q.dtype)
+    for i0 in range(0, n, QUERY_TILE):
+        q_tile = q[:, i0 : i0 + QUERY_TILE]
+        running_max = torch.full(q_tile.shape[:2], float("-inf"), device=q.device, dtype=q.dtype)
+        running_sum = torch.zeros(q_tile.shape[:2], device=q.device, dtype=q.dtype)
+        for j0 in range(0, n, KEY_TILE):
+            scores = torch.bmm(q_tile, k[:, j0 : j0 + KEY_TILE].transpose(1, 2)).mul_(scale)
+            tile_max = scores.amax(-1)
+            new_max = torch.maximum(running_max, tile_max)
+            running_sum = running_sum * torch.exp(running_max - new_max) + scores.sub_(new_max[..., None]).exp_().sum(-1)
+            running_max = new_max
+        lse[:, i0 : i0 + QUERY_TILE] = running_max + torch.log(running_sum)
+    return lse
+
+
+def _gradients(q: Tensor, k: Tensor, lse: Tensor, row_grad: Tensor, scale: float, need_query: bool, need_key: bool):
+    r"""With :math:`p_{ij} = \mathrm{softmax}_j(s_{ij})` and :math:`g_i` the upstream gradient of row i:
+    :math:`dq_i = s\,g_i(\sum_j p_{ij} k_j - k_i)`, :math:`dk_j = s(\sum_i g_i p_{ij} q_i - g_j q_j)`."""
+    n = q.shape[1]
+    g = row_grad * scale  # (B, N)
+    grad_query = torch.zeros_like(q) if need_query else None
+    grad_key = torch.zeros_like(k) if need_key else None
+    for i0 in range(0, n, QUERY_TILE):
+        rows = slice(i0, i0 + QUERY_TILE)
+        q_tile, g_tile = q[:, rows], g[:, rows, None]
+        for j0 in range(0, n, KEY_TILE):
+            cols = slice(j0, j0 + KEY_TILE)
+            # g_i * p_ij, built in place in the score buffer.
+            weights = torch.bmm(q_tile, k[:, cols].transpose(1, 2)).mul_(scale).sub_(lse[:, rows, None]).exp_().mul_(g_tile)
+            if need_query:
+                grad_query[:, rows].baddbmm_(weights, k[:, cols])
+            if need_key:
+                grad_key[:, cols].baddbmm_(weights.transpose(1, 2), q_tile)
+    if need_query:
+        grad_query.sub_(g[..., None] * k)
+    if need_key:
+        grad_key.sub_(g[..., None] * q)
+    return grad_query, grad_key
+
+
+class PatchNCELoss(nn.Module):
+    r"""CUT's PatchNCE over a generator's feature pyramid, weighted by the difficulty map, all layers in one call.
+
+    For each layer k: ``num_patches`` locations are sampled (the same for query and key), the features there go
+    through the layer's MLP head (Linear(C_k, 256) - ReLU - Linear(256, 256)) and are L2-normalised
+    (``x / (||x|| + 1e-7)``); the key side is detached (as CUT does). The K layers' (B, N, 256) queries and keys are
+    stacked into (K B, N, 256) and go through ONE :func:`patch_nce` call; the loss is the mean over patches, then
+    over layers (equal N per layer: the smallest of ``num_patches`` and every layer's location count).
+
+    Args:
+        feature_channels: channels of each feature map (the generator's ``feature_channels``).
+        num_patches: locations per layer (CUT: 256).
+        head_dim: width of the MLP heads (CUT: 256).
+        temperature: T (CUT: 0.07).
+        sampling: ``"uniform"`` (CUT: a random subset of locations, shared across the batch) or ``"difficulty"``
+            (per image, drawn without replacement in proportion to the difficulty map; the patches are then not
+            weighted again, to avoid counting the difficulty twice).
+        detach_key: detach the key features (CUT). ``False`` lets gradients reach the input's encoder too.
+        backend: passed to :func:`patch_nce`.
+
+    Shape:
+        - query_features, key_features: sequences of (B, C_k, H_k, W_k).
+        - difficulty: (B, 1, H, W) or None; pooled (area) to each layer's size and gathered at the locations.
+        - Output: scalar.
+    """
+
+    def __init__(
+        self,
+        feature_channels: Sequence[int],
+        *,
+        num_patches: int = 256,
+        head_dim: int = 256,
+        temperature: float = 0.07,
+        sampling: str = "uniform",
+        detach_key: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if num_patches < 1:
+            raise ValueError(f"num_patches must be >= 1, got {num_patches}")
+        if not feature_channels:
+            raise ValueError("feature_channels must name at least one layer")
+        self.num_patches = num_patches
+        self.temperature = temperature
+        self.sampling = sampling
+        self.detach_key = detach_key
+        self.backend = backend
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(channels, head_dim), nn.ReLU(inplace=True), nn.Linear(head_dim, head_dim))
+            for channels in feature_channels
+        )
+
+    def forward(
+        self,
+        query_features: Sequence[Tensor],
+        key_features: Sequence[Tensor],
+        difficulty: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        if len(query_features) != len(self.heads) or len(key_features) != len(self.heads):
+            raise ValueError(
+                f"expected {len(self.heads)} feature maps for query and key, got {len(query_features)} and "
+                f"{len(key_features)}"
+            )
+        for index, (q, k) in enumerate(zip(query_features, key_features)):
+            check_ndim(q, 4, f"query_features[{index}]", "(B, C, H, W)")
+            check_same_shape(q, k, f"query_features[{index}]", f"key_features[{index}]")
+        count = min(self.num_patches, *(q.shape[-2] * q.shape[-1] for q in query_features))
+        queries, keys, weights = [], [], []
+        for head, q, k in zip(self.heads, query_features, key_features):
+            locations, layer_weight = self.sample(q.shape, count, difficulty, generator, q.device)
+            queries.append(_normalise(head(_gather(q, locations))))
+            key = _normalise(head(_gather(k.detach() if self.detach_key else k, locations)))
+            keys.append(key.detach() if self.detach_key else key)
+            weights.append(layer_weight)
+        weight = None if weights[0] is None else torch.cat(weights).detach()
+        return patch_nce(
+            torch.cat(queries), torch.cat(keys).to(queries[0].dtype), temperature=self.temperature, weight=weight,
+            backend=self.backend,
+        )
+
+    def sample(
+        self,
+        shape: torch.Size,
+        count: int,
+        difficulty: Tensor | None,
+        generator: torch.Generator | None,
+        device: torch.device,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Locations (B, count) into a layer's flattened H_k W_k grid, and the weights there ((B, count) or None)."""
+        batch, _, height, width = shape
+        pooled = None
+        if difficulty is not None:
+            check_ndim(difficulty, 4, "difficulty", "(B, 1, H, W)")
+            if difficulty.shape[0] != batch or difficulty.shape[1] != 1:
+                raise ValueError(f"difficulty must be ({batch}, 1, H, W), got shape {tuple(difficulty.shape)}")
+            pooled = F.adaptive_avg_pool2d(difficulty.detach().float(), (height, width)).flatten(1)  # (B, H_k W_k)
+        if self.sampling == "difficulty" and pooled is not None:
+            locations = torch.multinomial(pooled.cpu(), count, replacement=False, generator=generator).to(device)
+            return locations, None
+        order = torch.randperm(height * width, generator=generator)[:count].to(device)
+        locations = order.expand(batch, count)
+        return locations, None if pooled is None else pooled.gather(1, locations)
+
+
+def _gather(features: Tensor, locations: Tensor) -> Tensor:
+    """(B, C, H, W) features at (B, N) flat locations -> (B, N, C)."""
+    flat = features.flatten(2).transpose(1, 2)  # (B, HW, C)
+    return flat.gather(1, locations[..., None].expand(-1, -1, flat.shape[-1]))
+
+
+def _normalise(x: Tensor) -> Tensor:
+    return x / (x.norm(dim=-1, keepdim=True) + 1e-7)
