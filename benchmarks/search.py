@@ -209,7 +209,7 @@ def quality_objective(args: argparse.Namespace, out: Path) -> Objective:
     base = RunConfig(progress=False, device=args.device, num_threads=args.threads, paired_fraction=args.paired_fraction,
                      val_every=args.val_every, steps=args.steps, checkpoint_every=10**9)
     if args.smoke:
-        base = dataclasses.replace(base, **SMOKE_OVERRIDES, progress=False, checkpoint_every=10**9)
+        base = dataclasses.replace(base, **{**SMOKE_OVERRIDES, "progress": False, "checkpoint_every": 10**9})
 
     def objective(trial: optuna.Trial) -> float:
         options = {

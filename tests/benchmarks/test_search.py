@@ -170,8 +170,6 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_one_real_quality_trial(tmp_path: Path) -> None:
-    pytest.importorskip("ds3kit.augment", reason="the training engine's augmentation has not landed yet")
-    pytest.importorskip("ds3kit.losses.patch_nce", reason="PatchNCE has not landed yet")
     storage = _storage_spec("journal", tmp_path)
     env = {**os.environ, "DS3KIT_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, str(SEARCH), "--storage", storage, "--study-name", "quality", "--n-trials", "1",

@@ -61,12 +61,17 @@ def test_truncated_input_gives_one_line_error_and_no_output(checkpoint, tmp_path
     assert not out.exists()
 
 
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 @needs_tcga
 @pytest.mark.parametrize(
     "make_bad, message",
     [
         (lambda d: d / "missing.nii.gz", "missing.nii.gz"),
-        (lambda d: (d / "notnifti.nii.gz").write_bytes(gzip.compress(b"hello")) or d / "notnifti.nii.gz", "notnifti"),
+        (lambda d: _write(d / "notnifti.nii.gz", gzip.compress(b"hello")), "notnifti"),
     ],
 )
 def test_bad_flair_files(checkpoint, tmp_path, capsys, make_bad, message):
