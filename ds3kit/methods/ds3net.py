@@ -49,6 +49,7 @@ class DS3NetOptions:
     nce_temperature: float = 0.07
     student_nce: bool = True  # the student also gets L_pad on its unpaired batches
     teacher_warmup_fraction: float = 0.3  # teacher-only steps on paired data before joint training
+    student_from_teacher: bool = True  # the student starts joint training as a copy of the warmed-up teacher
     use_difficulty: bool = True  # ablation switch: False = M == 1 everywhere
     use_nce: bool = True
     use_feature_distillation: bool = True
@@ -168,6 +169,11 @@ class DS3Net(Method):
         self.teacher = PairedTeacher(
             teacher, teacher_discriminator, options, total_steps=total_steps, lr=lr, betas=betas, role="teacher"
         )
+        if options.student_from_teacher and _config(student) != _config(teacher):
+            raise ValueError(
+                "student_from_teacher needs the student and the teacher to share an architecture, got "
+                f"{_config(student)} and {_config(teacher)}; pass student_from_teacher=False"
+            )
         self.student = student
         self.student_discriminator = student_discriminator
         self.distillation = DualLevelDistillation(teacher, student)
@@ -197,6 +203,10 @@ class DS3Net(Method):
         logs = self.teacher.training_step(paired, None)
         if self.step < self.warmup_steps:
             return logs
+        if self.step == self.warmup_steps and self.options.student_from_teacher:
+            # Joint training starts from what the teacher learned, not from scratch (a function of the step, so a
+            # resumed run does the same).
+            self.student.load_state_dict(self.teacher.generator.state_dict())
         logs.update(self.student_step(paired, unpaired["inputs"]))
         return logs
 
@@ -236,3 +246,7 @@ class DS3Net(Method):
         self.update("student_discriminator", d_terms)
         logs.update({name: item(value) for name, value in d_terms.items()})
         return logs
+
+
+def _config(generator: nn.Module) -> object:
+    return generator.config() if hasattr(generator, "config") else type(generator).__name__

@@ -19,7 +19,7 @@ class RunConfig:
     data: str | None = None  # a BraTS-layout root; None = the built-in phantom cohort
     out: str = "runs/ds3net"
     paired_fraction: float = 0.05
-    steps: int = 1500
+    steps: int = 1200
     epochs: float | None = None  # if set, overrides steps: passes over the paired (or unpaired) training slices
     batch_size: int = 4
     image_size: int | None = 96
