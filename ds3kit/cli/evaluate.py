@@ -1,45 +1,75 @@
-"""``ds3kit evaluate``: SSIM, PSNR and MSE of a synthesized T1ce against the real one, whole image, brain, tumour."""
+"""``ds3kit evaluate``: SSIM, PSNR and MSE of a synthesized T1ce against the real one, whole volume, brain, tumour.
+
+Intensity units (``--scaling``, see ``docs/metrics.md``): metrics are only meaningful when both volumes are in the
+same units, so ONE map is used for both. By default (``auto``) the real T1ce is put on ds3kit's training scale (the
+0.5th / 99.5th percentiles inside the brain -> [0, 1], 0 outside the brain, exactly what training and
+``evaluate_generator`` do); a prediction that already lies in [0, 1] is taken to be on that scale (what
+``ds3kit synthesize`` writes) and used as is, any other prediction is taken to be in the target's scanner units and
+gets the target's map. The prediction never gets a map fitted on itself: that would hide a global intensity error.
+When both files already lie in [0, 1], both are used as they are.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+
+import numpy as np
+
+_SCALINGS = ("auto", "target", "none")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score a synthesized T1ce against the real one (one JSON line)",
-        description="Prints one JSON line: ssim, psnr, mse over the whole volume, and brain_* / tumour_* inside the "
-        "brain mask (--mask, else estimated from the target) and the tumour (--seg > 0). The target is normalised "
-        "as in training (robust percentiles inside the brain -> [0, 1]); so is the prediction unless it already "
-        "lies in [0, 1] (ds3kit synthesize writes that scale). A prediction on another grid is resampled onto the "
-        "target's grid through the affines.",
+        help="score a synthesized T1ce against the real one (one JSON line on stdout)",
+        description="Prints one JSON line: ssim, psnr, mse over the whole 3-D volume, and brain_* / tumour_* inside "
+        "the brain (--mask, else estimated from the target as in training) and the tumour (--seg > 0; keys left out "
+        "when the segmentation has no tumour). A prediction on another grid is resampled onto the target's grid "
+        "through the affines (trilinear), with a note on stderr. --scaling auto (default): the target is normalised "
+        "as in training (0.5/99.5th percentiles inside the brain -> [0, 1], 0 outside); a prediction already in "
+        "[0, 1] is used as is (ds3kit synthesize writes that scale), any other gets the target's map; when both "
+        "files are already in [0, 1] both are used as is. --scaling target: the target's map for both (both in "
+        "scanner units). --scaling none: both as is (set --data-range). An infinite PSNR (identical volumes) is "
+        "written as null.",
     )
-    parser.add_argument("--pred", required=True, type=Path)
-    parser.add_argument("--target", required=True, type=Path)
-    parser.add_argument("--seg", type=Path, default=None, help="segmentation on the target grid (tumour = label > 0)")
-    parser.add_argument("--mask", type=Path, default=None, help="brain mask on the target grid")
-    parser.add_argument("--data-range", type=float, default=1.0)
+    parser.add_argument("--pred", required=True, type=Path, help="synthesized T1ce (NIfTI)")
+    parser.add_argument("--target", required=True, type=Path, help="real T1ce (NIfTI), the reference grid")
+    parser.add_argument("--seg", type=Path, default=None,
+                        help="segmentation voxel-aligned with the target; tumour = label > 0")
+    parser.add_argument("--mask", type=Path, default=None,
+                        help="brain mask voxel-aligned with the target (> 0 = brain)")
+    parser.add_argument("--data-range", type=float, default=1.0,
+                        help="intensity span for PSNR and SSIM (default 1)")
+    parser.add_argument("--scaling", choices=_SCALINGS, default="auto",
+                        help="intensity units, see above (default auto)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    # Imported here so `ds3kit --help` stays fast.
     import torch
 
-    from ds3kit.data import brain_mask, fit_intensity_scaling, load_volume, resample_to_reference, same_grid
+    from ds3kit.data import brain_mask, load_volume, resample_to_reference, same_grid
     from ds3kit.errors import InputError
     from ds3kit.metrics import region_metrics
 
+    if not (math.isfinite(args.data_range) and args.data_range > 0):
+        raise InputError(f"--data-range must be a finite number > 0, got {args.data_range}")
+
     target = load_volume(args.target)
-    pred = load_volume(args.pred)
+    pred = load_volume(args.pred, allow_constant=True)  # an all-zero prediction is bad, not unreadable
     resampled = not same_grid(pred, target)
     if resampled:
-        print(f"ds3kit evaluate: {args.pred} lies on another grid; resampled onto {args.target}'s", file=sys.stderr)
-        pred = resample_to_reference(pred, target)
+        print(
+            f"ds3kit evaluate: {args.pred} (shape {pred.shape}) lies on another grid than {args.target} "
+            f"(shape {target.shape}); resampled onto the target's grid through the affines (trilinear)",
+            file=sys.stderr,
+        )
+        pred = resample_to_reference(pred, target, order=1)
 
     def region(path: Path | None, what: str) -> np.ndarray | None:
         if path is None:
@@ -52,19 +82,50 @@ def run(args: argparse.Namespace) -> int:
     brain = region(args.mask, "mask")
     if brain is None:
         brain = brain_mask([target.data])
+    elif not brain.any():
+        raise InputError(f"{args.mask}: the brain mask is empty (no voxel > 0)")
     tumour = region(args.seg, "segmentation")
 
-    truth = fit_intensity_scaling(target.data, brain).normalize(target.data)
-    prediction = pred.data
-    if prediction.min() < 0 or prediction.max() > 1:
-        prediction = fit_intensity_scaling(prediction, brain).normalize(prediction)
+    truth, prediction, scaled = _scale(target.data, pred.data, brain, args.scaling)
 
     def tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array))[None, None]
 
     metrics = region_metrics(
-        tensor(prediction), tensor(truth), brain_mask=tensor(brain),
-        tumour_mask=None if tumour is None or not tumour.any() else tensor(tumour), data_range=args.data_range,
+        tensor(prediction),
+        tensor(truth),
+        brain_mask=tensor(brain),
+        tumour_mask=None if tumour is None or not tumour.any() else tensor(tumour),
+        data_range=args.data_range,
     )
-    print(json.dumps({"pred": str(args.pred), "target": str(args.target), "resampled": resampled, **metrics}))
+    report = {
+        "pred": str(args.pred),
+        "target": str(args.target),
+        "resampled": resampled,
+        "scaling": scaled,
+        "data_range": args.data_range,
+        "brain_voxels": int(brain.sum()),
+        "tumour_voxels": None if tumour is None else int(tumour.sum()),
+        # Strict JSON has no Infinity: an infinite PSNR (identical volumes) is written as null.
+        **{key: value if math.isfinite(value) else None for key, value in metrics.items()},
+    }
+    print(json.dumps(report, allow_nan=False))
     return 0
+
+
+def _scale(target: np.ndarray, pred: np.ndarray, brain: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Both volumes in one set of units. Returns (target, pred, what was done), the last one of:
+    ``"none"`` (both as is), ``"target"`` (target normalised, prediction as is), ``"target_map_on_both"``."""
+    from ds3kit.data import fit_intensity_scaling
+
+    def in_unit_range(data: np.ndarray) -> bool:
+        return bool(data.min() >= 0.0 and data.max() <= 1.0)
+
+    if scaling == "none" or (scaling == "auto" and in_unit_range(target) and in_unit_range(pred)):
+        return target, pred, "none"
+    mapping = fit_intensity_scaling(target, brain)
+    # As in training (ds3kit.data.Session): [0, 1] from the percentiles inside the brain, 0 outside it.
+    truth = np.where(brain, mapping.normalize(target), np.float32(0.0))
+    if scaling == "auto" and in_unit_range(pred):
+        return truth, pred, "target"
+    return truth, mapping.normalize(pred), "target_map_on_both"

@@ -63,3 +63,109 @@ def test_missing_and_mismatched_files(volumes, tmp_path, capsys):
     assert main(["evaluate", "--pred", str(volumes["pred"]), "--target", str(volumes["target"]),
                  "--seg", str(bad_seg)]) == 2
     assert "differs from the target" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ values and units
+def run_json(capsys, *argv):
+    code = main(["evaluate", *map(str, argv)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1
+    return json.loads(lines[0]), captured.err
+
+
+def test_values_match_an_independent_computation(volumes, capsys):
+    metrics = pytest.importorskip("skimage.metrics")
+    result, err = run_json(capsys, "--pred", volumes["pred"], "--target", volumes["target"], "--seg", volumes["seg"])
+    assert err == "" and result["scaling"] == "target"
+    target = np.asarray(nib.load(volumes["target"]).dataobj, dtype=np.float64)
+    pred = np.asarray(nib.load(volumes["pred"]).dataobj, dtype=np.float64)
+    brain = target > 0  # skull-stripped: the estimated brain is the support (no holes in this one)
+    low, high = np.percentile(target[brain], [0.5, 99.5])
+    truth = np.where(brain, np.clip((target - low) / (high - low), 0, 1), 0)
+    tumour = np.asarray(nib.load(volumes["seg"]).dataobj) > 0
+    assert result["brain_voxels"] == int(brain.sum()) and result["tumour_voxels"] == int(tumour.sum())
+    assert result["ssim"] == pytest.approx(metrics.structural_similarity(
+        pred, truth, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0), abs=1e-4)
+    assert result["psnr"] == pytest.approx(metrics.peak_signal_noise_ratio(truth, pred, data_range=1.0), rel=1e-4)
+    assert result["brain_mse"] == pytest.approx(np.mean((pred - truth)[brain] ** 2), rel=1e-4)
+    assert result["tumour_mse"] == pytest.approx(np.mean((pred - truth)[tumour] ** 2), rel=1e-4)
+
+
+def test_prediction_in_scanner_units_gets_the_targets_map(volumes, tmp_path, capsys):
+    # The target itself, in scanner units, as the prediction: the same map on both, a perfect score.
+    result, _ = run_json(capsys, "--pred", volumes["target"], "--target", volumes["target"])
+    assert result["scaling"] == "target_map_on_both"
+    assert result["ssim"] == 1.0 and result["mse"] == 0.0 and result["psnr"] is None  # inf -> null
+    # Twice the intensity is NOT rescaled away (no map fitted on the prediction itself).
+    data = np.asarray(nib.load(volumes["target"]).dataobj) * 1.3
+    brighter = write(tmp_path / "brighter.nii.gz", data)
+    result, _ = run_json(capsys, "--pred", brighter, "--target", volumes["target"])
+    assert result["brain_mse"] > 1e-3
+
+
+def test_scaling_none_and_data_range(volumes, tmp_path, capsys):
+    target = np.asarray(nib.load(volumes["target"]).dataobj)
+    pred = write(tmp_path / "p.nii.gz", target + 10.0 * (target > 0))
+    result, _ = run_json(capsys, "--pred", pred, "--target", volumes["target"], "--scaling", "none", "--data-range", 1000)
+    assert result["scaling"] == "none" and result["brain_mse"] == pytest.approx(100.0)
+    assert result["brain_psnr"] == pytest.approx(10 * np.log10(1000.0**2 / 100.0))
+
+
+def test_both_in_unit_range_are_used_as_is(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    target = rng.random((13, 15, 12)).astype(np.float32)
+    pred = np.clip(target + 0.1, 0, 1)
+    result, _ = run_json(capsys, "--pred", write(tmp_path / "p.nii", pred), "--target", write(tmp_path / "t.nii", target))
+    assert result["scaling"] == "none"
+    assert result["mse"] == pytest.approx(float(np.mean((pred.astype(np.float64) - target) ** 2)), rel=1e-5)
+
+
+def test_resampled_prediction_scores_like_the_original(volumes, tmp_path, capsys):
+    reference, _ = run_json(capsys, "--pred", volumes["pred"], "--target", volumes["target"])
+    data = np.pad(np.asarray(nib.load(volumes["pred"]).dataobj), ((0, 3), (2, 0), (0, 0)))
+    affine = np.eye(4)
+    affine[1, 3] = -2.0  # two voxels of padding before y = 0: the same world placement on a larger grid
+    result, err = run_json(capsys, "--pred", write(tmp_path / "big.nii.gz", data, affine), "--target", volumes["target"])
+    assert result["resampled"] is True and "resampled onto the target's grid" in err
+    for key in ("ssim", "psnr", "mse", "brain_ssim", "brain_mse"):
+        assert result[key] == pytest.approx(reference[key], rel=1e-5), key
+
+
+def test_seg_without_tumour_and_explicit_mask(volumes, tmp_path, capsys):
+    target = np.asarray(nib.load(volumes["target"]).dataobj)
+    empty_seg = write(tmp_path / "seg0.nii.gz", np.zeros_like(target))
+    mask = np.zeros_like(target)
+    mask[5:15, 6:16, 4:14] = 1
+    result, _ = run_json(capsys, "--pred", volumes["pred"], "--target", volumes["target"], "--seg", empty_seg,
+                         "--mask", write(tmp_path / "mask.nii.gz", mask))
+    assert result["tumour_voxels"] == 0 and not any(key.startswith("tumour_") and key != "tumour_voxels" for key in result)
+    assert result["brain_voxels"] == 1000
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--data-range", "0"], "--data-range must be a finite number > 0"),
+        (["--mask", "EMPTY"], "the brain mask is empty"),
+        (["--mask", "CORRUPT"], "not a readable NIfTI image"),
+        (["--target", "TINY"], "SSIM needs every spatial side >= 11"),
+    ],
+)
+def test_bad_inputs_give_one_line_and_exit_2(volumes, tmp_path, capsys, extra, message):
+    files = {
+        "EMPTY": write(tmp_path / "empty.nii.gz", np.zeros((24, 26, 20))),
+        "CORRUPT": tmp_path / "corrupt.nii.gz",
+        "TINY": write(tmp_path / "tiny.nii.gz", np.arange(8 * 9 * 10, dtype=np.float32).reshape(8, 9, 10)),
+    }
+    files["CORRUPT"].write_bytes(b"\x1f\x8b not really a gzip file")
+    argv = ["evaluate", "--pred", str(volumes["pred"]), "--target", str(volumes["target"])]
+    argv += [str(files.get(item, item)) for item in extra]
+    if "--target" in extra:
+        argv = ["evaluate", "--pred", str(files["TINY"]), "--target", str(files["TINY"])]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ds3kit evaluate: error:") and message in lines[0]
