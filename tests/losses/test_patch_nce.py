@@ -209,3 +209,21 @@ def test_module_errors():
     loss = PatchNCELoss([5, 7])
     with pytest.raises(ValueError, match="expected 2 feature maps"):
         loss(features(0)[:1], features(1)[:1])
+
+
+@pytest.mark.parametrize("temperature", [0.07, 0.005])
+def test_fixed_and_running_maximum_paths(temperature, small_tiles):
+    # T = 0.07 on unit rows lets the streaming path shift by the fixed bound 1/T; T = 0.005 (bound 200) would
+    # underflow that way, so the running row maximum takes over. Both must match float64.
+    query, key = unit_rows(2, 300, 16, seed=14).requires_grad_(), unit_rows(2, 300, 16, seed=15)
+    ours = patch_nce(query, key, temperature=temperature, reduction="none", backend="streaming")
+    torch.testing.assert_close(ours.double(), reference_fp64(query.detach(), key, temperature), rtol=1e-5, atol=1e-4)
+    ours.sum().backward()
+    q64 = query.detach().double().requires_grad_()
+    reference_fp64(q64, key, temperature).sum().backward()
+    q32 = query.detach().clone().requires_grad_()
+    patch_nce(q32, key, temperature=temperature, reduction="none", backend="reference").sum().backward()
+    # Cut-Cross-Entropy's rule: no further from float64 than eager torch in float32 (scores reach 1/T = 200 here).
+    ours_error = (query.grad.double() - q64.grad).abs()
+    eager_error = (q32.grad.double() - q64.grad).abs()
+    assert (ours_error <= 2 * eager_error + 1e-5 * q64.grad.abs().max()).all()
