@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ds3kit.ops._checks import REDUCTIONS, check_patch_nce_inputs, is_float_dtype
 from ds3kit.utils.checks import check_ndim, check_same_shape
 
 BACKENDS = ("auto", "reference", "streaming", "triton")
-REDUCTIONS = ("mean", "sum", "none")
 SAMPLINGS = ("uniform", "difficulty")
 # Tile sides of the streaming path: a (B, 4096, 1024) float32 score tile is 16 MiB per group (measured best of
 # 2048x2048, 4096x1024, 1024x4096, 8192x512 at N = 8192 on 2 cores).
@@ -113,26 +113,11 @@ def _reduce(losses: Tensor, reduction: str) -> Tensor:
 
 
 def _check_inputs(query: Tensor, key: Tensor, temperature: float, weight: Tensor | None, reduction: str, backend: str) -> None:
-    check_ndim(query, 3, "query", "(B, N, D)")
-    check_ndim(key, 3, "key", "(B, N, D)")
-    check_same_shape(query, key, "query", "key")
-    if query.dtype != key.dtype:
-        raise ValueError(f"query and key must share a dtype, got {query.dtype} and {key.dtype}")
-    if query.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+    check_patch_nce_inputs(query, key, temperature, weight, reduction)
+    if not is_float_dtype(query.dtype):
         raise ValueError(f"query must be float32, bfloat16 or float16, got {query.dtype}")
-    if query.shape[1] == 0:
-        raise ValueError(f"query must hold at least one patch, got shape {tuple(query.shape)}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if weight is not None:
-        if weight.shape != query.shape[:2]:
-            raise ValueError(f"weight must be (B, N) = {tuple(query.shape[:2])}, got shape {tuple(weight.shape)}")
-        if weight.requires_grad:
-            raise ValueError("weight is a constant (the detached difficulty map); it must not require grad")
 
 
 class _StreamingPatchNCE(torch.autograd.Function):

@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ds3kit.ops._checks import check_patch_nce_inputs
+
 try:
     import triton
     import triton.language as tl
@@ -53,7 +55,6 @@ except ImportError as error:  # pragma: no cover - exercised only where triton i
 __all__ = ["KernelConfig", "PatchNCEFunction", "get_kernel_config", "kernel_cache_path", "patch_nce_triton",
            "set_kernel_config"]
 
-REDUCTIONS = ("mean", "sum", "none")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MIN_BLOCK = 16  # tl.dot needs every tile side >= 16
 MAX_DIM = 1024  # one (BLOCK_M, next_pow2(D)) query tile stays in registers / shared memory; CUT uses 256
@@ -379,27 +380,13 @@ def patch_nce_triton(
         ValueError: bad shapes, dtypes (float64 included: use the ``"streaming"`` or ``"reference"`` backend),
             reduction or temperature, or CPU tensors without the interpreter.
     """
-    if query.ndim != 3 or key.shape != query.shape:
-        raise ValueError(f"query and key must both be (B, N, D), got {tuple(query.shape)} and {tuple(key.shape)}")
-    if query.dtype not in DTYPES or key.dtype != query.dtype:
+    check_patch_nce_inputs(query, key, temperature, weight, reduction)
+    if query.dtype not in DTYPES:
         raise ValueError(
-            f"the triton backend takes float32, bfloat16 or float16 query and key of one dtype, got {query.dtype} and "
-            f"{key.dtype} (float64: use backend='streaming' or 'reference')"
+            f"the triton backend takes float32, bfloat16 or float16 query and key, got {query.dtype} "
+            "(float64: use backend='streaming' or 'reference')"
         )
-    if query.shape[1] == 0:
-        raise ValueError(f"query must hold at least one patch, got shape {tuple(query.shape)}")
     if query.shape[2] > MAX_DIM:
         raise ValueError(f"the triton backend takes D <= {MAX_DIM}, got D = {query.shape[2]}")
-    if key.device != query.device:
-        raise ValueError(f"query and key must be on one device, got {query.device} and {key.device}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if weight is not None:
-        if weight.shape != query.shape[:2]:
-            raise ValueError(f"weight must be (B, N) = {tuple(query.shape[:2])}, got shape {tuple(weight.shape)}")
-        if weight.requires_grad:
-            raise ValueError("weight is a constant (the detached difficulty map); it must not require grad")
     _check_device(query)
     return PatchNCEFunction.apply(query, key, weight, float(temperature), reduction)

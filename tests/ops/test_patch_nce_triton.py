@@ -259,7 +259,7 @@ def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize("case, match", [
-    ("float64", "float64"), ("mixed", "one dtype"), ("shape", r"\(B, N, D\)"), ("empty", "at least one patch"),
+    ("float64", "float64"), ("mixed", "must share a dtype"), ("shape", "same shape"), ("empty", "at least one patch"),
     ("reduction", "reduction"), ("temperature", "temperature"), ("weight_shape", "weight must be"),
     ("weight_grad", "must not require grad"), ("dim", "D <="),
 ])
