@@ -99,7 +99,11 @@ def test_killed_worker_leaves_the_study_usable(tmp_path: Path, kind: str) -> Non
             assert victim.poll() is None, victim.communicate()[0]
             assert time.monotonic() < deadline, "the victim never started a trial"
             try:
-                if TrialState.RUNNING in _states(_load(storage, study_name)):
+                # Kill inside the trial's sleep, after it drew all its parameters: a kill between the trial's
+                # creation and its suggestions would leave nothing to retry (a race seen on a loaded machine).
+                running = [t for t in _load(storage, study_name).get_trials(deepcopy=False)
+                           if t.state == TrialState.RUNNING]
+                if running and set(running[0].params) == {"x", "y"}:
                     break
             except KeyError:  # the study does not exist yet
                 pass
