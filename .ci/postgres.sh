@@ -48,6 +48,7 @@ _ds3kit_pg_setup() {
         || { _ds3kit_pg_log "createdb failed"; return 1; }
     export DS3KIT_TEST_POSTGRES_URL="postgresql://ds3kit@127.0.0.1:${port}/ds3kit_test"
     export DS3KIT_PG_DATA="$data/db"
+    export DS3KIT_PG_STOP="$run $bindir/pg_ctl -D $data/db -m fast stop"
     _ds3kit_pg_log "PostgreSQL up: DS3KIT_TEST_POSTGRES_URL=$DS3KIT_TEST_POSTGRES_URL (stop: $run $bindir/pg_ctl -D $data/db stop)"
 }
 
