@@ -50,7 +50,8 @@ class RunLogger:
         new = [key for key in record if key not in self._csv_fields]
         if new:
             self._csv_fields += new
-            rows = list(csv.reader(open(path, encoding="utf-8")))[1:]
+            with open(path, encoding="utf-8") as handle:
+                rows = list(csv.reader(handle))[1:]
             with open(path, "w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(self._csv_fields)
