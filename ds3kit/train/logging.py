@@ -55,7 +55,7 @@ class RunLogger:
             with open(path, "w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(self._csv_fields)
-                writer.writerows(rows)
+                writer.writerows(row + [""] * (len(self._csv_fields) - len(row)) for row in rows)
         with open(path, "a", newline="", encoding="utf-8") as handle:
             csv.DictWriter(handle, fieldnames=self._csv_fields, restval="").writerow(record)
 
