@@ -40,7 +40,6 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> t
     return generator.to(device).eval(), dict(payload.get("metadata", {}))
 
 
-@torch.no_grad()
 def synthesize_volume(
     generator: nn.Module,
     inputs: np.ndarray,
@@ -49,30 +48,50 @@ def synthesize_volume(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    channels_last: bool = True,
 ) -> np.ndarray:
     """Synthesize T1ce for every axial slice of a normalised session.
+
+    A :class:`~ds3kit.models.Generator` runs as its :meth:`~ds3kit.models.Generator.for_inference` copy (grouped
+    modality encoders), in ``channels_last`` memory format, under ``torch.inference_mode``; slices without a
+    brain voxel (when ``brain_mask`` is given) are not computed: they are 0 in the output either way.
 
     Args:
         generator: maps (B, 3, H, W) in [0, 1] to (B, 1, H, W); any H, W.
         inputs: (3, X, Y, Z) float32 in [0, 1], channels T1, T2, FLAIR; slices along the last axis.
         brain_mask: (X, Y, Z) bool; voxels outside are set to 0, as in the training targets.
         batch_size: slices per forward pass.
+        channels_last: run the convolutions in channels_last (NHWC) memory format.
 
     Returns:
         (X, Y, Z) float32 synthesized T1ce in the normalised [0, 1] scale.
     """
     if inputs.ndim != 4 or inputs.shape[0] != 3:
         raise ValueError(f"inputs must be (3, X, Y, Z), got shape {inputs.shape}")
-    generator.eval()
+    if brain_mask is not None and brain_mask.shape != inputs.shape[1:]:
+        raise ValueError(f"brain_mask must be {inputs.shape[1:]}, got shape {brain_mask.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    depth = inputs.shape[-1]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if isinstance(generator, Generator):
+        generator = generator.for_inference().to(device, memory_format=memory_format)  # a copy: ours to change
+    else:
+        generator.eval()
     output = np.zeros(inputs.shape[1:], dtype=np.float32)
-    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs, -1, 0)))  # (Z, 3, X, Y)
-    starts = range(0, depth, batch_size)
-    for start in tqdm(starts, desc="synthesize", unit="batch", disable=not progress, leave=False):
-        batch = slices[start : start + batch_size].to(device, non_blocking=True).float()
-        prediction = generator(batch).float().clamp_(0, 1)
-        output[..., start : start + batch.shape[0]] = np.moveaxis(prediction[:, 0].cpu().numpy(), 0, -1)
+    if brain_mask is None:
+        wanted = np.arange(inputs.shape[-1])
+    else:
+        brain_mask = brain_mask.astype(bool, copy=False)
+        wanted = np.flatnonzero(brain_mask.any(axis=(0, 1)))
+    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs[..., wanted], -1, 0)))  # (Z', 3, X, Y)
+    starts = range(0, len(wanted), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(starts, desc="synthesize", unit="batch", disable=not progress, leave=False):
+            batch = slices[start : start + batch_size].to(device, non_blocking=True).float()
+            prediction = generator(batch.contiguous(memory_format=memory_format)).float().clamp_(0, 1)
+            index = wanted[start : start + batch.shape[0]]
+            output[..., index] = np.moveaxis(prediction[:, 0].cpu().numpy(), 0, -1)
     if brain_mask is not None:
-        output[~brain_mask.astype(bool)] = 0.0
+        output[~brain_mask] = 0.0
     return output

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ds3kit.inference import synthesize_volume
+from ds3kit.models import Generator
+
+
+def volume(shape=(20, 18, 7), seed=0):
+    rng = np.random.default_rng(seed)
+    inputs = rng.random((3, *shape), dtype=np.float32)
+    mask = np.zeros(shape, dtype=bool)
+    mask[3:15, 2:16, 1:5] = True  # slices 0, 5 and 6 have no brain voxel
+    return inputs, mask
+
+
+def reference(generator, inputs, mask):
+    """Slice by slice with the plain generator, no fast path."""
+    generator.eval()
+    out = np.zeros(inputs.shape[1:], dtype=np.float32)
+    with torch.no_grad():
+        for z in range(inputs.shape[-1]):
+            out[..., z] = generator(torch.from_numpy(inputs[None, ..., z]))[0, 0].numpy()
+    out[~mask] = 0
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_synthesis_matches_the_plain_generator_slice_by_slice(batch_size, channels_last):
+    torch.manual_seed(0)
+    generator = Generator(base_channels=4, fusion_blocks=1)
+    inputs, mask = volume()
+    expected = reference(generator, inputs, mask)
+    actual = synthesize_volume(generator, inputs, brain_mask=mask, batch_size=batch_size, channels_last=channels_last)
+    assert actual.dtype == np.float32 and actual.shape == inputs.shape[1:]
+    np.testing.assert_allclose(actual, expected, atol=2e-5)
+    assert generator.encoders[0].levels[0][0][0].weight.requires_grad  # the caller's generator is untouched
+
+
+class CountingModule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.slices = 0
+
+    def forward(self, x):
+        self.slices += x.shape[0]
+        return x[:, :1] * 0.5
+
+
+def test_slices_without_brain_are_not_computed_and_stay_zero():
+    inputs, mask = volume()
+    module = CountingModule()
+    out = synthesize_volume(module, inputs, brain_mask=mask, batch_size=2)
+    assert module.slices == 4  # slices 1..4 only
+    assert not out[..., [0, 5, 6]].any()
+    np.testing.assert_allclose(out[mask], 0.5 * inputs[0][mask])
+    module = CountingModule()
+    synthesize_volume(module, inputs, batch_size=2)
+    assert module.slices == 7  # no mask: every slice
+
+
+def test_an_all_empty_mask_gives_zeros_without_running_the_model():
+    inputs, mask = volume()
+    module = CountingModule()
+    out = synthesize_volume(module, inputs, brain_mask=np.zeros_like(mask))
+    assert module.slices == 0 and not out.any()
+
+
+def test_bad_arguments_are_clear_errors():
+    inputs, mask = volume()
+    with pytest.raises(ValueError, match="brain_mask must be"):
+        synthesize_volume(CountingModule(), inputs, brain_mask=mask[:-1])
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        synthesize_volume(CountingModule(), inputs, batch_size=0)
+    with pytest.raises(ValueError, match=r"inputs must be \(3, X, Y, Z\)"):
+        synthesize_volume(CountingModule(), inputs[:2])
