@@ -116,7 +116,12 @@ class DualLevelDistillation(nn.Module):
         return self._teacher  # type: ignore[attr-defined]
 
     def forward(
-        self, unpaired_inputs: Tensor, difficulty: DifficultySource = None, *, mask: Tensor | None = None
+        self,
+        unpaired_inputs: Tensor,
+        difficulty: DifficultySource = None,
+        *,
+        mask: Tensor | None = None,
+        student_inputs: Tensor | None = None,
     ) -> DistillationOutput:
         """Distil on ``unpaired_inputs`` (B, C, H, W).
 
@@ -127,12 +132,21 @@ class DualLevelDistillation(nn.Module):
                 ``D^S`` scores, and its adversarial term, on the same forward pass), or None (ones). Always detached
                 before use.
             mask: optional weights (e.g. brain mask) restricting the image loss's mean; features are not masked.
+            student_inputs: what the student sees instead of ``unpaired_inputs`` (same shape), e.g. a perturbed copy
+                for a noisy student; the teacher always sees ``unpaired_inputs``. Default: the same inputs.
         """
         check_ndim(unpaired_inputs, 4, "unpaired_inputs", "(B, C, H, W)")
+        if student_inputs is None:
+            student_inputs = unpaired_inputs
+        elif student_inputs.shape != unpaired_inputs.shape:
+            raise ValueError(
+                f"student_inputs must have the shape of unpaired_inputs {tuple(unpaired_inputs.shape)}, "
+                f"got {tuple(student_inputs.shape)}"
+            )
         with torch.no_grad():
             teacher_prediction, teacher_features = self.teacher.forward_with_features(unpaired_inputs)
         teacher_prediction = teacher_prediction.detach()
-        student_prediction, student_features = self.student.forward_with_features(unpaired_inputs)
+        student_prediction, student_features = self.student.forward_with_features(student_inputs)
 
         layers = self._layers(len(teacher_features), len(student_features))
         distilled_teacher = [teacher_features[k].detach() for k in layers]

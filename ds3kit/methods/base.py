@@ -56,6 +56,8 @@ class Method(nn.Module):
         Every term is checked first, so a non-finite loss stops training with its name and the step
         before it corrupts any weight.
         """
+        if not terms:
+            raise ValueError(f"update of {optimizer!r} at step {self.step} got no loss term")
         for name, value in terms.items():
             if not bool(torch.isfinite(value.detach()).all()):
                 raise NonFiniteLossError(f"non-finite loss at step {self.step}: {name} = {value.detach().item()}")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ds3kit.augment import MRIAugmentation
 from ds3kit.distill import DualLevelDistillation
 from ds3kit.losses import PatchNCELoss, adversarial_loss, difficulty_beta, difficulty_l1, difficulty_map
 from ds3kit.methods.base import Method, item
@@ -54,6 +55,8 @@ class DS3NetOptions:
     use_nce: bool = True
     use_feature_distillation: bool = True
     use_image_distillation: bool = True
+    lambda_student_adv: float = 1.0  # the student's adversarial weight (lambda_adv is the teacher's)
+    student_noise: bool = False  # noisy student: an intensity perturbation on the student's unpaired inputs only
 
 
 class PairedTeacher(Method):
@@ -174,9 +177,19 @@ class DS3Net(Method):
                 "student_from_teacher needs the student and the teacher to share an architecture, got "
                 f"{_config(student)} and {_config(teacher)}; pass student_from_teacher=False"
             )
+        if not (
+            options.use_feature_distillation or options.use_image_distillation or options.lambda_student_adv
+            or (options.use_nce and options.student_nce)
+        ):
+            raise ValueError(
+                "the student has no loss term: enable feature or image distillation, the student's PatchNCE or a "
+                "non-zero lambda_student_adv"
+            )
         self.student = student
         self.student_discriminator = student_discriminator
         self.distillation = DualLevelDistillation(teacher, student)
+        # Intensity only: the teacher's prediction stays aligned with the student's input voxel for voxel.
+        self.student_noise = MRIAugmentation(geometric=False) if options.student_noise else None
         self.student_nce = self.teacher._make_patch_nce(student) if options.use_nce and options.student_nce else None
         student_params = list(student.parameters())
         if self.student_nce is not None:
@@ -207,23 +220,33 @@ class DS3Net(Method):
             # Joint training starts from what the teacher learned, not from scratch (a function of the step, so a
             # resumed run does the same).
             self.student.load_state_dict(self.teacher.generator.state_dict())
-        logs.update(self.student_step(paired, unpaired["inputs"]))
+        logs.update(self.student_step(paired, unpaired))
         return logs
 
-    def student_step(self, paired: Mapping[str, Tensor], unpaired_inputs: Tensor) -> dict[str, float]:
+    def student_step(self, paired: Mapping[str, Tensor], unpaired: Mapping[str, Tensor]) -> dict[str, float]:
         o = self.options
         beta = self.teacher.beta
+        lambda_adv = o.lambda_student_adv
+        teacher_inputs = unpaired["inputs"]
+        student_inputs = teacher_inputs
+        if self.student_noise is not None:
+            noisy = {"inputs": teacher_inputs}
+            if "brain_mask" in unpaired:
+                noisy["brain_mask"] = unpaired["brain_mask"]
+            student_inputs = self.student_noise(noisy)["inputs"]
         student_map: Tensor | None = None
 
         def weigh_by_student_discriminator(prediction: Tensor) -> Tensor:
             nonlocal student_map
-            scores = self.student_discriminator(unpaired_inputs, prediction)
+            # D^S is conditioned on the clean inputs: noise the student cannot undo must not tell fakes apart.
+            scores = self.student_discriminator(teacher_inputs, prediction)
             student_map = difficulty_map(scores, prediction.shape[-2:], beta=beta, mode=o.gan_mode)
-            terms["student/adv"] = o.lambda_adv * adversarial_loss(scores, True, mode=o.gan_mode)
+            if lambda_adv:
+                terms["student/adv"] = lambda_adv * adversarial_loss(scores, True, mode=o.gan_mode)
             return student_map
 
         terms: dict[str, Tensor] = {}
-        out = self.distillation(unpaired_inputs, weigh_by_student_discriminator)
+        out = self.distillation(teacher_inputs, weigh_by_student_discriminator, student_inputs=student_inputs)
         if o.use_feature_distillation:
             terms["student/feature"] = o.lambda_feature * out.feature_loss
         if o.use_image_distillation:
@@ -240,7 +263,7 @@ class DS3Net(Method):
                 self.student_discriminator(paired["inputs"], paired["target"]), True, mode=o.gan_mode
             ),
             "student/d_fake": 0.5 * adversarial_loss(
-                self.student_discriminator(unpaired_inputs, out.student_prediction.detach()), False, mode=o.gan_mode
+                self.student_discriminator(teacher_inputs, out.student_prediction.detach()), False, mode=o.gan_mode
             ),
         }
         self.update("student_discriminator", d_terms)

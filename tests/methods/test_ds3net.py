@@ -1,0 +1,286 @@
+"""DS3Net / PairedTeacher: the warm-up schedule, the student's initialisation, the noisy student, the loss switches."""
+
+import pytest
+import torch
+
+from ds3kit.distill import DualLevelDistillation
+from ds3kit.methods import DS3Net, DS3NetOptions
+from ds3kit.models import build_discriminator, build_generator
+
+TOTAL_STEPS = 10  # teacher_warmup_fraction 0.3 -> warmup_steps == 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks gain nothing from intra-op threads, and a busy CPU makes their spin-waits very slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_method(seed: int = 0, *, student_preset: dict | None = None, **options) -> DS3Net:
+    torch.manual_seed(seed)
+    options = {"nce_patches": 16, "teacher_warmup_fraction": 0.3, **options}
+    return DS3Net(
+        teacher=build_generator("tiny"),
+        student=build_generator("tiny", **(student_preset or {})),
+        teacher_discriminator=build_discriminator("tiny"),
+        student_discriminator=build_discriminator("tiny"),
+        options=DS3NetOptions(**options),
+        total_steps=TOTAL_STEPS,
+        lr=1e-3,
+        betas=(0.5, 0.999),
+    )
+
+
+def brain_mask(size: int = 32) -> torch.Tensor:
+    """A centred disc, so a batch has voxels outside the brain too."""
+    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    disc = coords[:, None] ** 2 + coords[None, :] ** 2 <= (size / 3) ** 2
+    return disc.expand(2, 1, size, size).clone()
+
+
+def batches(seed: int = 1) -> tuple[dict, dict]:
+    generator = torch.Generator().manual_seed(seed)
+    mask = brain_mask()
+    paired = {
+        "inputs": torch.rand(2, 3, 32, 32, generator=generator) * mask,
+        "target": torch.rand(2, 1, 32, 32, generator=generator) * mask,
+        "brain_mask": mask,
+    }
+    # Kept away from 0 inside the brain, so an intensity perturbation visibly changes every brain voxel's range.
+    unpaired = {"inputs": (0.2 + 0.6 * torch.rand(2, 3, 32, 32, generator=generator)) * mask, "brain_mask": mask}
+    return paired, unpaired
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    assert a.keys() == b.keys()
+    return all(torch.equal(a[name], b[name]) for name in a)
+
+
+def run_step(method: DS3Net, step: int, seed: int = 123) -> dict[str, float]:
+    paired, unpaired = batches()
+    method.step = step
+    torch.manual_seed(seed)
+    return method.training_step(paired, unpaired)
+
+
+def record_student_step_start(method: DS3Net, monkeypatch) -> dict[str, dict[str, torch.Tensor]]:
+    """Snapshot the student and the teacher at the moment ``student_step`` is entered (after any copy)."""
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+    original = method.student_step
+
+    def wrapped(paired, unpaired):
+        seen["student"] = snapshot(method.student)
+        seen["teacher"] = snapshot(method.teacher.generator)
+        return original(paired, unpaired)
+
+    monkeypatch.setattr(method, "student_step", wrapped)
+    return seen
+
+
+def record_inputs(generator: torch.nn.Module, monkeypatch) -> list[torch.Tensor]:
+    calls: list[torch.Tensor] = []
+    original = generator.forward_with_features
+
+    def wrapped(x):
+        calls.append(x.detach().clone())
+        return original(x)
+
+    monkeypatch.setattr(generator, "forward_with_features", wrapped)
+    return calls
+
+
+# -- the teacher's warm-up -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", [0, 2])
+def test_only_the_teacher_trains_before_the_warmup_ends(step):
+    method = make_method()
+    assert method.warmup_steps == 3
+    student, student_d, teacher = snapshot(method.student), snapshot(method.student_discriminator), snapshot(method.teacher)
+    logs = run_step(method, step)
+    assert logs and all(name.startswith("teacher/") for name in logs), sorted(logs)
+    assert {"teacher/adv", "teacher/pixel", "teacher/nce", "teacher/d_real", "teacher/d_fake"} <= logs.keys()
+    assert same_weights(snapshot(method.student), student)
+    assert same_weights(snapshot(method.student_discriminator), student_d)
+    assert method.student_nce is not None
+    assert not same_weights(snapshot(method.teacher), teacher), "the teacher must have taken a step"
+
+
+def test_joint_training_logs_student_terms_from_the_warmup_step_on():
+    method = make_method()
+    logs = run_step(method, method.warmup_steps)
+    assert {
+        "teacher/adv", "student/adv", "student/feature", "student/image", "student/nce", "student/d_real", "student/d_fake"
+    } <= logs.keys()
+
+
+# -- the student's initialisation ----------------------------------------------------------------------------------
+
+
+def test_student_starts_joint_training_as_a_copy_of_the_warmed_up_teacher(monkeypatch):
+    method = make_method(student_from_teacher=True)
+    assert not same_weights(snapshot(method.student), snapshot(method.teacher.generator))
+    seen = record_student_step_start(method, monkeypatch)
+    run_step(method, method.warmup_steps)
+    # The copy is of the teacher as it is after this step's teacher update, and happens before the student's update.
+    assert same_weights(seen["student"], seen["teacher"])
+    assert not same_weights(snapshot(method.student), seen["student"]), "the student must then take its own step"
+
+
+def test_student_is_copied_only_at_the_warmup_step(monkeypatch):
+    method = make_method(student_from_teacher=True)
+    seen = record_student_step_start(method, monkeypatch)
+    before = snapshot(method.student)
+    run_step(method, method.warmup_steps + 1)
+    assert same_weights(seen["student"], before)
+    assert not same_weights(seen["student"], seen["teacher"])
+
+
+def test_student_keeps_its_own_weights_without_student_from_teacher(monkeypatch):
+    method = make_method(student_from_teacher=False)
+    seen = record_student_step_start(method, monkeypatch)
+    before = snapshot(method.student)
+    run_step(method, method.warmup_steps)
+    assert same_weights(seen["student"], before)
+    assert not same_weights(seen["student"], seen["teacher"])
+
+
+def test_student_from_teacher_rejects_a_student_of_another_architecture():
+    with pytest.raises(ValueError, match="student_from_teacher"):
+        make_method(student_from_teacher=True, student_preset={"base_channels": 8})
+    make_method(student_from_teacher=False, student_preset={"base_channels": 8})  # allowed without the copy
+
+
+# -- the noisy student ---------------------------------------------------------------------------------------------
+
+
+def test_student_sees_perturbed_inputs_when_student_noise_is_on(monkeypatch):
+    method = make_method(student_noise=True)
+    assert method.student_noise is not None
+    method.student_noise.p_intensity = 1.0  # perturb every sample, whatever the draw
+    teacher_calls = record_inputs(method.teacher.generator, monkeypatch)
+    student_calls = record_inputs(method.student, monkeypatch)
+    paired, unpaired = batches()
+    run_step(method, method.warmup_steps)
+
+    assert len(student_calls) == 1
+    # The teacher's last pass is the distillation's: on the clean unpaired inputs (the first is its paired step).
+    assert torch.equal(teacher_calls[0], paired["inputs"])
+    assert torch.equal(teacher_calls[-1], unpaired["inputs"])
+    student_inputs = student_calls[0]
+    assert student_inputs.shape == unpaired["inputs"].shape
+    inside = unpaired["brain_mask"].expand_as(student_inputs)
+    assert not torch.equal(student_inputs[inside], unpaired["inputs"][inside])
+    # Intensity only: no warp, so the background stays exactly where (and what) it was.
+    assert torch.equal(student_inputs[~inside], unpaired["inputs"][~inside])
+    assert float(student_inputs.min()) >= 0.0 and float(student_inputs.max()) <= 1.0
+
+
+def test_student_and_teacher_see_the_same_inputs_when_student_noise_is_off(monkeypatch):
+    method = make_method(student_noise=False)
+    assert method.student_noise is None
+    teacher_calls = record_inputs(method.teacher.generator, monkeypatch)
+    student_calls = record_inputs(method.student, monkeypatch)
+    _, unpaired = batches()
+    run_step(method, method.warmup_steps)
+    assert len(student_calls) == 1
+    assert torch.equal(student_calls[0], teacher_calls[-1])
+    assert torch.equal(student_calls[0], unpaired["inputs"])
+
+
+# -- the student's adversarial weight ------------------------------------------------------------------------------
+
+
+def test_zero_student_adversarial_weight_drops_the_term():
+    logs = run_step(make_method(lambda_student_adv=0.0), 3)
+    assert "student/adv" not in logs
+    assert {"teacher/adv", "student/feature", "student/image", "student/nce"} <= logs.keys()
+
+
+def test_student_adversarial_weight_scales_the_logged_term():
+    one = run_step(make_method(lambda_student_adv=1.0), 3)
+    two = run_step(make_method(lambda_student_adv=2.0), 3)
+    assert one["student/adv"] > 0
+    assert two["student/adv"] / one["student/adv"] == pytest.approx(2.0, abs=1e-5)
+    # Everything computed before the student's update is the same in both runs.
+    for name in ("teacher/adv", "teacher/pixel", "student/feature", "student/image", "student/nce"):
+        assert two[name] == pytest.approx(one[name], rel=1e-6), name
+
+
+def test_student_adversarial_weight_is_independent_of_the_teachers():
+    logs = run_step(make_method(lambda_adv=3.0, lambda_student_adv=1.0), 3)
+    reference = run_step(make_method(lambda_adv=1.0, lambda_student_adv=1.0), 3)
+    assert logs["teacher/adv"] / reference["teacher/adv"] == pytest.approx(3.0, abs=1e-5)
+    assert "student/adv" in logs
+
+
+# -- ablation switches ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options, absent, present",
+    [
+        ({"use_feature_distillation": False}, {"student/feature"}, {"student/image", "student/adv"}),
+        ({"use_image_distillation": False}, {"student/image"}, {"student/feature", "student/adv"}),
+        ({"use_nce": False}, {"teacher/nce", "student/nce"}, {"student/feature", "student/image"}),
+        ({"student_nce": False}, {"student/nce"}, {"teacher/nce", "student/feature", "student/image"}),
+    ],
+)
+def test_ablation_switches_remove_their_loss_terms(options, absent, present):
+    method = make_method(**options)
+    logs = run_step(method, method.warmup_steps)
+    assert not absent & logs.keys(), sorted(logs)
+    assert present <= logs.keys(), sorted(logs)
+    if "student_nce" in options or "use_nce" in options:
+        assert method.student_nce is None
+
+
+# -- DualLevelDistillation's student_inputs ------------------------------------------------------------------------
+
+
+def distillation_pair() -> DualLevelDistillation:
+    torch.manual_seed(0)
+    return DualLevelDistillation(build_generator("tiny"), build_generator("tiny"))
+
+
+def test_distillation_rejects_student_inputs_of_another_shape():
+    distillation = distillation_pair()
+    x = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="student_inputs"):
+        distillation(x, student_inputs=torch.rand(2, 3, 16, 32))
+
+
+def test_distillation_with_student_inputs_equal_to_the_unpaired_inputs_matches_the_default():
+    distillation = distillation_pair()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    default = distillation(x)
+    explicit = distillation(x, student_inputs=x.clone())
+    for name in ("feature_loss", "image_loss", "total", "teacher_prediction", "student_prediction"):
+        torch.testing.assert_close(getattr(explicit, name), getattr(default, name), rtol=0, atol=0, msg=name)
+
+
+def test_distillation_feeds_student_inputs_to_the_student_only():
+    distillation = distillation_pair()
+    generator = torch.Generator().manual_seed(5)
+    x, noisy = torch.rand(2, 3, 32, 32, generator=generator), torch.rand(2, 3, 32, 32, generator=generator)
+    out = distillation(x, student_inputs=noisy)
+    with torch.no_grad():
+        torch.testing.assert_close(out.teacher_prediction, distillation.teacher(x))
+        torch.testing.assert_close(out.student_prediction.detach(), distillation.student(noisy))
+        assert not torch.allclose(out.student_prediction.detach(), distillation.student(x))
+
+
+def test_a_student_without_any_loss_term_is_refused():
+    options = DS3NetOptions(
+        use_feature_distillation=False, use_image_distillation=False, use_nce=False, lambda_student_adv=0.0
+    )
+    with pytest.raises(ValueError, match="the student has no loss term"):
+        DS3Net(build_generator("tiny"), build_generator("tiny"), build_discriminator("tiny"),
+               build_discriminator("tiny"), options, total_steps=10, lr=1e-3, betas=(0.5, 0.999))
