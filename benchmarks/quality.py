@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _recipes import load_recipe  # noqa: E402
@@ -79,6 +80,53 @@ def run_arm(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, float]
         Trainer(config, load_recipe(arm.recipe).build, name=arm.recipe).fit()
     report = json.loads(metrics_file.read_text())
     return report["models"][report["shipped"]]["mean"]
+
+
+DIAGNOSED_ARM = "DS3-Net 5%"
+DIAGNOSTIC_SUBSETS = ("train_paired", "train_unpaired", "test")
+
+
+def diagnose(arm: Arm, seed: int, base: RunConfig, out: Path, *, max_subjects: int = 4) -> dict[str, dict[str, float]]:
+    """Where a DS3-Net run's error comes from: its teacher and student on the subjects each one trained on.
+
+    Evaluates ``teacher.pt`` and ``student.pt`` of the run on its paired training subjects, on (up to
+    ``max_subjects`` of) its unpaired training subjects and on the test subjects; the result is cached in the run
+    directory. Returns ``{"<model>/<subset>": held-out-style mean metrics}``.
+    """
+    from ds3kit.data import default_cohort, load_brats_case
+    from ds3kit.evaluation import evaluate_generator
+    from ds3kit.inference import load_generator
+
+    run_dir = out / _run_name(arm, seed)
+    cache = run_dir / "diagnostics.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    split = json.loads((run_dir / "metrics.json").read_text())["split"]
+    root = Path(base.data) if base.data else default_cohort(cases=base.phantom_cases, shape=base.phantom_shape)
+    sessions = {name: [load_brats_case(root / case) for case in split[name][:max_subjects]] for name in DIAGNOSTIC_SUBSETS}
+    device = base.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = {}
+    for model in ("teacher", "student"):
+        generator, _ = load_generator(run_dir / "checkpoints" / f"{model}.pt", device=device)
+        for name, subset in sessions.items():
+            if subset:
+                result[f"{model}/{name}"] = evaluate_generator(generator, subset, device=device).mean
+    atomic_write_text(cache, json.dumps(result, indent=2))
+    return result
+
+
+def diagnostics_table(diagnostics: list[dict[str, dict[str, float]]]) -> str:
+    """Markdown: brain and tumour PSNR of teacher and student per subset, mean ± std over seeds."""
+    lines = ["| model | subjects | brain_psnr | tumour_psnr | brain_ssim |", "|---|---|---|---|---|"]
+    for key in diagnostics[0] if diagnostics else []:
+        model, subset = key.split("/")
+        cells = []
+        for metric in ("brain_psnr", "tumour_psnr", "brain_ssim"):
+            values = [d[key][metric] for d in diagnostics if key in d and metric in d[key]]
+            digits = 4 if metric.endswith("ssim") else 2
+            cells.append(f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}" if values else "n/a")
+        lines.append(f"| {model} | {subset.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -140,7 +188,9 @@ def claims(table: dict[str, dict[str, tuple[float, float]]], seeds: int) -> list
     return lines
 
 
-def write_report(path: Path, table, seeds, base: RunConfig, wall: float, note: str, trained: int, reused: int) -> None:
+def write_report(
+    path: Path, table, seeds, base: RunConfig, wall: float, note: str, trained: int, reused: int, diagnostics=None
+) -> None:
     header = "| arm | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS)
     rows = []
     for arm, values in table.items():
@@ -166,6 +216,15 @@ DS3-Net's student, the paired-only teacher, pix2pix's and CUT's generator.
 ## What the numbers say
 
 {chr(10).join(claims(table, len(seeds)))}
+
+## Where the student's error comes from
+
+DS3-Net 5 %'s two generators, each evaluated on the subjects it trained on (the teacher: the paired ones; the
+student: up to 4 of the unpaired ones, whose T1ce it never saw) and on the test subjects; mean ± std over seeds.
+A teacher far better on its paired subjects than on the test ones has overfitted, which is the room unpaired data
+has to help; a student below the teacher on its own unpaired subjects is not yet reproducing its target there.
+
+{diagnostics_table(diagnostics or []) if diagnostics else "(not run: no DS3-Net 5% arm in this study)"}
 
 ## The paper (BraTS2020, whole image)
 
@@ -238,11 +297,16 @@ def main(argv: list[str] | None = None) -> int:
             brain = results[arm.name][-1].get("brain_psnr", float("nan"))
             print(f"[{time.perf_counter() - started:7.0f} s] seed {seed} {arm.name:<36} brain PSNR {brain:6.2f} dB "
                   f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    diagnostics = []
+    diagnosed = next((arm for arm in arms if arm.name == DIAGNOSED_ARM), None)
+    if diagnosed is not None:
+        for seed in seeds:
+            diagnostics.append(diagnose(diagnosed, seed, base, out))
     table = summarise(results)
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     note = " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(report, table, seeds, base, time.perf_counter() - started, note, trained, reused)
+    write_report(report, table, seeds, base, time.perf_counter() - started, note, trained, reused, diagnostics)
     plot(report.with_suffix(".png"), table)
     print(report.read_text())
     return 0
