@@ -143,7 +143,7 @@ def test_timm_encoder_variant():
 
 @pytest.mark.parametrize("norm", ["instance", "batch", "group", "none"])
 def test_for_inference_groups_the_encoders_and_computes_the_same_function(norm):
-    from ds3kit.models.generator import GroupedEncoders
+    from ds3kit.models.generator import GroupedEncoders, SplitDecoderLevel
 
     generator = make(norm=norm).double()
     if norm == "batch":  # non-trivial running statistics
@@ -152,6 +152,7 @@ def test_for_inference_groups_the_encoders_and_computes_the_same_function(norm):
     generator.eval()
     fast = generator.for_inference()
     assert isinstance(fast.encoders, GroupedEncoders) and len(fast.encoders) == 3
+    assert all(isinstance(level, SplitDecoderLevel) for level in fast.decoder)
     assert not fast.training and not any(p.requires_grad for p in fast.parameters())
     x = torch.rand(2, 3, 37, 45, dtype=torch.float64)
     with torch.no_grad():
