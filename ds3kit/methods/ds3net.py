@@ -57,6 +57,7 @@ class DS3NetOptions:
     use_image_distillation: bool = True
     lambda_student_adv: float = 1.0  # the student's adversarial weight (lambda_adv is the teacher's)
     student_noise: bool = False  # noisy student: an intensity perturbation on the student's unpaired inputs only
+    student_pixel: bool = False  # the student also gets L_pid on the paired batches (not in the figure)
 
 
 class PairedTeacher(Method):
@@ -179,7 +180,7 @@ class DS3Net(Method):
             )
         if not (
             options.use_feature_distillation or options.use_image_distillation or options.lambda_student_adv
-            or (options.use_nce and options.student_nce)
+            or (options.use_nce and options.student_nce) or options.student_pixel
         ):
             raise ValueError(
                 "the student has no loss term: enable feature or image distillation, the student's PatchNCE or a "
@@ -255,6 +256,13 @@ class DS3Net(Method):
             terms["student/nce"] = o.lambda_nce * self.student_nce(
                 self.student.encode(out.student_prediction), out.student_features, student_map
             )
+        if o.student_pixel:
+            # Not in the figure: the student also learns from the paired subjects' real T1ce (L_pid, its own M^S).
+            prediction = self.student(paired["inputs"])
+            with torch.no_grad():
+                scores = self.student_discriminator(paired["inputs"], prediction)
+            paired_map = difficulty_map(scores, prediction.shape[-2:], beta=beta, mode=o.gan_mode)
+            terms["student/pixel"] = o.lambda_pixel * difficulty_l1(prediction, paired["target"], paired_map)
         self.update("student_generator", terms)
         logs = {name: item(value) for name, value in terms.items()}
 

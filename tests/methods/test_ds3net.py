@@ -284,3 +284,16 @@ def test_a_student_without_any_loss_term_is_refused():
     with pytest.raises(ValueError, match="the student has no loss term"):
         DS3Net(build_generator("tiny"), build_generator("tiny"), build_discriminator("tiny"),
                build_discriminator("tiny"), options, total_steps=10, lr=1e-3, betas=(0.5, 0.999))
+
+
+def test_student_pixel_adds_l_pid_on_the_paired_batch_and_nothing_without_it(monkeypatch):
+    assert "student/pixel" not in run_step(make_method(), make_method().warmup_steps)
+    method = make_method(student_pixel=True)
+    seen = record_inputs(method.student, monkeypatch)
+    logs = run_step(method, method.warmup_steps)
+    assert logs["student/pixel"] > 0
+    paired, _ = batches()
+    assert any(x.shape == paired["inputs"].shape and torch.equal(x, paired["inputs"]) for x in seen)
+    # Alone it is a complete student objective.
+    make_method(student_pixel=True, use_feature_distillation=False, use_image_distillation=False, use_nce=False,
+                lambda_student_adv=0.0)
