@@ -183,8 +183,8 @@ class DS3Net(Method):
             or (options.use_nce and options.student_nce) or options.student_pixel
         ):
             raise ValueError(
-                "the student has no loss term: enable feature or image distillation, the student's PatchNCE or a "
-                "non-zero lambda_student_adv"
+                "the student has no loss term: enable feature or image distillation, the student's PatchNCE, "
+                "student_pixel or a non-zero lambda_student_adv"
             )
         self.student = student
         self.student_discriminator = student_discriminator
@@ -259,9 +259,7 @@ class DS3Net(Method):
         if o.student_pixel:
             # Not in the figure: the student also learns from the paired subjects' real T1ce (L_pid, its own M^S).
             prediction = self.student(paired["inputs"])
-            with torch.no_grad():
-                scores = self.student_discriminator(paired["inputs"], prediction)
-            paired_map = difficulty_map(scores, prediction.shape[-2:], beta=beta, mode=o.gan_mode)
+            paired_map = self.difficulty(paired["inputs"], prediction)
             terms["student/pixel"] = o.lambda_pixel * difficulty_l1(prediction, paired["target"], paired_map)
         self.update("student_generator", terms)
         logs = {name: item(value) for name, value in terms.items()}

@@ -134,7 +134,7 @@ class GroupedEncoders(nn.Module):
         if len(encoders) < 2 or not all(type(e) is BuiltinEncoder for e in encoders):
             return None
         try:
-            levels = _group_modules(list(encoders), modalities=len(encoders)).levels
+            levels = _group_modules([encoder.levels for encoder in encoders], modalities=len(encoders))
         except _NotGroupable:
             return None
         return cls(levels, len(encoders), list(encoders[0].channels), list(encoders[0].reductions))
@@ -192,18 +192,12 @@ def _group_modules(modules: list[nn.Module], *, modalities: int) -> nn.Module:
         return grouped
     if isinstance(first, (nn.LeakyReLU, nn.ReLU, nn.Identity)):
         return copy.deepcopy(first)
-    if isinstance(first, (nn.Sequential, nn.ModuleList, BuiltinEncoder)):
+    if isinstance(first, (nn.Sequential, nn.ModuleList)):
         children = [list(m.children()) for m in modules]
         if len({len(c) for c in children}) != 1:
             raise _NotGroupable
         grouped_children = [_group_modules(list(group), modalities=modalities) for group in zip(*children)]
-        if isinstance(first, nn.Sequential):
-            return nn.Sequential(*grouped_children)
-        if isinstance(first, nn.ModuleList):
-            return nn.ModuleList(grouped_children)
-        holder = nn.Module()
-        holder.levels = grouped_children[0]
-        return holder
+        return type(first)(grouped_children) if isinstance(first, nn.ModuleList) else nn.Sequential(*grouped_children)
     raise _NotGroupable
 
 
