@@ -102,9 +102,8 @@ def diagnose(arm: Arm, seed: int, base: RunConfig, out: Path, *, max_subjects: i
     """Where a DS3-Net run's error comes from: its teacher and student on the subjects each one trained on.
 
     Evaluates ``teacher.pt`` and ``student.pt`` of the run on its paired training subjects, on (up to
-    ``max_subjects`` of) its unpaired training subjects and on (up to as many of) the test subjects; the result is
-    cached in the run
-    directory. Returns ``{"<model>/<subset>": held-out-style mean metrics}``.
+    ``max_subjects`` of) its unpaired training subjects and on all its test subjects (the main table's); the result
+    is cached in the run directory. Returns ``{"<model>/<subset>": held-out-style mean metrics}``.
     """
     from ds3kit.data import default_cohort, load_brats_case
     from ds3kit.evaluation import evaluate_generator
@@ -116,8 +115,9 @@ def diagnose(arm: Arm, seed: int, base: RunConfig, out: Path, *, max_subjects: i
         return json.loads(cache.read_text())
     split = json.loads((run_dir / "metrics.json").read_text())["split"]
     root = Path(base.data) if base.data else default_cohort(cases=base.phantom_cases, shape=base.phantom_shape)
-    # Every paired subject (the teacher's whole training set); at most max_subjects of the others.
-    limits = {"train_paired": None, "train_unpaired": max_subjects, "test": max_subjects}
+    # Every paired and every test subject (the test row is then the main table's own); at most max_subjects of
+    # the unpaired ones.
+    limits = {"train_paired": None, "train_unpaired": max_subjects, "test": None}
     sessions = {name: [load_brats_case(root / case) for case in split[name][: limits[name]]] for name in DIAGNOSTIC_SUBSETS}
     device = base.device or ("cuda" if torch.cuda.is_available() else "cpu")
     result = {}
@@ -248,7 +248,7 @@ student: up to 4 of the unpaired ones, whose T1ce it never saw) and on the test 
 A teacher far better on its paired subjects than on the test ones has overfitted, which is the room unpaired data
 has to help; a student below the teacher on its own unpaired subjects is not yet reproducing its target there.
 
-{diagnostics_table(diagnostics or []) if diagnostics else "(not run: no DS3-Net 5% arm in this study)"}
+{diagnostics_table(diagnostics) if diagnostics else "(not run: no DS3-Net 5% arm in this study)"}
 
 ## The paper (BraTS2020, whole image)
 

@@ -84,7 +84,7 @@ def synthesize_volume(
     else:
         brain_mask = brain_mask.astype(bool, copy=False)
         wanted = np.flatnonzero(brain_mask.any(axis=(0, 1)))
-    slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs[..., wanted], -1, 0)))  # (Z', 3, X, Y)
+    slices = torch.from_numpy(np.moveaxis(inputs, -1, 0)[wanted])  # (Z', 3, X, Y): one contiguous copy
     starts = range(0, len(wanted), batch_size)
     with torch.inference_mode():
         for start in tqdm(starts, desc="synthesize", unit="batch", disable=not progress, leave=False):

@@ -227,7 +227,6 @@ class DS3Net(Method):
     def student_step(self, paired: Mapping[str, Tensor], unpaired: Mapping[str, Tensor]) -> dict[str, float]:
         o = self.options
         beta = self.teacher.beta
-        lambda_adv = o.lambda_student_adv
         teacher_inputs = unpaired["inputs"]
         student_inputs = teacher_inputs
         if self.student_noise is not None:
@@ -242,8 +241,8 @@ class DS3Net(Method):
             # D^S is conditioned on the clean inputs: noise the student cannot undo must not tell fakes apart.
             scores = self.student_discriminator(teacher_inputs, prediction)
             student_map = difficulty_map(scores, prediction.shape[-2:], beta=beta, mode=o.gan_mode)
-            if lambda_adv:
-                terms["student/adv"] = lambda_adv * adversarial_loss(scores, True, mode=o.gan_mode)
+            if o.lambda_student_adv:
+                terms["student/adv"] = o.lambda_student_adv * adversarial_loss(scores, True, mode=o.gan_mode)
             return student_map
 
         terms: dict[str, Tensor] = {}

@@ -131,7 +131,9 @@ class GroupedEncoders(nn.Module):
     @classmethod
     def from_encoders(cls, encoders: nn.ModuleList) -> GroupedEncoders | None:
         """The grouped equivalent of ``encoders`` (same structure, builtin), or None when they cannot be grouped."""
-        if len(encoders) < 2 or not all(type(e) is BuiltinEncoder for e in encoders):
+        if not isinstance(encoders, nn.ModuleList) or len(encoders) < 2:  # e.g. already grouped
+            return None
+        if not all(type(e) is BuiltinEncoder for e in encoders):
             return None
         try:
             levels = _group_modules([encoder.levels for encoder in encoders], modalities=len(encoders))
@@ -331,7 +333,9 @@ class Generator(nn.Module):
         grouped = GroupedEncoders.from_encoders(clone.encoders)
         if grouped is not None:
             clone.encoders = grouped
-        clone.decoder = nn.ModuleList(SplitDecoderLevel.from_level(level) for level in clone.decoder)
+        clone.decoder = nn.ModuleList(
+            SplitDecoderLevel.from_level(level) if isinstance(level, DecoderLevel) else level for level in clone.decoder
+        )
         for module in list(clone.modules()):
             for name, child in list(module.named_children()):
                 if type(child) is nn.InstanceNorm2d and not child.track_running_stats:

@@ -164,6 +164,15 @@ def test_for_inference_groups_the_encoders_and_computes_the_same_function(norm):
         torch.testing.assert_close(fast.encode(x[:, :1]), generator.encode(x[:, :1]), rtol=1e-12, atol=1e-12)
 
 
+def test_for_inference_of_an_inference_copy_is_the_same_function():
+    generator = make().eval()
+    fast = generator.for_inference()
+    again = fast.for_inference()
+    x = torch.rand(1, 3, 21, 19)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), fast(x))
+
+
 def test_for_inference_is_a_copy_the_source_does_not_reach():
     generator = make().eval()
     fast = generator.for_inference()
