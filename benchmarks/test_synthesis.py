@@ -18,8 +18,8 @@ import torch
 from _measure import PeakMemory, Timed, count_flops, throughput_info, write_profile
 
 SESSION_SHAPE = (240, 240, 155)  # BraTS: 1 mm isotropic, 155 axial slices
-# 4 is the command's default (a 240 x 240 batch's activations stay closer to a CPU's caches); 16 suits GPUs.
-BATCH_SIZES = [4, 16]
+# None: the command's default (1 slice of 240 x 240 per batch on CPU, 16 on GPU), then fixed sizes to compare.
+BATCH_SIZES = [pytest.param(None, id="default"), pytest.param(4, id="4"), pytest.param(16, id="16")]
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
@@ -45,14 +45,17 @@ def session_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.benchmark(group="synthesis")
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
 @pytest.mark.parametrize("device", DEVICES)
-def test_synthesize_session(benchmark, session_files, tmp_path, device: str, batch_size: int) -> None:
+def test_synthesize_session(benchmark, session_files, tmp_path, device: str, batch_size: int | None) -> None:
     from ds3kit.cli import main
-    from ds3kit.inference import save_generator
+    from ds3kit.inference import default_batch_size, save_generator
     from ds3kit.models import build_generator
 
-    if benchmark.disabled and batch_size != BATCH_SIZES[0]:
+    if benchmark.disabled and batch_size is not None:
         pytest.skip("--benchmark-disable checks the code path once, at the default batch size")
     dev = torch.device(device)
+    default = default_batch_size(dev, SESSION_SHAPE[:2])
+    if batch_size == default:
+        pytest.skip(f"batch size {batch_size} is this device's default, timed as [{device}-default]")
     # What a user runs: the preset trained on that kind of device (CI: the tiny one, the code path is the same).
     preset = "tiny" if benchmark.disabled else ("large" if dev.type == "cuda" else "small")
     torch.manual_seed(0)
@@ -62,7 +65,9 @@ def test_synthesize_session(benchmark, session_files, tmp_path, device: str, bat
     out = tmp_path / "t1ce.nii.gz"
     argv = ["synthesize", "--t1", str(session_files["t1"]), "--t2", str(session_files["t2"]),
             "--flair", str(session_files["flair"]), "--checkpoint", str(checkpoint), "--out", str(out),
-            "--device", device, "--batch-size", str(batch_size), "--no-progress"]
+            "--device", device, "--no-progress"]
+    if batch_size is not None:
+        argv += ["--batch-size", str(batch_size)]
 
     def synthesize() -> int:
         return main(argv)
@@ -74,7 +79,8 @@ def test_synthesize_session(benchmark, session_files, tmp_path, device: str, bat
     with torch.no_grad():
         flops = count_flops(lambda: generator(torch.rand(1, 3, *SESSION_SHAPE[:2]))) * computed_slices
     timed = Timed(synthesize, dev)
-    rounds = 1 if benchmark.disabled or dev.type == "cpu" else 3
+    # The default is the figure with a target: three rounds (best and median kept); one round per comparison size.
+    rounds = 1 if benchmark.disabled else (3 if batch_size is None or dev.type == "cuda" else 1)
     with PeakMemory(dev) as memory:
         code = benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0 if dev.type == "cpu" else 1)
     assert code == 0
@@ -87,7 +93,7 @@ def test_synthesize_session(benchmark, session_files, tmp_path, device: str, bat
         seconds_per_volume=timed.best, seconds_per_volume_median=timed.median,
         slices_per_s=SESSION_SHAPE[2] / timed.best, rounds=len(timed.durations),
         computed_slices=computed_slices,
-        shapes={"volume": list(SESSION_SHAPE), "batch_size": batch_size, "preset": preset},
+        shapes={"volume": list(SESSION_SHAPE), "batch_size": batch_size or default, "preset": preset},
     ))
-    if batch_size == BATCH_SIZES[0]:
+    if batch_size is None:
         write_profile(f"synthesis-{device}", synthesize, dev, steps=1)

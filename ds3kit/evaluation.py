@@ -46,12 +46,13 @@ def evaluate_generator(
     sessions: Sequence[Session],
     *,
     device: str | torch.device = "cpu",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     keep_predictions: bool = False,
 ) -> Evaluation:
     """Synthesize every session's T1ce and score it against the real one over the whole 3-D volume.
 
     Regions: the whole image, the brain mask, and the tumour (segmentation > 0) when a segmentation exists.
+    ``batch_size`` None picks :func:`~ds3kit.inference.default_batch_size` for the device and slice size.
     """
     result = Evaluation()
     for session in sessions:

@@ -40,12 +40,26 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> t
     return generator.to(device).eval(), dict(payload.get("metadata", {}))
 
 
+# A CPU forward pass is fastest when one batch holds about one 240 x 240 slice: its activations then stay in the
+# caches, and a batch of 4 such slices ran 1.4-1.9x slower per slice on 2 cores (docs/benchmarks.md). GPUs want
+# more work per launch: 16 slices of 240 x 240 (not yet measured on a GPU).
+_CPU_PIXELS_PER_BATCH = 240 * 240
+_GPU_PIXELS_PER_BATCH = 16 * 240 * 240
+
+
+def default_batch_size(device: str | torch.device, slice_shape: tuple[int, int]) -> int:
+    """Slices per forward pass for synthesis on ``device``: about one 240 x 240 slice's pixels on CPU, 16 on GPU."""
+    pixels = max(1, int(slice_shape[0]) * int(slice_shape[1]))
+    budget = _CPU_PIXELS_PER_BATCH if torch.device(device).type == "cpu" else _GPU_PIXELS_PER_BATCH
+    return max(1, budget // pixels)
+
+
 def synthesize_volume(
     generator: nn.Module,
     inputs: np.ndarray,
     *,
     brain_mask: np.ndarray | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
     channels_last: bool = True,
@@ -60,7 +74,7 @@ def synthesize_volume(
         generator: maps (B, 3, H, W) in [0, 1] to (B, 1, H, W); any H, W.
         inputs: (3, X, Y, Z) float32 in [0, 1], channels T1, T2, FLAIR; slices along the last axis.
         brain_mask: (X, Y, Z) bool; voxels outside are set to 0, as in the training targets.
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass; None picks :func:`default_batch_size` for the device and slice size.
         channels_last: run the convolutions in channels_last (NHWC) memory format.
 
     Returns:
@@ -70,9 +84,11 @@ def synthesize_volume(
         raise ValueError(f"inputs must be (3, X, Y, Z), got shape {inputs.shape}")
     if brain_mask is not None and brain_mask.shape != inputs.shape[1:]:
         raise ValueError(f"brain_mask must be {inputs.shape[1:]}, got shape {brain_mask.shape}")
+    device = torch.device(device)
+    if batch_size is None:
+        batch_size = default_batch_size(device, inputs.shape[1:3])
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(generator, Generator):
         generator = generator.for_inference().to(device, memory_format=memory_format)  # a copy: ours to change

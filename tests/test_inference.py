@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from ds3kit.inference import synthesize_volume
+from ds3kit.inference import default_batch_size, synthesize_volume
 from ds3kit.models import Generator
 
 
@@ -44,8 +44,11 @@ class CountingModule(nn.Module):
         super().__init__()
         self.slices = 0
 
+        self.batches = []
+
     def forward(self, x):
         self.slices += x.shape[0]
+        self.batches.append(x.shape[0])
         return x[:, :1] * 0.5
 
 
@@ -76,3 +79,20 @@ def test_bad_arguments_are_clear_errors():
         synthesize_volume(CountingModule(), inputs, batch_size=0)
     with pytest.raises(ValueError, match=r"inputs must be \(3, X, Y, Z\)"):
         synthesize_volume(CountingModule(), inputs[:2])
+
+
+def test_default_batch_holds_about_one_240_slice_on_cpu_and_sixteen_on_gpu():
+    assert default_batch_size("cpu", (240, 240)) == 1
+    assert default_batch_size("cpu", (256, 256)) == 1  # never 0
+    assert default_batch_size("cpu", (96, 96)) == 6
+    assert default_batch_size("cpu", (120, 120)) == 4
+    assert default_batch_size(torch.device("cuda"), (240, 240)) == 16
+    assert default_batch_size("cuda:1", (120, 120)) == 64
+
+
+@pytest.mark.parametrize(("shape", "expected"), [((240, 240, 3), [1, 1, 1]), ((120, 120, 7), [4, 3])])
+def test_synthesis_without_a_batch_size_uses_the_device_default(shape, expected):
+    inputs = np.random.default_rng(0).random((3, *shape), dtype=np.float32)
+    module = CountingModule()
+    synthesize_volume(module, inputs)
+    assert module.batches == expected

@@ -25,8 +25,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output NIfTI path (.nii or .nii.gz)")
     parser.add_argument("--mask", type=Path, default=None, help="brain mask on the T1 grid (default: estimated)")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA when present)")
-    # 4 measured 1.7x faster than 16 on 2 CPU cores (240 x 240 slices: smaller activations stay in cache).
-    parser.add_argument("--batch-size", type=int, default=4, help="slices per forward pass (default: 4)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None,
+        help="slices per forward pass (default: about one 240 x 240 slice's pixels per batch on CPU, 16 on GPU)",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.set_defaults(run=run)
 
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out {args.out}: expected a .nii or .nii.gz path")
     if not args.out.parent.is_dir():
         raise InputError(f"--out {args.out}: output directory {args.out.parent} does not exist")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():

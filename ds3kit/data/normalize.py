@@ -111,7 +111,7 @@ def brain_mask(volumes: Sequence[np.ndarray]) -> np.ndarray:
     stack = _stack(volumes)
     if is_skull_stripped(volumes):
         mask = (stack > 0).any(axis=0)
-        mask = ndimage.binary_fill_holes(mask)
+        mask = _fill_holes(mask)
     else:
         scaled = []
         for volume in stack:
@@ -121,12 +121,27 @@ def brain_mask(volumes: Sequence[np.ndarray]) -> np.ndarray:
         mean = np.mean(scaled, axis=0)
         mask = mean > _otsu_threshold(mean)
         mask = _largest_component(mask)
-        mask = ndimage.binary_fill_holes(mask)
+        mask = _fill_holes(mask)
         for z in range(mask.shape[2]):
-            mask[:, :, z] = ndimage.binary_fill_holes(mask[:, :, z])
+            mask[:, :, z] = _fill_holes(mask[:, :, z])
     if not mask.any():
         raise InputError("brain mask is empty: no input voxel is above the background")
     return mask
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` run on the mask's bounding box (plus a background margin of one voxel).
+
+    The same result, as everything outside the box is background connected to the border; a brain fills a
+    third of a BraTS grid's box, so this is ~3x less work.
+    """
+    occupied = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(mask.ndim)]
+    if any(index.size == 0 for index in occupied):
+        return mask.copy()
+    box = tuple(slice(max(int(index[0]) - 1, 0), int(index[-1]) + 2) for index in occupied)
+    filled = np.zeros_like(mask, dtype=bool)
+    filled[box] = ndimage.binary_fill_holes(mask[box])
+    return filled
 
 
 def _stack(volumes: Sequence[np.ndarray]) -> np.ndarray:

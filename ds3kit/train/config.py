@@ -43,7 +43,7 @@ class RunConfig:
     test_fraction: float = 0.2
     phantom_cases: int = 40
     phantom_shape: tuple[int, int, int] = (96, 96, 48)
-    eval_batch_size: int = 32
+    eval_batch_size: int | None = None  # None: ds3kit.inference.default_batch_size
     max_test_subjects: int | None = None
     num_threads: int | None = None
     progress: bool = True
@@ -73,7 +73,6 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "checkpoint_every": 4,
     "phantom_cases": 10,
     "phantom_shape": (48, 48, 16),
-    "eval_batch_size": 16,
     "max_test_subjects": 2,
 }
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ds3kit.data.normalize import IntensityScaling, brain_mask, fit_intensity_scaling, is_skull_stripped
+from ds3kit.data.normalize import IntensityScaling, _fill_holes, brain_mask, fit_intensity_scaling, is_skull_stripped
 from ds3kit.errors import InputError
 
 
@@ -54,6 +54,18 @@ def test_stripped_mask_is_any_input_above_zero(small_case):
     assert is_skull_stripped(volumes)
     expected = ndimage.binary_fill_holes(np.any([v > 0 for v in volumes], axis=0))
     np.testing.assert_array_equal(brain_mask(volumes), expected)
+
+
+@pytest.mark.parametrize("shape", [(30, 31, 17), (12, 9), (1, 7, 3), (6, 6, 6)])
+def test_fill_holes_on_the_bounding_box_equals_scipy_on_the_whole_grid(shape):
+    rng = np.random.default_rng(len(shape) * 100 + shape[0])
+    for trial in range(60):
+        mask = rng.random(shape) < rng.uniform(0.2, 0.9)
+        if trial % 2:  # a box that does not touch every face of the grid
+            mask[tuple(slice(0, max(size // 2, 1)) for size in shape)] = False
+        np.testing.assert_array_equal(_fill_holes(mask), ndimage.binary_fill_holes(mask))
+    hollow = np.zeros(shape, dtype=bool)
+    np.testing.assert_array_equal(_fill_holes(hollow), hollow)
 
 
 def test_raw_scan_mask_recovers_the_head_from_noisy_background():
