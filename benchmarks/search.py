@@ -243,18 +243,9 @@ def quality_objective(args: argparse.Namespace, out: Path) -> Objective:
     return objective
 
 
-def kernel_cache_path(device_name: str) -> Path:
-    """Where the patch_nce dispatcher looks for tuned tiles: ``$DS3KIT_CACHE/kernels/patch_nce-<gpu>.json``."""
-    slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
-    base = Path(os.environ.get("DS3KIT_CACHE") or Path.home() / ".cache" / "ds3kit")
-    return base / "kernels" / f"patch_nce-{slug}.json"
-
-
-# Candidate values by KernelConfig field name (anything not listed keeps its default).
+# Candidate values for every KernelConfig field (tests/benchmarks/test_search.py checks that they match).
 KERNEL_CHOICES = {
-    "block_m": [16, 32, 64, 128], "block_n": [16, 32, 64, 128], "block_k": [16, 32, 64, 128],
-    "block_d": [16, 32, 64, 128], "block_q": [16, 32, 64, 128],
-    "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4],
+    "block_m": [16, 32, 64, 128], "block_n": [16, 32, 64, 128], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4],
 }
 
 
@@ -271,7 +262,7 @@ def kernel_objective(args: argparse.Namespace) -> Objective:
     from ds3kit.ops import patch_nce as ops
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    fields = [f for f in dataclasses.fields(ops.KernelConfig) if f.name in KERNEL_CHOICES]
+    fields = [f.name for f in dataclasses.fields(ops.KernelConfig)]
     # One CUT layer's problem: (batch, patches, feature dim) of the query / key projections.
     batch, patches, dim = (1, 13, 16) if interpret else (args.kernel_batch, args.nce_patches, 256)
     generator = torch.Generator(device="cpu").manual_seed(0)
@@ -282,11 +273,10 @@ def kernel_objective(args: argparse.Namespace) -> Objective:
 
     def run() -> None:
         q = query.detach().requires_grad_(True)
-        loss = ops.patch_nce(q, key, weight) if hasattr(ops, "patch_nce") else ops.PatchNCEFunction.apply(q, key, weight)
-        loss.sum().backward()
+        ops.PatchNCEFunction.apply(q, key, weight).sum().backward()
 
     def objective(trial: optuna.Trial) -> float:
-        values = {f.name: trial.suggest_categorical(f.name, KERNEL_CHOICES[f.name]) for f in fields}
+        values = {name: trial.suggest_categorical(name, KERNEL_CHOICES[name]) for name in fields}
         ops.set_kernel_config(ops.KernelConfig(**values))
         try:
             run()  # compile + warm-up; an invalid tile (shared memory, register pressure) fails the trial here
@@ -317,6 +307,8 @@ def save_kernel_config(study: optuna.Study, objective: Objective) -> Path | None
         best = study.best_trial
     except ValueError:
         return None
+    from ds3kit.ops.patch_nce import kernel_cache_path
+
     path = kernel_cache_path(objective.device_name)  # type: ignore[attr-defined]
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {

@@ -1,13 +1,16 @@
 """benchmarks/search.py: workers sharing a study, a killed worker, failed trials, summaries.
 
 The harness tests use ``--objective toy`` (an analytic function with a sleep: the search machinery without any
-training); one test runs a real ``quality --smoke`` trial through the trainer.
+training); one test runs a real ``quality --smoke`` trial through the trainer, one a ``kernel`` search under
+Triton's CPU interpreter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -186,3 +189,37 @@ def test_one_real_quality_trial(tmp_path: Path) -> None:
     assert trial.intermediate_values, "validation SSIM was never reported to the trial"
     assert (tmp_path / "out" / "trial-0" / "metrics.json").is_file()
     assert "best trial #0" in result.stdout
+
+
+def test_kernel_choices_cover_every_kernel_config_field() -> None:
+    from ds3kit.ops.patch_nce import KernelConfig
+
+    assert set(search.KERNEL_CHOICES) == {field.name for field in dataclasses.fields(KernelConfig)}
+    for name, values in search.KERNEL_CHOICES.items():
+        for value in values:
+            KernelConfig(**{name: value})  # every candidate is a valid configuration
+
+
+def test_kernel_search_writes_the_file_the_dispatcher_loads(tmp_path: Path, monkeypatch) -> None:
+    from ds3kit.ops import patch_nce as ops
+
+    storage, cache = _storage_spec("journal", tmp_path), tmp_path / "cache"
+    env = {**os.environ, "DS3KIT_CACHE": str(cache), "TRITON_INTERPRET": "1"}
+    command = [sys.executable, str(SEARCH), "--storage", storage, "--study-name", "kernel", "--n-trials", "3",
+               "--objective", "kernel", "--pruner", "none", "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = _load(storage, "kernel")
+    assert _states(study).count(TrialState.COMPLETE) == 3
+    monkeypatch.setenv("DS3KIT_CACHE", str(cache))
+    written = ops.kernel_cache_path("triton-interpret")  # the interpreter's stand-in for a GPU name
+    assert str(written) in result.stdout
+    payload = json.loads(written.read_text())
+    assert payload["config"] == study.best_trial.params and payload["median_ms"] == study.best_trial.value
+    # A GPU of that name gets the best trial's tiles from the dispatcher.
+    monkeypatch.setattr(ops, "_gpu_name", lambda device: "triton-interpret")
+    ops.clear_kernel_config_cache()
+    try:
+        assert ops.get_kernel_config("cuda") == ops.KernelConfig(**study.best_trial.params)
+    finally:
+        ops.clear_kernel_config_cache()
