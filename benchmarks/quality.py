@@ -5,8 +5,9 @@
     python benchmarks/quality.py --data /data/BraTS2020 --preset large --steps 20000 --device cuda
 
 Trains, per seed: paired-only at 5 %, DS3-Net at 5 %, pix2pix at 100 %, CUT at 0 %, and DS3-Net at 5 % without
-each of its parts (difficulty map, patchwise loss, feature distillation, image distillation), and DS3-Net whose
-student copies a teacher warmed up for 70 % of the steps (a probe, not in the paper). Every run evaluates
+each of its parts (difficulty map, patchwise loss, feature distillation, image distillation), and two probes not in
+the paper: DS3-Net whose student copies a teacher warmed up for 70 % of the steps, and DS3-Net whose student also
+learns L_pid on the paired batches. Every run evaluates
 its shipped model on the same held-out subjects (the split depends on the seed only). Writes
 ``docs/results/quality.md`` (mean ± std over seeds, whole brain and tumour region, the paper's table beside it, and
 what the numbers say about each claim, and DS3-Net's teacher and student on the subjects each trained on) and
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _recipes import load_recipe  # noqa: E402
@@ -60,8 +62,12 @@ ARMS = (
     # Not in the paper: the student copies a teacher trained for 70 % of the steps (default 30 %), a probe of whether
     # the student's own training on unpaired data adds to what it copies or takes away from it.
     Arm("DS3-Net 5% (teacher warm-up 70%)", "ds3net", 0.05, {"teacher_warmup_fraction": 0.7}),
+    # Not in the paper: the student also gets L_pid on the paired batches (`student_pixel`), the one probe whose
+    # single seed came closest to the teacher: its own source of T1ce beyond what the teacher tells it.
+    Arm("DS3-Net 5% (student also on paired)", "ds3net", 0.05, {"student_pixel": True}),
 )
 
+NOISE_FLOOR_DB = 0.1  # differences below this are not reported as better or worse, whatever the test says
 METRICS = ("brain_ssim", "brain_psnr", "brain_mse", "tumour_ssim", "tumour_psnr", "tumour_mse")
 
 PAPER = """| paired | method | SSIM | PSNR | MSE |
@@ -144,7 +150,10 @@ def diagnostics_table(diagnostics: list[dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+Runs = dict[str, list[dict[str, float]]]  # arm -> its runs' held-out means, one per seed, in seed order
+
+
+def summarise(results: Runs) -> dict[str, dict[str, tuple[float, float]]]:
     table = {}
     for arm, runs in results.items():
         table[arm] = {}
@@ -155,66 +164,105 @@ def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, dict[str,
     return table
 
 
-def claims(table: dict[str, dict[str, tuple[float, float]]], seeds: int) -> list[str]:
-    """What the numbers say about each of the paper's claims (computed, not asserted).
+@dataclass(frozen=True)
+class Difference:
+    """``a - b`` in one metric, paired by seed: each seed is one subject split, shared by every arm.
 
-    A difference counts only when it exceeds the noise: the larger of 0.1 dB and, with several seeds, the larger
-    of the two arms' standard deviations over seeds. One seed has no measured spread: say so.
+    With several seeds: the mean and standard deviation of the per-seed differences and a paired t-test's p; it
+    counts (``verdict`` "better" / "worse") when p < 0.05 and it exceeds the noise floor. One seed has no spread:
+    it counts when it exceeds the floor. No seed with the metric in both arms: "not measured".
     """
 
-    def mean(arm: str, metric: str) -> float:
-        return table[arm].get(metric, (float("nan"), 0.0))[0]
+    deltas: tuple[float, ...]
 
-    def noise(a: str, b: str, metric: str) -> float:
-        spread = (table[a].get(metric, (0.0, 0.0))[1], table[b].get(metric, (0.0, 0.0))[1])
-        return max(0.1, *spread) if seeds > 1 else 0.1
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.deltas)) if self.deltas else float("nan")
 
-    def verdict(delta: float, threshold: float) -> str:
-        if delta != delta:  # NaN: the metric is missing (no tumour in the evaluated subjects)
+    @property
+    def spread(self) -> float:
+        return float(np.std(self.deltas, ddof=1)) if len(self.deltas) > 1 else float("nan")
+
+    @property
+    def p(self) -> float:
+        if len(self.deltas) < 2:
+            return float("nan")
+        if self.spread == 0.0:  # identical differences: the t statistic is infinite (or undefined at 0)
+            return 0.0 if self.mean != 0.0 else 1.0
+        return float(stats.ttest_1samp(self.deltas, 0.0).pvalue)
+
+    @property
+    def verdict(self) -> str:
+        if not self.deltas:
             return "not measured"
-        if abs(delta) <= threshold:
-            return f"within noise (|delta| <= {threshold:.2f} dB)"
-        return "better" if delta > 0 else "worse"
+        significant = len(self.deltas) == 1 or self.p < 0.05
+        if significant and abs(self.mean) > NOISE_FLOOR_DB:
+            return "better" if self.mean > 0 else "worse"
+        return "within noise"
 
+    def __str__(self) -> str:
+        if not self.deltas:
+            return "not measured"
+        if len(self.deltas) == 1:
+            return f"{self.mean:+.2f} dB ({self.verdict})"
+        return f"{self.mean:+.2f} ± {self.spread:.2f} dB, p = {self.p:.3f} ({self.verdict})"
+
+
+def difference(a: list[dict[str, float]], b: list[dict[str, float]], metric: str) -> Difference:
+    """Arm ``a`` minus arm ``b`` in ``metric``, seed by seed (both lists in seed order)."""
+    return Difference(tuple(float(x[metric] - y[metric]) for x, y in zip(a, b) if metric in x and metric in y))
+
+
+def claims(results: Runs) -> list[str]:
+    """What the numbers say about each of the paper's claims (computed, not asserted), from the per-seed runs."""
     ds3, paired, pix = "DS3-Net 5%", "paired-only 5%", "pix2pix 100%"
-    lines = [] if seeds > 1 else ["(one seed: no spread over seeds was measured; 0.1 dB is taken as the noise floor)"]
-    if {ds3, paired} <= set(table):
+
+    def mean(arm: str, metric: str) -> float:
+        values = [run[metric] for run in results[arm] if metric in run]
+        return float(np.mean(values)) if values else float("nan")
+
+    def psnr(a: str, b: str, region: str = "brain") -> Difference:
+        return difference(results[a], results[b], f"{region}_psnr")
+
+    lines = []
+    if {ds3, paired} <= set(results):
+        brain = psnr(ds3, paired)
         d_ssim = mean(ds3, "brain_ssim") - mean(paired, "brain_ssim")
-        d_psnr = mean(ds3, "brain_psnr") - mean(paired, "brain_psnr")
-        t_psnr = mean(ds3, "tumour_psnr") - mean(paired, "tumour_psnr")
-        t_ssim = mean(ds3, "tumour_ssim") - mean(paired, "tumour_ssim")
-        holds = d_ssim > 0 and d_psnr > noise(ds3, paired, "brain_psnr")
-        lines.append(f"1. DS3-Net at 5 % vs paired-only at 5 % (brain): SSIM {d_ssim:+.4f}, PSNR {d_psnr:+.2f} dB, "
-                     f"{verdict(d_psnr, noise(ds3, paired, 'brain_psnr'))}: the claim "
-                     f"{'holds' if holds else 'is not reproduced'} here.")
-        lines.append(f"2. Tumour region: SSIM {t_ssim:+.4f}, PSNR {t_psnr:+.2f} dB "
-                     f"({verdict(t_psnr, noise(ds3, paired, 'tumour_psnr'))}) against {d_psnr:+.2f} dB in the brain.")
-    if {ds3, paired, pix} <= set(table):
+        holds = d_ssim > 0 and brain.verdict == "better"
+        lines.append(f"1. DS3-Net at 5 % vs paired-only at 5 % (brain): SSIM {d_ssim:+.4f}, PSNR {brain}: "
+                     f"the claim {'holds' if holds else 'is not reproduced'} here.")
+        lines.append(f"2. Tumour region: SSIM {mean(ds3, 'tumour_ssim') - mean(paired, 'tumour_ssim'):+.4f}, "
+                     f"PSNR {psnr(ds3, paired, 'tumour')}, against {brain.mean:+.2f} dB in the brain.")
+    if {ds3, paired, pix} <= set(results):
         gap = mean(pix, "brain_psnr") - mean(paired, "brain_psnr")
         closed = (mean(ds3, "brain_psnr") - mean(paired, "brain_psnr")) / gap if abs(gap) > 1e-9 else float("nan")
-        lines.append(f"3. pix2pix at 100 % is {mean(pix, 'brain_psnr') - mean(ds3, 'brain_psnr'):+.2f} dB brain PSNR "
-                     f"above DS3-Net at 5 %; paired-only to pix2pix spans {gap:+.2f} dB, of which DS3-Net covers "
-                     f"{100 * closed:.0f} %.")
-    for arm in table:
-        if arm.startswith("DS3-Net 5% - ") and ds3 in table:
-            part = arm.removeprefix("DS3-Net 5% - ")
-            brain = mean(ds3, "brain_psnr") - mean(arm, "brain_psnr")
-            tumour = mean(ds3, "tumour_psnr") - mean(arm, "tumour_psnr")
-            lines.append(f"4. Removing the {part} changes brain PSNR by {-brain:+.2f} dB "
-                         f"({verdict(-brain, noise(ds3, arm, 'brain_psnr'))}) and tumour PSNR by {-tumour:+.2f} dB "
-                         f"({verdict(-tumour, noise(ds3, arm, 'tumour_psnr'))}).")
-        elif arm.startswith("DS3-Net 5% (") and {ds3, paired} <= set(table):
-            versus_ds3 = mean(arm, "brain_psnr") - mean(ds3, "brain_psnr")
-            versus_paired = mean(arm, "brain_psnr") - mean(paired, "brain_psnr")
-            lines.append(f"5. {arm}: brain PSNR {versus_ds3:+.2f} dB against DS3-Net 5 % "
-                         f"({verdict(versus_ds3, noise(ds3, arm, 'brain_psnr'))}) and {versus_paired:+.2f} dB against "
-                         f"paired-only ({verdict(versus_paired, noise(paired, arm, 'brain_psnr'))}).")
-    return lines
+        lines.append(f"3. pix2pix at 100 % against DS3-Net at 5 %: brain PSNR {psnr(pix, ds3)}; paired-only to "
+                     f"pix2pix spans {gap:+.2f} dB, of which DS3-Net covers {100 * closed:.0f} %.")
+    for arm in results:
+        if arm.startswith("DS3-Net 5% - ") and ds3 in results:
+            lines.append(f"4. Removing the {arm.removeprefix('DS3-Net 5% - ')}: brain PSNR {psnr(arm, ds3)}; "
+                         f"tumour PSNR {psnr(arm, ds3, 'tumour')}.")
+        elif arm.startswith("DS3-Net 5% (") and {ds3, paired} <= set(results):
+            lines.append(f"5. {arm}: brain PSNR {psnr(arm, ds3)} against DS3-Net 5 %; {psnr(arm, paired)} against "
+                         f"paired-only.")
+    if not lines:
+        return []
+    seeds = max(len(runs) for runs in results.values())
+    if seeds > 1:
+        preamble = (f"Differences are paired by seed (each seed is one subject split): mean ± std of the {seeds} "
+                    f"per-seed differences, p from a paired t-test (not corrected for the number of comparisons "
+                    f"on this page). One counts as better or worse when p < 0.05 and it exceeds {NOISE_FLOOR_DB} dB.")
+    else:
+        preamble = (f"One seed: no spread was measured; a difference counts as better or worse when it exceeds "
+                    f"{NOISE_FLOOR_DB} dB.")
+    return [preamble, "", *lines]
 
 
 def write_report(
-    path: Path, table, seeds, base: RunConfig, wall: float, note: str, trained: int, reused: int, diagnostics=None
+    path: Path, results: Runs, seeds, base: RunConfig, wall: float, note: str, trained: int, reused: int,
+    diagnostics=None,
 ) -> None:
+    table = summarise(results)
     header = "| arm | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS)
     rows = []
     for arm, values in table.items():
@@ -239,7 +287,7 @@ DS3-Net's student, the paired-only teacher, pix2pix's and CUT's generator.
 
 ## What the numbers say
 
-{chr(10).join(claims(table, len(seeds)))}
+{chr(10).join(claims(results))}
 
 ## Where the student's error comes from
 
@@ -309,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or ("runs/quality-smoke" if args.smoke else "runs/quality"))
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results: dict[str, list[dict[str, float]]] = {arm.name: [] for arm in arms}
+    results: Runs = {arm.name: [] for arm in arms}
     trained = reused = 0
     for seed in seeds:
         for arm in arms:
@@ -330,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     note = " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(report, table, seeds, base, time.perf_counter() - started, note, trained, reused, diagnostics)
+    write_report(report, results, seeds, base, time.perf_counter() - started, note, trained, reused, diagnostics)
     plot(report.with_suffix(".png"), table)
     print(report.read_text())
     return 0

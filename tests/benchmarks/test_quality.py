@@ -1,4 +1,4 @@
-"""benchmarks/quality.py: the claims it draws from a table, its summaries and tables, and a smoke study end to end.
+"""benchmarks/quality.py: its claims from per-seed runs, its summaries and tables, and a smoke study end to end.
 
 ``quality.py`` is a script, not a package: it is imported by path, as ``test_search.py`` imports ``search.py``.
 """
@@ -30,15 +30,11 @@ def _load_quality():
 quality = _load_quality()
 
 
-def _arm(brain_psnr: float, std: float = 0.0, *, tumour_psnr: float | None = None, ssim: float = 0.8,
-         tumour_std: float | None = None) -> dict[str, tuple[float, float]]:
-    """One arm of a hand-made summary table: every metric quality.py reads, as (mean, std)."""
-    tumour_psnr = brain_psnr - 2.0 if tumour_psnr is None else tumour_psnr
-    tumour_std = std if tumour_std is None else tumour_std
-    return {
-        "brain_psnr": (brain_psnr, std), "brain_ssim": (ssim, 0.01), "brain_mse": (0.01, 0.001),
-        "tumour_psnr": (tumour_psnr, tumour_std), "tumour_ssim": (ssim - 0.1, 0.01), "tumour_mse": (0.02, 0.001),
-    }
+def _runs(*brain_psnr: float, tumour: tuple[float, ...] | None = None, ssim: float = 0.8) -> list[dict[str, float]]:
+    """One arm's runs, one held-out mean per seed (in seed order): every metric quality.py reads."""
+    tumour = tuple(value - 2.0 for value in brain_psnr) if tumour is None else tumour
+    return [{"brain_psnr": b, "brain_ssim": ssim, "brain_mse": 0.01, "tumour_psnr": t, "tumour_ssim": ssim - 0.1,
+             "tumour_mse": 0.02} for b, t in zip(brain_psnr, tumour)]
 
 
 def _line(lines: list[str], prefix: str) -> str:
@@ -47,103 +43,118 @@ def _line(lines: list[str], prefix: str) -> str:
     return found[0]
 
 
-# --- claims -----------------------------------------------------------------------------------------------------
+# --- differences and claims --------------------------------------------------------------------------------------
 
 
-def test_claim_holds_when_ds3net_beats_paired_only_by_more_than_the_larger_std() -> None:
-    table = {PAIRED: _arm(20.0, 0.3, ssim=0.80), DS3: _arm(21.0, 0.5, ssim=0.82)}
-    lines = quality.claims(table, seeds=3)
-    assert not any("one seed" in line for line in lines)
+def test_difference_is_paired_by_seed_with_a_t_test() -> None:
+    from scipy import stats
+
+    a, b = _runs(21.0, 18.2, 25.3), _runs(20.0, 17.0, 24.0)  # large spread over seeds, steady gain of ~1.2 dB
+    difference = quality.difference(a, b, "brain_psnr")
+    assert difference.deltas == pytest.approx((1.0, 1.2, 1.3))
+    assert difference.mean == pytest.approx(3.5 / 3)
+    assert difference.spread == pytest.approx(stats.tstd([1.0, 1.2, 1.3]))  # sample std of the differences
+    assert difference.p == pytest.approx(stats.ttest_rel([21.0, 18.2, 25.3], [20.0, 17.0, 24.0]).pvalue)
+    assert difference.p < 0.05 and difference.verdict == "better"
+    assert str(difference) == f"+1.17 ± 0.15 dB, p = {difference.p:.3f} (better)"
+    assert quality.difference(b, a, "brain_psnr").verdict == "worse"
+    # The same means without the pairing would be lost in the 3 dB spread over seeds; shuffled seeds lose it too.
+    assert quality.difference(a, [b[2], b[0], b[1]], "brain_psnr").verdict == "within noise"
+
+
+def test_difference_floor_identical_deltas_one_seed_and_missing_metric() -> None:
+    tiny = quality.difference(_runs(20.05, 21.05, 22.05), _runs(20.0, 21.0, 22.0), "brain_psnr")
+    assert tiny.p < 0.05 and tiny.verdict == "within noise"  # significant, but below the 0.1 dB floor
+    steady = quality.difference(_runs(21.0, 22.0), _runs(20.0, 21.0), "brain_psnr")
+    assert steady.spread == 0.0 and steady.p == 0.0 and steady.verdict == "better"
+    same = quality.difference(_runs(20.0, 21.0), _runs(20.0, 21.0), "brain_psnr")
+    assert same.p == 1.0 and same.verdict == "within noise"
+    one = quality.difference(_runs(20.3), _runs(20.0), "brain_psnr")
+    assert one.verdict == "better" and str(one) == "+0.30 dB (better)"  # one seed: the floor alone decides
+    assert quality.difference(_runs(20.05), _runs(20.0), "brain_psnr").verdict == "within noise"
+    missing = quality.difference([{"brain_psnr": 1.0}], [{"brain_psnr": 0.0}], "tumour_psnr")
+    assert missing.verdict == "not measured" and str(missing) == "not measured"
+
+
+def test_claim_holds_when_ds3net_beats_paired_only_seed_by_seed() -> None:
+    results = {PAIRED: _runs(20.0, 22.0, 18.0, ssim=0.80), DS3: _runs(21.0, 23.1, 18.9, ssim=0.82)}
+    lines = quality.claims(results)
+    assert "paired by seed" in lines[0] and "3 per-seed differences" in lines[0]
     first = _line(lines, "1. ")
-    assert "PSNR +1.00 dB" in first and "SSIM +0.0200" in first
-    assert "better" in first and "holds" in first and "not reproduced" not in first
-    assert "within noise" not in first
+    assert "PSNR +1.00 ± 0.10 dB" in first and "SSIM +0.0200" in first
+    assert "(better)" in first and "holds" in first and "not reproduced" not in first
 
 
-def test_claim_is_not_reproduced_within_the_spread_over_seeds() -> None:
-    # +0.4 dB would clear the 0.1 dB floor, but not DS3-Net's 0.5 dB std over seeds.
-    table = {PAIRED: _arm(20.0, 0.2, ssim=0.80), DS3: _arm(20.4, 0.5, ssim=0.82)}
-    first = _line(quality.claims(table, seeds=3), "1. ")
-    assert "PSNR +0.40 dB" in first
+def test_claim_is_not_reproduced_when_the_gain_is_not_consistent_over_seeds() -> None:
+    results = {PAIRED: _runs(20.0, 20.0, 20.0, ssim=0.80), DS3: _runs(21.5, 19.0, 20.7, ssim=0.82)}
+    first = _line(quality.claims(results), "1. ")
+    assert "PSNR +0.40 ± 1.28 dB" in first and "(within noise)" in first
     assert "is not reproduced" in first and "holds" not in first
-    assert "within noise (|delta| <= 0.50 dB)" in first
-    # The larger of the two stds is the noise, whichever arm has it.
-    table = {PAIRED: _arm(20.0, 0.6, ssim=0.80), DS3: _arm(20.4, 0.1, ssim=0.82)}
-    assert "within noise (|delta| <= 0.60 dB)" in _line(quality.claims(table, seeds=3), "1. ")
 
 
 def test_claim_is_not_reproduced_when_ssim_drops_even_if_psnr_rises() -> None:
-    table = {PAIRED: _arm(20.0, 0.1, ssim=0.82), DS3: _arm(22.0, 0.1, ssim=0.80)}
-    first = _line(quality.claims(table, seeds=3), "1. ")
-    assert "better" in first and "is not reproduced" in first
+    results = {PAIRED: _runs(20.0, 21.0, 22.0, ssim=0.82), DS3: _runs(22.0, 23.1, 24.0, ssim=0.80)}
+    first = _line(quality.claims(results), "1. ")
+    assert "(better)" in first and "is not reproduced" in first
 
 
 def test_one_seed_says_no_spread_was_measured_and_uses_the_floor() -> None:
-    # With one seed the stds (all zero here, but large ones too) are not a spread: 0.1 dB is the noise.
-    table = {PAIRED: _arm(20.0, 5.0, ssim=0.80), DS3: _arm(20.3, 5.0, ssim=0.82)}
-    lines = quality.claims(table, seeds=1)
-    assert "one seed" in lines[0] and "no spread" in lines[0] and "0.1 dB" in lines[0]
+    lines = quality.claims({PAIRED: _runs(20.0, ssim=0.80), DS3: _runs(20.3, ssim=0.82)})
+    assert lines[0].startswith("One seed") and "no spread" in lines[0] and "0.1 dB" in lines[0]
     first = _line(lines, "1. ")
-    assert "holds" in first and "better" in first  # +0.30 dB > 0.1 dB, the 5 dB "std" ignored
-    table = {PAIRED: _arm(20.0, ssim=0.80), DS3: _arm(20.05, ssim=0.82)}
-    first = _line(quality.claims(table, seeds=1), "1. ")
-    assert "within noise (|delta| <= 0.10 dB)" in first and "is not reproduced" in first
+    assert "PSNR +0.30 dB (better)" in first and "holds" in first
+    first = _line(quality.claims({PAIRED: _runs(20.0, ssim=0.80), DS3: _runs(20.05, ssim=0.82)}), "1. ")
+    assert "(within noise)" in first and "is not reproduced" in first
 
 
 def test_tumour_line_and_pix2pix_gap() -> None:
-    table = {PAIRED: _arm(20.0, 0.1, tumour_psnr=15.0), DS3: _arm(21.0, 0.1, tumour_psnr=15.05),
-             PIX: _arm(24.0, 0.1)}
-    lines = quality.claims(table, seeds=3)
+    results = {PAIRED: _runs(20.0, 20.0, tumour=(15.0, 15.0)), DS3: _runs(21.0, 21.0, tumour=(15.05, 15.05)),
+               PIX: _runs(24.0, 24.0)}
+    lines = quality.claims(results)
     second = _line(lines, "2. ")
-    assert "PSNR +0.05 dB" in second and "within noise" in second and "+1.00 dB in the brain" in second
+    assert "PSNR +0.05 ± 0.00 dB" in second and "(within noise)" in second and "+1.00 dB in the brain" in second
     third = _line(lines, "3. ")
     # pix2pix is 3 dB above DS3-Net; paired-only -> pix2pix spans 4 dB, of which DS3-Net covers 1 dB = 25 %.
-    assert "+3.00 dB" in third and "+4.00 dB" in third and "25 %" in third
+    assert "+3.00 ± 0.00 dB" in third and "+4.00 dB" in third and "25 %" in third
 
 
 def test_ablation_lines_have_the_sign_of_the_change_from_removing_the_part() -> None:
-    table = {
-        PAIRED: _arm(20.0, 0.1), DS3: _arm(22.0, 0.1, tumour_psnr=18.0),
+    results = {
+        PAIRED: _runs(20.0), DS3: _runs(22.0, tumour=(18.0,)),
         # The difficulty map helps: without it, 1 dB worse in the brain and 2 dB worse in the tumour.
-        "DS3-Net 5% - difficulty map": _arm(21.0, 0.1, tumour_psnr=16.0),
+        "DS3-Net 5% - difficulty map": _runs(21.0, tumour=(16.0,)),
         # The patchwise loss hurts: without it, better.
-        "DS3-Net 5% - patchwise loss": _arm(22.5, 0.1, tumour_psnr=18.8),
+        "DS3-Net 5% - patchwise loss": _runs(22.5, tumour=(18.8,)),
         # Feature distillation does nothing measurable.
-        "DS3-Net 5% - feature distillation": _arm(22.05, 0.1, tumour_psnr=17.95),
+        "DS3-Net 5% - feature distillation": _runs(22.05, tumour=(17.95,)),
     }
-    lines = quality.claims(table, seeds=3)
-    ablations = [line for line in lines if line.startswith("4. ")]
-    assert len(ablations) == 3, lines
-    difficulty = _line(lines, "4. Removing the difficulty map ")
-    assert "brain PSNR by -1.00 dB (worse)" in difficulty and "tumour PSNR by -2.00 dB (worse)" in difficulty
-    patchwise = _line(lines, "4. Removing the patchwise loss ")
-    assert "brain PSNR by +0.50 dB (better)" in patchwise and "tumour PSNR by +0.80 dB (better)" in patchwise
-    feature = _line(lines, "4. Removing the feature distillation ")
-    assert "brain PSNR by +0.05 dB (within noise" in feature and "tumour PSNR by -0.05 dB (within noise" in feature
+    lines = quality.claims(results)
+    assert len([line for line in lines if line.startswith("4. ")]) == 3, lines
+    difficulty = _line(lines, "4. Removing the difficulty map:")
+    assert "brain PSNR -1.00 dB (worse)" in difficulty and "tumour PSNR -2.00 dB (worse)" in difficulty
+    patchwise = _line(lines, "4. Removing the patchwise loss:")
+    assert "brain PSNR +0.50 dB (better)" in patchwise and "tumour PSNR +0.80 dB (better)" in patchwise
+    feature = _line(lines, "4. Removing the feature distillation:")
+    assert "brain PSNR +0.05 dB (within noise)" in feature and "tumour PSNR -0.05 dB (within noise)" in feature
     # Ablations need DS3-Net itself to compare with.
-    assert not any(line.startswith("4. ") for line in quality.claims(
-        {"DS3-Net 5% - difficulty map": _arm(21.0)}, seeds=3))
+    assert quality.claims({"DS3-Net 5% - difficulty map": _runs(21.0)}) == []
 
 
 def test_probe_arm_line_compares_with_ds3net_and_paired_only() -> None:
-    table = {PAIRED: _arm(20.0, 0.1), DS3: _arm(21.0, 0.2), PROBE: _arm(20.5, 0.3)}
-    lines = quality.claims(table, seeds=3)
+    results = {PAIRED: _runs(20.0, 21.0, 19.0), DS3: _runs(21.0, 22.0, 20.0), PROBE: _runs(20.5, 21.6, 19.4)}
+    lines = quality.claims(results)
     fifth = _line(lines, "5. ")
     assert fifth.startswith(f"5. {PROBE}: ")
-    assert "-0.50 dB against DS3-Net 5 % (worse)" in fifth
-    assert "+0.50 dB against paired-only (better)" in fifth
+    assert "-0.50 ± 0.10 dB" in fifth and "(worse) against DS3-Net 5 %" in fifth
+    assert "+0.50 ± 0.10 dB" in fifth and "(better) against paired-only" in fifth
     assert not any(line.startswith("4. ") for line in lines)  # the probe is not an ablation
-    # Within the probe's own spread: noise.
-    table[PROBE] = _arm(20.5, 0.8)
-    fifth = _line(quality.claims(table, seeds=3), "5. ")
-    assert "against DS3-Net 5 % (within noise (|delta| <= 0.80 dB))" in fifth
     # Without paired-only there is nothing to put it beside.
-    assert not any(line.startswith("5. ") for line in quality.claims({DS3: _arm(21.0), PROBE: _arm(20.5)}, seeds=3))
+    assert not any(line.startswith("5. ") for line in quality.claims({DS3: _runs(21.0), PROBE: _runs(20.5)}))
 
 
-def test_claims_without_the_compared_arms_says_nothing_about_them() -> None:
-    assert quality.claims({PIX: _arm(24.0)}, seeds=3) == []
-    assert len(quality.claims({PIX: _arm(24.0)}, seeds=1)) == 1  # only the one-seed note
+def test_claims_without_the_compared_arms_say_nothing() -> None:
+    assert quality.claims({PIX: _runs(24.0, 25.0)}) == []
+    assert quality.claims({PIX: _runs(24.0)}) == []
 
 
 # --- summarise and diagnostics_table --------------------------------------------------------------------------------
@@ -220,7 +231,7 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
         cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
         assert len(cells) == len(quality.METRICS) and "n/a" not in cells and "±" not in cells  # one seed: no std
         assert all(float(cell) == float(cell) for cell in cells)  # numbers, not NaN
-    assert "(one seed: no spread" in text and "\n1. DS3-Net at 5 %" in text
+    assert "One seed: no spread" in text and "\n1. DS3-Net at 5 %" in text
 
     section = text.split("## Where the student's error comes from", 1)[1].split("\n## ", 1)[0]
     diag_rows = _table_rows(section)[1:]  # past the header row
@@ -254,12 +265,12 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
 
 
 def test_claims_without_tumour_metrics_do_not_crash() -> None:
-    table = {
-        "paired-only 5%": {"brain_psnr": (20.0, 0.0), "brain_ssim": (0.80, 0.0)},
-        "DS3-Net 5%": {"brain_psnr": (21.0, 0.0), "brain_ssim": (0.82, 0.0)},
-        "DS3-Net 5% - difficulty map": {"brain_psnr": (20.5, 0.0), "brain_ssim": (0.81, 0.0)},
+    results = {
+        PAIRED: [{"brain_psnr": 20.0, "brain_ssim": 0.80}],
+        DS3: [{"brain_psnr": 21.0, "brain_ssim": 0.82}],
+        "DS3-Net 5% - difficulty map": [{"brain_psnr": 20.5, "brain_ssim": 0.81}],
     }
-    lines = quality.claims(table, 1)
+    lines = quality.claims(results)
     assert "holds" in _line(lines, "1.")
     assert "not measured" in _line(lines, "2.")
     assert "not measured" in _line(lines, "4.")
