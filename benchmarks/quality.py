@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -169,11 +170,13 @@ class Difference:
     """``a - b`` in one metric, paired by seed: each seed is one subject split, shared by every arm.
 
     With several seeds: the mean and standard deviation of the per-seed differences and a paired t-test's p; it
-    counts (``verdict`` "better" / "worse") when p < 0.05 and it exceeds the noise floor. One seed has no spread:
-    it counts when it exceeds the floor. No seed with the metric in both arms: "not measured".
+    counts (``verdict`` "better" / "worse") when p < 0.05 and it exceeds the noise floor. A one-seed study has no
+    spread: it counts when it exceeds the floor. A metric measured at fewer seeds than the study ran is shown with
+    its count, and at one seed of several it gets no verdict.
     """
 
     deltas: tuple[float, ...]
+    seeds: int  # how many seeds the study ran; ``deltas`` holds the ones where both arms measured the metric
 
     @property
     def mean(self) -> float:
@@ -195,6 +198,8 @@ class Difference:
     def verdict(self) -> str:
         if not self.deltas:
             return "not measured"
+        if len(self.deltas) == 1 and self.seeds > 1:
+            return "one seed only"
         significant = len(self.deltas) == 1 or self.p < 0.05
         if significant and abs(self.mean) > NOISE_FLOOR_DB:
             return "better" if self.mean > 0 else "worse"
@@ -203,14 +208,22 @@ class Difference:
     def __str__(self) -> str:
         if not self.deltas:
             return "not measured"
+        count = f", {len(self.deltas)} of {self.seeds} seeds" if len(self.deltas) < self.seeds else ""
         if len(self.deltas) == 1:
-            return f"{self.mean:+.2f} dB ({self.verdict})"
-        return f"{self.mean:+.2f} ± {self.spread:.2f} dB, p = {self.p:.3f} ({self.verdict})"
+            return f"{self.mean:+.2f} dB ({self.verdict}{count})"
+        return f"{self.mean:+.2f} ± {self.spread:.2f} dB, p = {self.p:.3f} ({self.verdict}{count})"
 
 
 def difference(a: list[dict[str, float]], b: list[dict[str, float]], metric: str) -> Difference:
-    """Arm ``a`` minus arm ``b`` in ``metric``, seed by seed (both lists in seed order)."""
-    return Difference(tuple(float(x[metric] - y[metric]) for x, y in zip(a, b) if metric in x and metric in y))
+    """Arm ``a`` minus arm ``b`` in ``metric``, seed by seed (both lists in seed order, one run per seed).
+
+    Raises:
+        ValueError: the arms hold different numbers of runs (they could not be paired by seed).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"cannot pair arms by seed: {len(a)} runs against {len(b)}")
+    deltas = (x[metric] - y[metric] for x, y in zip(a, b) if metric in x and metric in y)
+    return Difference(tuple(float(d) for d in deltas if math.isfinite(d)), seeds=len(a))
 
 
 def claims(results: Runs) -> list[str]:

@@ -48,7 +48,12 @@ _GPU_PIXELS_PER_BATCH = 16 * 240 * 240
 
 
 def default_batch_size(device: str | torch.device, slice_shape: tuple[int, int]) -> int:
-    """Slices per forward pass for synthesis on ``device``: about one 240 x 240 slice's pixels on CPU, 16 on GPU."""
+    """Slices per forward pass for synthesis on ``device``: about one 240 x 240 slice's pixels on CPU, 16 elsewhere.
+
+    Any device other than the CPU (CUDA, MPS ...) gets the GPU budget. ``slice_shape`` is one slice's (X, Y).
+    """
+    if len(slice_shape) != 2:
+        raise ValueError(f"slice_shape must be (X, Y), got {tuple(slice_shape)}")
     pixels = max(1, int(slice_shape[0]) * int(slice_shape[1]))
     budget = _CPU_PIXELS_PER_BATCH if torch.device(device).type == "cpu" else _GPU_PIXELS_PER_BATCH
     return max(1, budget // pixels)

@@ -88,6 +88,8 @@ def test_default_batch_holds_about_one_240_slice_on_cpu_and_sixteen_on_gpu():
     assert default_batch_size("cpu", (120, 120)) == 4
     assert default_batch_size(torch.device("cuda"), (240, 240)) == 16
     assert default_batch_size("cuda:1", (120, 120)) == 64
+    with pytest.raises(ValueError, match=r"slice_shape must be \(X, Y\)"):
+        default_batch_size("cpu", (240, 240, 155))
 
 
 @pytest.mark.parametrize(("shape", "expected"), [((240, 240, 3), [1, 1, 1]), ((120, 120, 7), [4, 3])])

@@ -138,7 +138,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     axes = range(mask.ndim)
     occupied = [np.flatnonzero(mask.any(axis=tuple(other for other in axes if other != axis))) for axis in axes]
     if any(index.size == 0 for index in occupied):
-        return mask.copy()
+        return np.zeros(mask.shape, dtype=bool)
     box = tuple(slice(max(int(index[0]) - 1, 0), int(index[-1]) + 2) for index in occupied)
     filled = np.zeros_like(mask, dtype=bool)
     filled[box] = ndimage.binary_fill_holes(mask[box])

@@ -74,6 +74,22 @@ def test_difference_floor_identical_deltas_one_seed_and_missing_metric() -> None
     assert quality.difference(_runs(20.05), _runs(20.0), "brain_psnr").verdict == "within noise"
     missing = quality.difference([{"brain_psnr": 1.0}], [{"brain_psnr": 0.0}], "tumour_psnr")
     assert missing.verdict == "not measured" and str(missing) == "not measured"
+    nan = quality.difference([{"brain_psnr": float("nan")}], [{"brain_psnr": 0.0}], "brain_psnr")
+    assert nan.verdict == "not measured"
+
+
+def test_difference_counts_the_seeds_that_measured_the_metric() -> None:
+    # Seed 1's split has no tumour in its test subjects: two of three seeds, tested on those two.
+    a = [{"tumour_psnr": 16.0}, {}, {"tumour_psnr": 18.1}]
+    b = [{"tumour_psnr": 15.0}, {"tumour_psnr": 3.0}, {"tumour_psnr": 17.0}]
+    partial = quality.difference(a, b, "tumour_psnr")
+    assert partial.deltas == pytest.approx((1.0, 1.1)) and partial.seeds == 3
+    assert str(partial).endswith("(better, 2 of 3 seeds)")
+    # Measured at one seed of three: no test was possible, so no verdict (the floor alone is for one-seed studies).
+    single = quality.difference([{"x": 21.0}, {}, {}], [{"x": 20.0}, {"x": 0.0}, {"x": 0.0}], "x")
+    assert single.verdict == "one seed only" and str(single) == "+1.00 dB (one seed only, 1 of 3 seeds)"
+    with pytest.raises(ValueError, match="cannot pair arms by seed: 3 runs against 2"):
+        quality.difference(_runs(1.0, 2.0, 3.0), _runs(1.0, 2.0), "brain_psnr")
 
 
 def test_claim_holds_when_ds3net_beats_paired_only_seed_by_seed() -> None:

@@ -59,13 +59,25 @@ def test_stripped_mask_is_any_input_above_zero(small_case):
 @pytest.mark.parametrize("shape", [(30, 31, 17), (12, 9), (1, 7, 3), (6, 6, 6)])
 def test_fill_holes_on_the_bounding_box_equals_scipy_on_the_whole_grid(shape):
     rng = np.random.default_rng(len(shape) * 100 + shape[0])
+    smaller_boxes = 0
     for trial in range(60):
         mask = rng.random(shape) < rng.uniform(0.2, 0.9)
-        if trial % 2:  # a box that does not touch every face of the grid
-            mask[tuple(slice(0, max(size // 2, 1)) for size in shape)] = False
+        if trial % 2:  # clear slabs on some faces: a bounding box smaller than the grid
+            for axis, size in enumerate(shape):
+                low, high = rng.integers(0, max(size // 3, 1) + 1, size=2)
+                index = [slice(None)] * len(shape)
+                index[axis] = slice(0, low)
+                mask[tuple(index)] = False
+                index[axis] = slice(size - high, size)
+                mask[tuple(index)] = False
+        axes = range(mask.ndim)
+        box = [np.flatnonzero(mask.any(axis=tuple(other for other in axes if other != axis))) for axis in axes]
+        smaller_boxes += any(i.size and (i[0] > 0 or i[-1] < size - 1) for i, size in zip(box, shape))
         np.testing.assert_array_equal(_fill_holes(mask), ndimage.binary_fill_holes(mask))
-    hollow = np.zeros(shape, dtype=bool)
-    np.testing.assert_array_equal(_fill_holes(hollow), hollow)
+    assert smaller_boxes >= 10  # the slabs did shrink the box (else this tests only the whole-grid case)
+    empty = np.zeros(shape, dtype=np.uint8)
+    filled = _fill_holes(empty)
+    assert filled.dtype == bool and not filled.any()
 
 
 def test_raw_scan_mask_recovers_the_head_from_noisy_background():
