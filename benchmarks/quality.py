@@ -276,6 +276,10 @@ def write_report(
     diagnostics=None,
 ) -> None:
     table = summarise(results)
+    if trained:
+        cost = f"wall time {wall / 60:.1f} min for {trained} run(s) trained by this invocation ({reused} reused)"
+    else:
+        cost = f"all {reused} runs reused from earlier invocations (this page was regenerated from them)"
     header = "| arm | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS)
     rows = []
     for arm, values in table.items():
@@ -288,8 +292,7 @@ def write_report(
 
 `python benchmarks/quality.py {note}` — {time.strftime('%Y-%m-%d')}, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}),
 {base.steps} steps per run, batch {base.batch_size}, preset `{base.preset}`, image size {base.image_size},
-data: {base.data or f'phantom cohort ({base.phantom_cases} cases, {base.phantom_shape})'}; wall time {wall / 60:.1f} min
-for {trained} run(s) trained by this invocation ({reused} reused from an earlier one).
+data: {base.data or f'phantom cohort ({base.phantom_cases} cases, {base.phantom_shape})'}; {cost}.
 Held-out subjects, whole 3-D volumes; each run's mean over its test subjects, then mean ± std over seeds. Shipped models:
 DS3-Net's student, the paired-only teacher, pix2pix's and CUT's generator.
 
@@ -320,24 +323,48 @@ The phantom is not BraTS: absolute values are not comparable, the ordering and t
     atomic_write_text(path, text)
 
 
-def plot(path: Path, table) -> None:
+def plot(path: Path, results: Runs) -> None:
+    """Brain and tumour PSNR per arm (mean ± std over seeds), and each arm's brain PSNR against DS3-Net 5 % paired
+    by seed (per-seed differences as dots, their mean with a 95 % t interval) when there are several seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    table = summarise(results)
     arms = list(table)
-    figure, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(arms) + 1.5), sharey=True)
+    reference = "DS3-Net 5%"
+    paired = reference in results and max(len(runs) for runs in results.values()) > 1
+    figure, axes = plt.subplots(1, 3 if paired else 2, figsize=(18 if paired else 12, 0.45 * len(arms) + 1.5),
+                                sharey=True)
     for axis, metric in zip(axes, ("brain_psnr", "tumour_psnr")):
         means = [table[a].get(metric, (np.nan, 0))[0] for a in arms]
         stds = [table[a].get(metric, (np.nan, 0))[1] for a in arms]
         axis.barh(arms, means, xerr=stds, color=["#4c72b0" if "DS3" in a else "#999999" for a in arms])
-        axis.set_xlabel(f"{metric.replace('_', ' ')} (dB)")
+        axis.set_xlabel(f"{metric.replace('_', ' ')} (dB), mean ± std over seeds")
         finite = [m for m in means if np.isfinite(m)]
         if finite:
             axis.set_xlim(min(finite) - 2, max(finite) + 1)
+    if paired:
+        axis, limit = axes[2], 1.5  # dB: the small effects are the ones to see; larger ones are written at the edge
+        for row, arm in enumerate(arms):
+            if arm == reference:
+                continue
+            d = difference(results[arm], results[reference], "brain_psnr")
+            if abs(d.mean) > limit:
+                side = np.sign(d.mean) * limit
+                axis.text(side * 0.98, row, f"{d.mean:+.2f} dB", va="center", ha="right" if side > 0 else "left")
+                continue
+            axis.scatter(d.deltas, [row] * len(d.deltas), s=12, color="#999999", zorder=2)
+            if len(d.deltas) > 1:
+                half = stats.t.ppf(0.975, len(d.deltas) - 1) * d.spread / np.sqrt(len(d.deltas))
+                color = {"better": "#2ca02c", "worse": "#d62728"}.get(d.verdict, "#4c72b0")
+                axis.errorbar(d.mean, row, xerr=half, fmt="o", color=color, capsize=3, zorder=3)
+        axis.axvline(0.0, color="black", linewidth=0.8)
+        axis.set_xlim(-limit, limit)
+        axis.set_xlabel(f"brain PSNR minus {reference}, per seed (dB)\ndots: seeds; mean and 95 % interval")
     axes[0].invert_yaxis()
-    figure.suptitle("Held-out phantom subjects: mean ± std over seeds")
+    figure.suptitle("Held-out phantom subjects")
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
@@ -392,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     report.parent.mkdir(parents=True, exist_ok=True)
     note = " ".join(argv if argv is not None else sys.argv[1:])
     write_report(report, results, seeds, base, time.perf_counter() - started, note, trained, reused, diagnostics)
-    plot(report.with_suffix(".png"), table)
+    plot(report.with_suffix(".png"), results)
     print(report.read_text())
     return 0
 

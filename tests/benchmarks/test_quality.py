@@ -238,7 +238,7 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     assert quality.main(argv) == 0
 
     text = report.read_text()
-    assert "2 run(s) trained by this invocation (0 reused" in text
+    assert "2 run(s) trained by this invocation (0 reused)" in text
     assert "1 seed(s) (0)" in text
     rows = _table_rows(text)
     arm_rows = [row for row in rows if row.startswith((f"| {PAIRED} |", f"| {DS3} |"))]
@@ -270,7 +270,7 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     mtimes = {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
     assert quality.main(argv) == 0
     again = report.read_text()
-    assert "0 run(s) trained by this invocation (2 reused" in again
+    assert "all 2 runs reused from earlier invocations" in again
     assert _table_rows(again) == rows
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()} == mtimes
     assert "![quality](q.png)" in again  # the picture link follows --report's name
@@ -290,3 +290,17 @@ def test_claims_without_tumour_metrics_do_not_crash() -> None:
     assert "holds" in _line(lines, "1.")
     assert "not measured" in _line(lines, "2.")
     assert "not measured" in _line(lines, "4.")
+
+
+def test_plot_adds_the_paired_panel_only_with_several_seeds(tmp_path: Path) -> None:
+    def width(path: Path) -> int:
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        return int.from_bytes(data[16:20], "big")  # IHDR width
+
+    several = {PAIRED: _runs(20.0, 21.0, 19.5), DS3: _runs(20.2, 21.1, 19.9), "CUT 0%": _runs(12.0, 13.0, 12.5)}
+    quality.plot(tmp_path / "three.png", several)  # CUT's -7.9 dB is written at the panel's edge, not plotted
+    quality.plot(tmp_path / "one.png", {arm: runs[:1] for arm, runs in several.items()})
+    quality.plot(tmp_path / "no-reference.png", {PAIRED: several[PAIRED]})
+    assert width(tmp_path / "three.png") == 1800  # three panels of 6 inches at 100 dpi
+    assert width(tmp_path / "one.png") == width(tmp_path / "no-reference.png") == 1200
