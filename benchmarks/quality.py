@@ -414,7 +414,6 @@ def main(argv: list[str] | None = None) -> int:
     if diagnosed is not None:
         for seed in seeds:
             diagnostics.append(diagnose(diagnosed, seed, base, out))
-    table = summarise(results)
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     note = " ".join(argv if argv is not None else sys.argv[1:])
