@@ -293,7 +293,7 @@ def write_report(
 `python benchmarks/quality.py {note}` — {time.strftime('%Y-%m-%d')}, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}),
 {base.steps} steps per run, batch {base.batch_size}, preset `{base.preset}`, image size {base.image_size},
 data: {base.data or f'phantom cohort ({base.phantom_cases} cases, {base.phantom_shape})'}; {cost}.
-Held-out subjects, whole 3-D volumes; each run's mean over its test subjects, then mean ± std over seeds. Shipped models:
+Held-out subjects, whole 3-D volumes; each run's mean over its test subjects, then mean ± population std over seeds. Shipped models:
 DS3-Net's student, the paired-only teacher, pix2pix's and CUT's generator.
 
 {header}
