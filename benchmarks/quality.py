@@ -229,10 +229,10 @@ def difference(a: list[dict[str, float]], b: list[dict[str, float]], metric: str
 def claims(results: Runs) -> list[str]:
     """What the numbers say about each of the paper's claims (computed, not asserted), from the per-seed runs."""
     ds3, paired, pix = "DS3-Net 5%", "paired-only 5%", "pix2pix 100%"
+    table = summarise(results)
 
     def mean(arm: str, metric: str) -> float:
-        values = [run[metric] for run in results[arm] if metric in run]
-        return float(np.mean(values)) if values else float("nan")
+        return table[arm].get(metric, (float("nan"), 0.0))[0]
 
     def psnr(a: str, b: str, region: str = "brain") -> Difference:
         return difference(results[a], results[b], f"{region}_psnr")

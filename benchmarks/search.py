@@ -251,8 +251,6 @@ KERNEL_CHOICES = {
 
 def kernel_objective(args: argparse.Namespace) -> Objective:
     """patch_nce forward + backward time (ms, median) under one KernelConfig on this machine's GPU."""
-    import dataclasses
-
     import torch
 
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
@@ -262,7 +260,6 @@ def kernel_objective(args: argparse.Namespace) -> Objective:
     from ds3kit.ops import patch_nce as ops
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    fields = [f.name for f in dataclasses.fields(ops.KernelConfig)]
     # One CUT layer's problem: (batch, patches, feature dim) of the query / key projections.
     batch, patches, dim = (1, 13, 16) if interpret else (args.kernel_batch, args.nce_patches, 256)
     generator = torch.Generator(device="cpu").manual_seed(0)
@@ -276,7 +273,7 @@ def kernel_objective(args: argparse.Namespace) -> Objective:
         ops.PatchNCEFunction.apply(q, key, weight).sum().backward()
 
     def objective(trial: optuna.Trial) -> float:
-        values = {name: trial.suggest_categorical(name, KERNEL_CHOICES[name]) for name in fields}
+        values = {name: trial.suggest_categorical(name, choices) for name, choices in KERNEL_CHOICES.items()}
         ops.set_kernel_config(ops.KernelConfig(**values))
         try:
             run()  # compile + warm-up; an invalid tile (shared memory, register pressure) fails the trial here
