@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,14 @@ PathLike = str | os.PathLike
 
 INPUT_MODALITIES = ("t1", "t2", "flair")
 TARGET_MODALITY = "t1ce"
-SEG_LABELS = (0, 1, 2, 4)
+SEG_LABELS = (0, 1, 2, 4)  # the internal convention (BraTS 2018-2021): 1 core, 2 oedema, 4 enhancing tumour
+
+# How a segmentation file labels the enhancing tumour. "brats2020": BraTS 2018-2021, {0, 1, 2, 4}, 4 = enhancing.
+# "brats2023": BraTS 2023 and later (GLI, MEN, PED, SSA), {0, 1, 2, 3}, 3 = enhancing, mapped to 4 on reading.
+# "auto": "brats2023" when the case's files carry BraTS 2023 names (-t1n, -t1c, -t2w, -t2f), else "brats2020".
+LABEL_CONVENTIONS = ("auto", "brats2020", "brats2023")
+_CONVENTION_LABELS = {"brats2020": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3)}
+_BRATS2023_TOKENS = frozenset({"t1n", "t1c", "t2w", "t2f"})
 
 # The last name token (split on "_", "-", ".") -> modality. Exact tokens, so "t1" never claims
 # a "t1ce"/"t1c"/"t1n"/"t1gd" file. BraTS 2023 names: t1n (native T1), t1c, t2w, t2f (FLAIR).
@@ -54,7 +62,8 @@ class Session:
         case_id: subject name.
         inputs: float32 (3, X, Y, Z) in [0, 1], order t1, t2, flair; 0 outside the brain mask.
         target: float32 (X, Y, Z) normalised T1ce, or None (unpaired subject / no T1ce).
-        seg: uint8 (X, Y, Z) BraTS labels {0, 1, 2, 4}, or None.
+        seg: uint8 (X, Y, Z) BraTS labels in the internal convention {0, 1, 2, 4} (4 = enhancing tumour,
+            whatever the file's convention), or None.
         brain_mask: bool (X, Y, Z).
         affine: float64 (4, 4), the T1 affine (write outputs with it).
         header: the T1 header.
@@ -93,6 +102,7 @@ def load_session(
     seg: PathLike | Volume | None = None,
     mask: PathLike | Volume | None = None,
     case_id: str | None = None,
+    label_convention: str = "auto",
 ) -> Session:
     """Load one session and bring every volume onto the T1 grid through the affines.
 
@@ -104,17 +114,22 @@ def load_session(
     Args:
         t1, t2, flair: NIfTI paths (or already loaded :class:`Volume` objects).
         t1ce: the target modality, optional.
-        seg: BraTS label map {0, 1, 2, 4}, optional.
+        seg: BraTS label map, optional; read in ``label_convention`` and returned in {0, 1, 2, 4}.
         mask: a brain mask (non-zero = brain), optional.
         case_id: defaults to the T1 file name without its modality suffix.
+        label_convention: "brats2020" ({0, 1, 2, 4}, 4 = enhancing), "brats2023" ({0, 1, 2, 3}, 3 = enhancing,
+            mapped to 4) or "auto": "brats2023" when an input file has a BraTS 2023 name (``-t1n``, ``-t1c``,
+            ``-t2w``, ``-t2f``), else "brats2020". See :func:`detect_label_convention`.
 
     Returns:
         A :class:`Session` on the T1 grid with the T1 affine and header.
 
     Raises:
         InputError: a file is unusable (see :func:`load_volume`), grids do not overlap, seg labels
-            are outside {0, 1, 2, 4}, or the mask is empty.
+            are outside the convention's set (or mix 3 and 4), or the mask is empty.
+        ValueError: ``label_convention`` is not one of :data:`LABEL_CONVENTIONS`.
     """
+    _check_convention(label_convention)
     reference = _as_volume(t1)
     volumes = {"t1": reference, "t2": _as_volume(t2), "flair": _as_volume(flair)}
     if t1ce is not None:
@@ -122,7 +137,10 @@ def load_session(
     for name in ("t2", "flair", "t1ce"):
         if name in volumes:
             volumes[name] = resample_to_reference(volumes[name], reference, order=1)
-    seg_volume = resample_to_reference(_load_seg(seg), reference, order=0) if seg is not None else None
+    if label_convention == "auto":
+        named = [source.path if isinstance(source, Volume) else source for source in (t1, t2, flair, t1ce)]
+        label_convention = detect_label_convention([Path(path) for path in named if path is not None])
+    seg_volume = resample_to_reference(_load_seg(seg, label_convention), reference, order=0) if seg is not None else None
     mask_volume = resample_to_reference(_as_volume(mask, allow_constant=True), reference, order=0) if mask is not None else None
     return _normalised_session(volumes, seg_volume, mask_volume, case_id or _case_id_from(reference))
 
@@ -166,7 +184,24 @@ def find_brats_files(case_dir: PathLike) -> dict[str, Path]:
     return {name: found[name] for name in order if name in found}
 
 
-def load_brats_case(case_dir: PathLike, *, with_target: bool = True) -> Session:
+def detect_label_convention(files: Iterable[PathLike] | Mapping[str, PathLike]) -> str:
+    """The segmentation convention a case's file names imply: "brats2023" or "brats2020".
+
+    "brats2023" when any file name's modality token (the last one, as in :func:`find_brats_files`) is a BraTS 2023
+    name: ``t1n``, ``t1c``, ``t2w`` or ``t2f``; otherwise "brats2020" (``_t1``, ``_t1ce``, ``_t2``, ``_flair``).
+
+    Args:
+        files: file paths, or a :func:`find_brats_files` mapping (its values are used).
+    """
+    paths = files.values() if isinstance(files, Mapping) else files
+    for path in paths:
+        stem = _NIFTI_SUFFIX.sub("", Path(path).name)
+        if _TOKEN_SPLIT.split(stem.lower())[-1] in _BRATS2023_TOKENS:
+            return "brats2023"
+    return "brats2020"
+
+
+def load_brats_case(case_dir: PathLike, *, with_target: bool = True, label_convention: str = "auto") -> Session:
     """Load one BraTS-layout case folder as a :class:`Session`.
 
     BraTS promises one voxel grid per case, so the arrays are taken as aligned voxel for voxel
@@ -177,18 +212,25 @@ def load_brats_case(case_dir: PathLike, *, with_target: bool = True) -> Session:
         case_dir: ``<root>/<Case>`` holding the modality files.
         with_target: read the T1ce (paired subject); with False the T1ce is never read, so an
             unpaired subject cannot leak its target.
+        label_convention: how the seg labels the enhancing tumour (see :func:`load_session`); "auto" detects it
+            from the file names (:func:`detect_label_convention`). The session's seg is always in {0, 1, 2, 4}.
 
     Raises:
         InputError: see :func:`find_brats_files` and :func:`load_volume`; T1ce missing while
-            ``with_target``; files of one case on different grids (all differing files named).
+            ``with_target``; files of one case on different grids (all differing files named); seg labels
+            outside the convention's set or mixing 3 and 4.
+        ValueError: ``label_convention`` is not one of :data:`LABEL_CONVENTIONS`.
     """
+    _check_convention(label_convention)
     files = find_brats_files(case_dir)
+    if label_convention == "auto":
+        label_convention = detect_label_convention(files)
     if with_target and TARGET_MODALITY not in files:
         raise InputError(f"{case_dir}: missing modality t1ce ({_EXPECTED_NAMES['t1ce']}.nii[.gz]) needed with_target=True")
     volumes = {name: load_volume(files[name]) for name in INPUT_MODALITIES}
     if with_target:
         volumes[TARGET_MODALITY] = load_volume(files[TARGET_MODALITY])
-    seg_volume = _load_seg(files["seg"]) if "seg" in files else None
+    seg_volume = _load_seg(files["seg"], label_convention) if "seg" in files else None
 
     reference = volumes["t1"]
     others = [*volumes.values(), *([seg_volume] if seg_volume is not None else [])]
@@ -230,14 +272,36 @@ def _as_volume(source: PathLike | Volume, *, allow_constant: bool = False) -> Vo
     return source if isinstance(source, Volume) else load_volume(source, allow_constant=allow_constant)
 
 
-def _load_seg(source: PathLike | Volume) -> Volume:
+def _check_convention(label_convention: str) -> None:
+    if label_convention not in LABEL_CONVENTIONS:
+        raise ValueError(f"label_convention must be one of {', '.join(LABEL_CONVENTIONS)}, got {label_convention!r}")
+
+
+def _load_seg(source: PathLike | Volume, label_convention: str = "brats2020") -> Volume:
+    """Read a seg in ``label_convention`` ("brats2020" or "brats2023") and return it in {0, 1, 2, 4}."""
     volume = _as_volume(source, allow_constant=True)  # a tumour-free seg is all zeros, legitimately
     labels = np.unique(volume.data)
-    unexpected = [float(label) for label in labels if label not in SEG_LABELS]
+    if 3 in labels and 4 in labels:
+        raise InputError(
+            f"{volume.name}: segmentation holds both label 3 and label 4; BraTS 2018-2021 marks the enhancing tumour 4 "
+            f"and BraTS 2023+ marks it 3, so one file cannot use both"
+        )
+    allowed = _CONVENTION_LABELS[label_convention]
+    unexpected = [float(label) for label in labels if label not in allowed]
     if unexpected:
         shown = ", ".join(f"{label:g}" for label in unexpected[:8])
         more = f" (and {len(unexpected) - 8} more)" if len(unexpected) > 8 else ""
-        raise InputError(f"{volume.name}: segmentation labels must be in {{0, 1, 2, 4}}, found {shown}{more}")
+        if label_convention == "brats2020":
+            hint = "; a BraTS 2023+ seg (3 = enhancing tumour) needs label_convention='brats2023'" if 3 in labels else ""
+        else:
+            hint = "; a BraTS 2018-2021 seg (4 = enhancing tumour) needs label_convention='brats2020'" if 4 in labels else ""
+        allowed_text = "{" + ", ".join(map(str, allowed)) + "}"
+        raise InputError(f"{volume.name}: segmentation labels must be in {allowed_text}, found {shown}{more}"
+                         f" ({label_convention} convention{hint})")
+    if label_convention == "brats2023" and 3 in labels:
+        data = volume.data.copy()
+        data[data == 3] = 4  # BraTS 2023's enhancing tumour -> the internal (2018-2021) label
+        volume = Volume(data, volume.affine, volume.header, volume.path)
     return volume
 
 

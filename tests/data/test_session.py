@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ds3kit.data.phantom import phantom_affine
+from ds3kit.data.phantom import make_phantom_case, phantom_affine
 from ds3kit.data.session import find_brats_files, list_cases, load_brats_case, load_session
 from ds3kit.errors import InputError
 
@@ -178,3 +178,80 @@ def test_real_session_on_different_grids_lands_on_the_t1_grid():
     expected = session.scalings["t2"].normalize(sampled)
     np.testing.assert_allclose(session.inputs[1][tuple(voxels)], expected, atol=1e-4)
     assert np.ptp(expected) > 0.3  # the sampled voxels are diverse tissue, not one flat value
+
+
+# --------------------------------------------------------------------------------------- label conventions
+def _write_case(folder: Path, case: dict[str, np.ndarray], names: dict[str, str], seg: np.ndarray) -> Path:
+    folder.mkdir(parents=True)
+    affine = phantom_affine(SMALL_SHAPE)
+    for modality, suffix in names.items():
+        write_nifti(folder / f"{folder.name}{suffix}.nii.gz", seg if modality == "seg" else case[modality], affine)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def enhancing_case() -> dict[str, np.ndarray]:
+    """A phantom case with every tumour label (core 1, oedema 2, enhancing 4); seed 3's has no enhancing rim."""
+    case = make_phantom_case(SMALL_SHAPE, seed=4)
+    assert set(np.unique(case["seg"])) == {0, 1, 2, 4}
+    return case
+
+
+_NAMES_2020 = {"t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "flair": "_flair", "seg": "_seg"}
+_NAMES_2023 = {"t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "flair": "-t2f", "seg": "-seg"}
+
+
+def _as_2023(seg: np.ndarray) -> np.ndarray:
+    """BraTS 2023's labels from the phantom's 2020 labels: enhancing tumour 4 -> 3, the rest unchanged."""
+    relabelled = seg.copy()
+    relabelled[seg == 4] = 3
+    return relabelled
+
+
+def test_brats2023_case_maps_enhancing_3_to_the_internal_4(tmp_path, enhancing_case):
+    case_2020 = _write_case(tmp_path / "BraTS20_Training_001", enhancing_case, _NAMES_2020, enhancing_case["seg"])
+    case_2023 = _write_case(tmp_path / "BraTS-GLI-00001-000", enhancing_case, _NAMES_2023, _as_2023(enhancing_case["seg"]))
+    old, new = load_brats_case(case_2020), load_brats_case(case_2023)
+    assert new.case_id == "BraTS-GLI-00001-000"
+    np.testing.assert_array_equal(new.seg, enhancing_case["seg"])  # the same regions, the same internal labels
+    np.testing.assert_array_equal(new.seg, old.seg)
+    np.testing.assert_array_equal(new.inputs, old.inputs)
+    assert set(np.unique(new.seg)) <= {0, 1, 2, 4}
+
+
+def test_label_convention_is_detected_from_names_and_can_be_overridden(tmp_path, enhancing_case):
+    from ds3kit.data.session import detect_label_convention
+
+    assert detect_label_convention(["a/X-t1n.nii.gz", "a/X-t2w.nii.gz"]) == "brats2023"
+    assert detect_label_convention({"t1": Path("X_t1.nii"), "seg": Path("X_seg.nii")}) == "brats2020"
+    assert detect_label_convention(["X_T1CE.NII.GZ", "X_t1Gd.nii.gz"]) == "brats2020"
+    # 2020 names holding 2023 labels: refused with a hint, read with the explicit option
+    case = _write_case(tmp_path / "Renamed_001", enhancing_case, _NAMES_2020, _as_2023(enhancing_case["seg"]))
+    with pytest.raises(InputError, match=r"_seg\.nii\.gz.*\{0, 1, 2, 4\}, found 3 \(brats2020.*label_convention='brats2023'"):
+        load_brats_case(case)
+    np.testing.assert_array_equal(load_brats_case(case, label_convention="brats2023").seg, enhancing_case["seg"])
+    # 2023 names holding 2020 labels: refused with the other hint, read with the explicit option
+    other = _write_case(tmp_path / "BraTS-MEN-00002-000", enhancing_case, _NAMES_2023, enhancing_case["seg"])
+    with pytest.raises(InputError, match=r"-seg\.nii\.gz.*\{0, 1, 2, 3\}, found 4 \(brats2023.*label_convention='brats2020'"):
+        load_brats_case(other)
+    np.testing.assert_array_equal(load_brats_case(other, label_convention="brats2020").seg, enhancing_case["seg"])
+    with pytest.raises(ValueError, match="label_convention must be one of auto, brats2020, brats2023, got 'brats2021'"):
+        load_brats_case(other, label_convention="brats2021")
+
+
+def test_a_seg_mixing_3_and_4_is_refused_in_every_convention(tmp_path, enhancing_case):
+    seg = enhancing_case["seg"].copy()
+    enhancing = np.argwhere(seg == 4)
+    seg[tuple(enhancing[0])] = 3
+    case = _write_case(tmp_path / "BraTS-PED-00003-000", enhancing_case, _NAMES_2023, seg)
+    for convention in ("auto", "brats2020", "brats2023"):
+        with pytest.raises(InputError, match=r"-seg\.nii\.gz: segmentation holds both label 3 and label 4"):
+            load_brats_case(case, label_convention=convention)
+
+
+def test_load_session_detects_brats2023_names(tmp_path, enhancing_case):
+    case = _write_case(tmp_path / "BraTS-SSA-00004-000", enhancing_case, _NAMES_2023, _as_2023(enhancing_case["seg"]))
+    files = {modality: case / f"{case.name}{suffix}.nii.gz" for modality, suffix in _NAMES_2023.items()}
+    session = load_session(files["t1"], files["t2"], files["flair"], t1ce=files["t1ce"], seg=files["seg"])
+    assert session.case_id == "BraTS-SSA-00004-000"
+    np.testing.assert_array_equal(session.seg, enhancing_case["seg"])
