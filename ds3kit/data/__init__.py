@@ -1,6 +1,19 @@
-"""Data: NIfTI volumes, sessions on one grid, BraTS layout, normalisation, the phantom cohort, slice datasets."""
+"""Data: NIfTI volumes, sessions on one grid, BraTS layout, normalisation, the phantom cohort, slice datasets,
+the preprocessed memory-mapped cache and its step-indexed loader."""
 
+from ds3kit.data.cache import (
+    CACHE_FORMAT_VERSION,
+    CACHE_TOLERANCE,
+    CachedCase,
+    CachedSessions,
+    CachedSliceDataset,
+    PreprocessResult,
+    default_cache_dir,
+    open_cached_case,
+    preprocess_cases,
+)
 from ds3kit.data.dataset import CohortSplit, SliceDataset, center_crop_or_pad, split_cohort
+from ds3kit.data.loader import StepBatchSampler, stack_tensors, step_loader
 from ds3kit.data.nifti import Volume, load_volume, resample_to_reference, same_grid, save_volume
 from ds3kit.data.normalize import IntensityScaling, brain_mask, fit_intensity_scaling, is_skull_stripped
 from ds3kit.data.phantom import (
@@ -14,9 +27,11 @@ from ds3kit.data.phantom import (
 )
 from ds3kit.data.session import (
     INPUT_MODALITIES,
+    LABEL_CONVENTIONS,
     SEG_LABELS,
     TARGET_MODALITY,
     Session,
+    detect_label_convention,
     find_brats_files,
     list_cases,
     load_brats_case,
@@ -24,20 +39,30 @@ from ds3kit.data.session import (
 )
 
 __all__ = [
+    "CACHE_FORMAT_VERSION",
+    "CACHE_TOLERANCE",
     "INPUT_MODALITIES",
+    "LABEL_CONVENTIONS",
     "PHANTOM_FORMAT_VERSION",
     "SEG_LABELS",
     "TARGET_MODALITY",
     "TISSUE_CONTRASTS",
+    "CachedCase",
+    "CachedSessions",
+    "CachedSliceDataset",
     "CohortSplit",
     "IntensityScaling",
     "Session",
+    "PreprocessResult",
     "SliceDataset",
+    "StepBatchSampler",
     "Volume",
     "brain_mask",
     "case_seed",
     "center_crop_or_pad",
+    "default_cache_dir",
     "default_cohort",
+    "detect_label_convention",
     "find_brats_files",
     "fit_intensity_scaling",
     "is_skull_stripped",
@@ -46,10 +71,14 @@ __all__ = [
     "load_session",
     "load_volume",
     "make_phantom_case",
+    "open_cached_case",
     "phantom_affine",
+    "preprocess_cases",
     "resample_to_reference",
     "same_grid",
     "save_volume",
     "split_cohort",
+    "stack_tensors",
+    "step_loader",
     "write_phantom_cohort",
 ]

@@ -131,7 +131,10 @@ class SliceDataset(Dataset):
             the native (X, Y) size.
         min_brain_fraction: in [0, 1].
         cache: keep every session in memory (default). With False only the most recently used
-            session is kept, which is slow for random access but bounds memory.
+            session is kept, which is slow for random access but bounds memory. For real cohorts use
+            :class:`ds3kit.data.CachedSliceDataset` over :func:`ds3kit.data.preprocess_cases` instead:
+            the same items, read from memory-mapped preprocessed files.
+        label_convention: the seg convention of case folders, see :func:`load_brats_case`.
 
     Each item is a dict: ``"inputs"`` float32 (3, H, W) (t1, t2, flair), ``"target"`` float32
     (1, H, W) only with ``with_target``, ``"brain_mask"`` and ``"tumour_mask"`` float32 (1, H, W)
@@ -147,6 +150,7 @@ class SliceDataset(Dataset):
         image_size: int | None = None,
         min_brain_fraction: float = 0.01,
         cache: bool = True,
+        label_convention: str = "auto",
     ) -> None:
         if not 0.0 <= min_brain_fraction <= 1.0:
             raise ValueError(f"min_brain_fraction must be in [0, 1], got {min_brain_fraction}")
@@ -156,6 +160,7 @@ class SliceDataset(Dataset):
         self.image_size = None if image_size is None else int(image_size)
         self.min_brain_fraction = float(min_brain_fraction)
         self.cache = bool(cache)
+        self.label_convention = label_convention
         self._sources = list(cases)
         self._tensors: dict[int, dict[str, torch.Tensor]] = {}
         self._sessions: dict[int, Session] = {}
@@ -200,7 +205,7 @@ class SliceDataset(Dataset):
             if self.with_target and session.target is None:
                 raise InputError(f"case {session.case_id}: with_target=True but the session has no T1ce target")
         else:
-            session = load_brats_case(source, with_target=self.with_target)
+            session = load_brats_case(source, with_target=self.with_target, label_convention=self.label_convention)
         if not self.cache:
             self._sessions.clear()
         self._sessions[case_index] = session
