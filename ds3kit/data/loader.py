@@ -63,7 +63,9 @@ def step_loader(
 ) -> DataLoader:
     """A DataLoader over ``dataset`` yielding the batches of steps ``start .. stop - 1`` in order.
 
-    Batch ``k`` is ``stack_tensors([dataset[i] for i in indices(start + k)])`` whatever ``num_workers`` is.
+    Batch ``k`` is ``stack_tensors([dataset[i] for i in indices(start + k)])`` whatever ``num_workers`` is. The
+    loader never draws from the global torch RNG (a DataLoader iterator draws its workers' base seed from its own
+    generator here), so creating one at a resumed step leaves the training RNG stream as a straight run has it.
 
     Args:
         dataset: a map-style dataset (e.g. :class:`ds3kit.data.CachedSliceDataset`, whose memory maps the workers
@@ -88,5 +90,6 @@ def step_loader(
         num_workers=int(num_workers),
         collate_fn=stack_tensors,
         pin_memory=bool(pin_memory),
+        generator=torch.Generator().manual_seed(0),  # the workers' base seed; items draw no random numbers
         **options,
     )

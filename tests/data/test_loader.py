@@ -63,6 +63,17 @@ def test_a_resumed_loader_sees_the_straight_runs_batches(dataset):
         assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_the_loader_leaves_the_global_rng_alone(dataset):
+    # A resumed run restores the RNG and then builds its loaders: they must not shift the augmentation stream.
+    torch.manual_seed(11)
+    expected = torch.rand(4)
+    torch.manual_seed(11)
+    for workers in (0, 2):
+        for _ in step_loader(dataset, SeededRule(len(dataset), seed=1), start=2, stop=4, num_workers=workers):
+            pass
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_sampler_and_collate_checks():
     with pytest.raises(ValueError, match="need 0 <= start <= stop, got start=5, stop=2"):
         StepBatchSampler(lambda step: [step], start=5, stop=2)
