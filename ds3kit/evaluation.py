@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,16 +54,35 @@ def evaluate_generator(
     Regions: the whole image, the brain mask, and the tumour (segmentation > 0) when a segmentation exists.
     ``batch_size`` None picks :func:`~ds3kit.inference.default_batch_size` for the device and slice size.
     """
+
+    def synthesize(session: Session) -> np.ndarray:
+        return synthesize_volume(generator, session.inputs, brain_mask=session.brain_mask, batch_size=batch_size,
+                                 device=device)
+
+    return evaluate_predictor(synthesize, sessions, keep_predictions=keep_predictions)
+
+
+def evaluate_predictor(
+    predict: Callable[[Session], np.ndarray],
+    sessions: Iterable[Session],
+    *,
+    keep_predictions: bool = False,
+) -> Evaluation:
+    """Score any predictor (a session -> (X, Y, Z) normalised T1ce) like :func:`evaluate_generator` does.
+
+    The baselines and ceilings of :mod:`ds3kit.baselines` go through here, so every row of a report is scored by
+    the same code on the same voxels. Sessions are consumed one at a time (a lazy iterable streams).
+    """
     result = Evaluation()
     for session in sessions:
         if session.target is None:
             raise ValueError(f"{session.case_id}: evaluation needs the real T1ce, the session has none")
-        prediction = synthesize_volume(
-            generator, session.inputs, brain_mask=session.brain_mask, batch_size=batch_size, device=device
-        )
+        prediction = predict(session)
+        if prediction.shape != session.shape:
+            raise ValueError(f"{session.case_id}: prediction must be {session.shape}, got {prediction.shape}")
         tumour = None if session.seg is None else torch.from_numpy(session.seg > 0)[None, None]
         metrics = region_metrics(
-            torch.from_numpy(prediction)[None, None],
+            torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32))[None, None],
             torch.from_numpy(session.target)[None, None],
             brain_mask=torch.from_numpy(session.brain_mask)[None, None],
             tumour_mask=tumour if tumour is not None and bool(tumour.any()) else None,

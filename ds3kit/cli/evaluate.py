@@ -46,6 +46,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="intensity span for PSNR and SSIM (default 1)")
     parser.add_argument("--scaling", choices=_SCALINGS, default="auto",
                         help="intensity units, see above (default auto)")
+    baselines = parser.add_argument_group(
+        "baselines", "score the trivial predictors beside --pred, on the same voxels (docs/metrics.md)")
+    baselines.add_argument("--t1", type=Path, default=None, help="the T1 the prediction was made from: adds copy-T1")
+    baselines.add_argument("--t2", type=Path, default=None, help="its T2 (with --flair and --checkpoint: adds linear)")
+    baselines.add_argument("--flair", type=Path, default=None, help="its FLAIR")
+    baselines.add_argument("--checkpoint", type=Path, default=None,
+                           help="the generator checkpoint whose run fitted the linear baseline (its metadata holds it)")
     parser.set_defaults(run=run)
 
 
@@ -98,6 +105,15 @@ def run(args: argparse.Namespace) -> int:
         tumour_mask=None if tumour is None or not tumour.any() else tensor(tumour),
         data_range=args.data_range,
     )
+    baselines = {}
+    for name, volume in _baseline_volumes(args).items():
+        if not same_grid(volume, target):
+            volume = resample_to_reference(volume, target, order=1)
+        scores = region_metrics(
+            tensor(np.where(brain, volume.data, np.float32(0.0))), tensor(truth), brain_mask=tensor(brain),
+            tumour_mask=None if tumour is None or not tumour.any() else tensor(tumour), data_range=args.data_range,
+        )
+        baselines[name] = {key: value if math.isfinite(value) else None for key, value in scores.items()}
     report = {
         "pred": str(args.pred),
         "target": str(args.target),
@@ -109,8 +125,47 @@ def run(args: argparse.Namespace) -> int:
         # Strict JSON has no Infinity: an infinite PSNR (identical volumes) is written as null.
         **{key: value if math.isfinite(value) else None for key, value in metrics.items()},
     }
+    if baselines:
+        report["baselines"] = baselines
+        floor = baselines["copy-T1"].get("brain_psnr")
+        if floor is not None and metrics.get("brain_psnr") is not None:
+            report["beats_copy_t1"] = bool(metrics["brain_psnr"] > floor)
     print(json.dumps(report, allow_nan=False))
     return 0
+
+
+def _baseline_volumes(args: argparse.Namespace) -> dict:
+    """copy-T1 (and linear) on the T1 grid, normalised as in training, as Volumes to resample onto the target."""
+    from ds3kit.baselines import COPY_T1, LINEAR, LinearBaseline, copy_t1
+    from ds3kit.data import Volume, load_session, load_volume
+    from ds3kit.errors import InputError
+
+    given = {name: getattr(args, name) for name in ("t1", "t2", "flair", "checkpoint") if getattr(args, name)}
+    if not given:
+        return {}
+    if "t1" not in given:
+        raise InputError(f"--{', --'.join(given)} need --t1 (the baselines are made from the inputs)")
+    if ("t2" in given) != ("flair" in given):
+        raise InputError("--t2 and --flair go together (the brain mask and normalisation use all three inputs)")
+    if "checkpoint" in given and "t2" not in given:
+        raise InputError("--checkpoint (the linear baseline) needs --t2 and --flair as well")
+    linear = None
+    if "checkpoint" in given:
+        from ds3kit.inference import load_generator
+
+        _, metadata = load_generator(args.checkpoint)
+        fitted = metadata.get("linear_baseline")
+        if fitted is None:
+            raise InputError(f"{args.checkpoint}: the checkpoint records no linear baseline (written before 0.2, "
+                             "or by a run without paired subjects)")
+        linear = LinearBaseline(weights=tuple(fitted["weights"]), intercept=float(fitted["intercept"]))
+    t1 = load_volume(args.t1)
+    others = (args.t2, args.flair) if "t2" in given else (t1, t1)  # copy-T1 alone needs only T1
+    session = load_session(t1, *others)
+    volumes = {COPY_T1: Volume(copy_t1(session), session.affine, session.header)}
+    if linear is not None:
+        volumes[LINEAR] = Volume(linear(session), session.affine, session.header)
+    return volumes
 
 
 def _scale(target: np.ndarray, pred: np.ndarray, brain: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray, str]:

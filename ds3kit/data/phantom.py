@@ -25,7 +25,7 @@ from ds3kit.data.nifti import save_volume
 from ds3kit.errors import InputError
 
 # Bump when the generator's output changes, so cached cohorts of an older version are not reused.
-PHANTOM_FORMAT_VERSION = 1
+PHANTOM_FORMAT_VERSION = 2  # 2: each case also holds phantom_truth/ (same volumes as 1)
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 
 # BraTS field of view (mm): 240 x 240 in plane, 155 slices of 1 mm; the phantom spans the same.
@@ -48,7 +48,9 @@ _CODE = {name: code for code, name in enumerate(_TISSUES)}
 _SEG_OF_TISSUE = np.array([0, 0, 0, 0, 0, 2, 1, 4], dtype=np.uint8)
 
 
-def make_phantom_case(shape: Sequence[int] = (96, 96, 48), *, seed: int = 0) -> dict[str, np.ndarray]:
+def make_phantom_case(
+    shape: Sequence[int] = (96, 96, 48), *, seed: int = 0, with_truth: bool = False
+) -> dict[str, np.ndarray]:
     """Generate one synthetic glioma case.
 
     Args:
@@ -59,7 +61,10 @@ def make_phantom_case(shape: Sequence[int] = (96, 96, 48), *, seed: int = 0) -> 
 
     Returns:
         ``t1``, ``t1ce``, ``t2``, ``flair``: float32 (X, Y, Z), raw "scanner" units >= 0, exactly 0
-        outside the brain; ``seg``: uint8 (X, Y, Z) BraTS labels {0, 1, 2, 4}.
+        outside the brain; ``seg``: uint8 (X, Y, Z) BraTS labels {0, 1, 2, 4}. With ``with_truth`` also
+        ``t1ce_clean`` (the T1ce signal before its Rician noise, same units) and ``tissue`` (uint8 codes in the
+        order of :data:`TISSUE_CONTRASTS`): what the ceilings of :mod:`ds3kit.baselines` need. The other arrays
+        are the same with or without it (no extra random draws).
     """
     grid = _check_shape(shape)
     rng = np.random.default_rng(seed)
@@ -83,8 +88,30 @@ def make_phantom_case(shape: Sequence[int] = (96, 96, 48), *, seed: int = 0) -> 
         magnitude = np.sqrt(real * real + imaginary * imaginary)  # Rician: magnitude of complex Gaussian noise
         magnitude[~brain] = 0.0  # skull-stripped, like BraTS
         case[modality] = magnitude.astype(np.float32, copy=False)
+        if with_truth and modality == "t1ce":
+            case["t1ce_clean"] = np.where(brain, signal, 0.0).astype(np.float32)
     case["seg"] = _SEG_OF_TISSUE[tissue]
+    if with_truth:
+        case["tissue"] = tissue.astype(np.uint8)
     return case
+
+
+# Where a phantom case keeps what only a simulation knows; a sub-folder, so BraTS readers never see it.
+TRUTH_FOLDER = "phantom_truth"
+
+
+def load_phantom_truth(case_dir: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """A phantom case's ``t1ce_clean`` (float32) and ``tissue`` (uint8 codes), or None when the case has none
+    (real data, or a cohort written before :data:`PHANTOM_FORMAT_VERSION` 2)."""
+    from ds3kit.data.nifti import load_volume
+
+    folder = Path(case_dir) / TRUTH_FOLDER
+    paths = {name: folder / f"{name}.nii.gz" for name in ("t1ce_clean", "tissue")}
+    if not all(path.is_file() for path in paths.values()):
+        return None
+    clean = load_volume(paths["t1ce_clean"], allow_constant=True).data.astype(np.float32)
+    tissue = np.rint(load_volume(paths["tissue"], allow_constant=True).data).astype(np.uint8)
+    return {"t1ce_clean": clean, "tissue": tissue}
 
 
 def phantom_affine(shape: Sequence[int]) -> np.ndarray:
@@ -136,10 +163,13 @@ def write_phantom_cohort(
         name = f"Phantom_{index + 1:0{width}d}"
         folder = root / name
         folder.mkdir(exist_ok=True)
-        case = make_phantom_case(grid, seed=case_seed(seed, index))
+        case = make_phantom_case(grid, seed=case_seed(seed, index), with_truth=True)
         for modality in MODALITIES:
             save_volume(folder / f"{name}_{modality}.nii.gz", case[modality], affine)
         save_volume(folder / f"{name}_seg.nii.gz", case["seg"], affine, dtype=np.uint8)
+        (folder / TRUTH_FOLDER).mkdir(exist_ok=True)
+        save_volume(folder / TRUTH_FOLDER / "t1ce_clean.nii.gz", case["t1ce_clean"], affine)
+        save_volume(folder / TRUTH_FOLDER / "tissue.nii.gz", case["tissue"], affine, dtype=np.uint8)
         folders.append(folder)
     return folders
 

@@ -49,3 +49,47 @@ def save_panel(path: str | Path, rows: Sequence[dict[str, np.ndarray]], *, title
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=90)
     plt.close(figure)
+
+
+def save_learning_curves(path: str | Path, log_path: str | Path, *, title: str = "") -> None:
+    """Validation brain PSNR and SSIM against step, one line per model, from a run's ``metrics.jsonl``.
+
+    The references logged once as ``val_baselines`` (copy-T1, linear) are drawn as horizontal lines, so a model
+    that never clears copying its input, or that peaks and falls back (over-training), shows at a glance.
+    Writes nothing when the log holds no validation record.
+    """
+    import json
+
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    references: dict[str, dict[str, float]] = {}
+    with open(log_path, encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            for key, value in record.items():
+                if "/" not in key or not isinstance(value, (int, float)):
+                    continue
+                name, metric = key.rsplit("/", 1)
+                if metric not in ("brain_psnr", "brain_ssim"):
+                    continue
+                if record.get("split") == "val":
+                    curves.setdefault(metric, {}).setdefault(name, []).append((int(record["step"]), float(value)))
+                elif record.get("split") == "val_baselines":
+                    references.setdefault(metric, {})[name] = float(value)
+    if not curves:
+        return
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
+    for axis, (metric, label) in zip(axes[0], (("brain_psnr", "brain PSNR (dB)"), ("brain_ssim", "brain SSIM"))):
+        for name, points in sorted(curves.get(metric, {}).items()):
+            steps, values = zip(*sorted(points))
+            axis.plot(steps, values, marker="o", markersize=3, label=name)
+        for (name, value), style in zip(sorted(references.get(metric, {}).items()), ("--", ":", "-.")):
+            axis.axhline(value, color="grey", linestyle=style, linewidth=1, label=name)
+        axis.set_xlabel("step")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"{title}: validation subjects" if title else "validation subjects", fontsize=10)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=90)
+    plt.close(figure)

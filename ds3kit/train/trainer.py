@@ -14,11 +14,12 @@ A recipe supplies a factory ``build_method(config, total_steps) -> Method``; the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,14 @@ from tqdm.auto import tqdm
 from ds3kit.augment import MRIAugmentation
 from ds3kit.data import CohortSplit, Session, SliceDataset, default_cohort, list_cases, load_brats_case, save_volume, split_cohort
 from ds3kit.errors import InputError
-from ds3kit.evaluation import Evaluation, evaluate_generator
+from ds3kit.baselines import COPY_T1, LINEAR, ceiling_predictors, reference_predictors
+from ds3kit.evaluation import Evaluation, evaluate_generator, evaluate_predictor
 from ds3kit.inference import save_generator
 from ds3kit.methods.base import Method, NonFiniteLossError
 from ds3kit.train.checkpoint import TRAINING_FORMAT, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from ds3kit.train.config import RunConfig
 from ds3kit.train.distributed import DistributedContext, init_distributed, shutdown_distributed
-from ds3kit.train.figures import save_panel
+from ds3kit.train.figures import save_learning_curves, save_panel
 from ds3kit.train.logging import RunLogger
 from ds3kit.utils.atomic import atomic_write_text
 
@@ -205,6 +207,8 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed + 7919 * ctx.rank)
         val_sessions = [load_brats_case(case) for case in split.val] if ctx.is_main else []
+        if start == 0:
+            self._validate_baselines(split, val_sessions)
 
         stop_at = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda and cfg.amp else nullcontext()
@@ -288,15 +292,24 @@ class Trainer:
         if not self.context.is_main or not sessions:
             self.context.barrier()
             return
-        role = method.shipped_generator()
-        generator = method.generators()[role]
-        result = evaluate_generator(generator, sessions, device=self.device, batch_size=self.config.eval_batch_size)
+        summary: dict[str, float] = {}
+        for role, generator in method.generators().items():
+            result = evaluate_generator(generator, sessions, device=self.device, batch_size=self.config.eval_batch_size)
+            summary.update({f"{role}/{k}": v for k, v in result.mean.items()})
+            if role == method.shipped_generator() and self.on_validation is not None:
+                self.on_validation(step, result.mean)
         method.train()
-        summary = {f"{role}/{k}": v for k, v in result.mean.items()}
         self.log.log(step, "val", summary)
-        if self.on_validation is not None:
-            self.on_validation(step, result.mean)
         self.context.barrier()
+
+    def _validate_baselines(self, split: CohortSplit, sessions: list[Session]) -> None:
+        """The references the learning curves are drawn against, on the validation subjects (once per run)."""
+        if not self.context.is_main or not sessions:
+            return
+        summary: dict[str, float] = {}
+        for name, predictor in reference_predictors(_paired_sessions(split)).items():
+            summary.update({f"{name}/{k}": v for k, v in evaluate_predictor(predictor, sessions).mean.items()})
+        self.log.log(0, "val_baselines", summary)
 
     def _finish(self, method: Method, split: CohortSplit, run_dir: Path, total: int) -> dict[str, Any]:
         cfg = self.config
@@ -311,10 +324,14 @@ class Trainer:
             "split": {key: [p.name for p in value] for key, value in vars(split).items()},
             "models": {},
         }
+        references = reference_predictors(_paired_sessions(split))
+        linear = references.get(LINEAR)
+        provenance = {} if linear is None else {"linear_baseline": dataclasses.asdict(linear)}
         evaluations: dict[str, Evaluation] = {}
         for role, generator in method.generators().items():
             save_generator(run_dir / "checkpoints" / f"{role}.pt", generator, method=self.name, role=role, step=total,
-                           image_size=cfg.image_size, intensity="per-modality robust percentiles in the brain -> [0, 1]")
+                           image_size=cfg.image_size, intensity="per-modality robust percentiles in the brain -> [0, 1]",
+                           **provenance)
             evaluation = evaluate_generator(generator, sessions, device=self.device, batch_size=cfg.eval_batch_size,
                                             keep_predictions=True)
             evaluations[role] = evaluation
@@ -323,8 +340,14 @@ class Trainer:
                 (run_dir / "predictions" / role).mkdir(parents=True, exist_ok=True)
                 save_volume(run_dir / "predictions" / role / f"{session.case_id}_t1ce.nii.gz",
                             evaluation.predictions[session.case_id], session.affine, session.header)
+        report["baselines"] = {}
+        ceilings = ceiling_predictors(cases) or {}
+        for name, predictor in {**references, **ceilings}.items():
+            evaluation = evaluate_predictor(predictor, sessions)
+            report["baselines"][name] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": evaluation.subjects}
         atomic_write_text(run_dir / "metrics.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
         self._figures(method, sessions, evaluations, run_dir / "figures")
+        save_learning_curves(run_dir / "figures" / "learning_curves.png", run_dir / "metrics.jsonl", title=self.name)
         self.log.close()
         print(format_table(report), file=sys.stdout)
         return report
@@ -346,6 +369,11 @@ class Trainer:
             })
         if rows:
             save_panel(folder / f"test_{role}.png", rows, title=f"{self.name}: {role} on held-out subjects")
+
+
+def _paired_sessions(split: CohortSplit) -> Iterator[Session]:
+    """The paired training subjects, one at a time: what the ``linear`` baseline is fitted on."""
+    return (load_brats_case(case) for case in split.train_paired)
 
 
 def _most_tumour_slice(session: Session) -> int:
@@ -379,17 +407,47 @@ class LinearDecay:
         return {"kind": "linear_decay", "total": self.total, "decay_start": self.decay_start}
 
 
+_TABLE_COLUMNS = ("brain_ssim", "brain_psnr", "brain_mse", "tumour_ssim", "tumour_psnr", "tumour_mse")
+
+
 def format_table(report: Mapping[str, Any]) -> str:
-    """The held-out results as a fixed-width table: one row per model, mean ± std over subjects, brain and tumour."""
-    columns = ("brain_ssim", "brain_psnr", "brain_mse", "tumour_ssim", "tumour_psnr", "tumour_mse")
-    header = f"{'model':<10}" + "".join(f"{c:>18}" for c in columns)
+    """The held-out results as a fixed-width table: mean ± std over subjects, brain and tumour.
+
+    One row per trained model, then the references of ``report["baselines"]`` (copy-T1, linear, and on phantom data
+    the ceilings). A model whose brain PSNR does not beat copy-T1 is flagged; the last column gives each model's
+    brain PSNR relative to copy-T1, and a footer how far the shipped model is from each ceiling.
+    """
+    baselines = report.get("baselines", {})
+    floor = baselines.get(COPY_T1, {}).get("mean", {}).get("brain_psnr")
+    width = max([10, *(len(name) + 2 for name in [*report["models"], *baselines])])
+    header = f"{'model':<{width}}" + "".join(f"{c:>18}" for c in _TABLE_COLUMNS) + "   brain PSNR vs copy-T1"
     lines = [
         f"{report['method']}: held-out subjects, {report['steps']} steps, paired fraction {report['paired_fraction']}",
         header,
         "-" * len(header),
     ]
-    for role, result in report["models"].items():
+
+    def row(name: str, result: Mapping[str, Any], trained: bool) -> str:
         mean, std = result["mean"], result["std"]
-        cells = [f"{mean[c]:.4f} ± {std.get(c, 0.0):.4f}" if c in mean else "n/a" for c in columns]
-        lines.append(f"{role:<10}" + "".join(f"{cell:>18}" for cell in cells))
+        cells = [f"{mean[c]:.4f} ± {std.get(c, 0.0):.4f}" if c in mean else "n/a" for c in _TABLE_COLUMNS]
+        relative = ""
+        if floor is not None and "brain_psnr" in mean and name != COPY_T1:
+            gain = mean["brain_psnr"] - floor
+            relative = f"{gain:+.2f} dB" + ("  LOSES TO COPY-T1" if trained and gain <= 0 else "")
+        return f"{name:<{width}}" + "".join(f"{cell:>18}" for cell in cells) + f"   {relative}".rstrip()
+
+    for role, result in report["models"].items():
+        lines.append(row(role, result, trained=True))
+    if baselines:
+        lines.append("-" * len(header))
+        for name, result in baselines.items():
+            lines.append(row(name, result, trained=False))
+    shipped = report["models"].get(report.get("shipped", ""), {}).get("mean", {})
+    gaps = [
+        f"{name[len('ceiling: '):]} {result['mean']['brain_psnr'] - shipped['brain_psnr']:.2f} dB"
+        for name, result in baselines.items()
+        if name.startswith("ceiling") and "brain_psnr" in result["mean"] and "brain_psnr" in shipped
+    ]
+    if gaps:
+        lines.append(f"{report.get('shipped')}: brain PSNR below the ceilings by " + ", ".join(gaps))
     return "\n".join(lines)

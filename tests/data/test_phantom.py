@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ds3kit.data import phantom as phantom_module
-from ds3kit.data.phantom import case_seed, default_cohort, make_phantom_case, write_phantom_cohort
+from ds3kit.data.phantom import PHANTOM_FORMAT_VERSION, case_seed, default_cohort, make_phantom_case, write_phantom_cohort
 from ds3kit.data.session import list_cases, load_brats_case
 from ds3kit.errors import InputError
 
@@ -87,9 +87,10 @@ def test_case_seed_is_stable():
 def test_write_cohort_layout_and_reading(tmp_path):
     folders = write_phantom_cohort(tmp_path / "cohort", cases=2, shape=SMALL_SHAPE, seed=7, progress=False)
     assert [f.name for f in folders] == ["Phantom_001", "Phantom_002"]
-    assert sorted(p.name for p in folders[1].iterdir()) == [
+    assert sorted(p.name for p in folders[1].iterdir() if p.is_file()) == [
         f"Phantom_002_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2")
     ]
+    assert sorted(p.name for p in (folders[1] / "phantom_truth").iterdir()) == ["t1ce_clean.nii.gz", "tissue.nii.gz"]
     assert list_cases(tmp_path / "cohort") == folders
     session = load_brats_case(folders[1])
     expected = make_phantom_case(SMALL_SHAPE, seed=case_seed(7, 1))
@@ -116,7 +117,7 @@ def test_default_cohort_builds_once_and_reuses(tmp_path, monkeypatch):
     monkeypatch.setattr(phantom_module, "write_phantom_cohort", counting)
     monkeypatch.setenv("DS3KIT_CACHE", str(tmp_path / "cache"))
     root = default_cohort(cases=2, shape=SMALL_SHAPE, seed=1)
-    assert root.parent == tmp_path / "cache" and "v1" in root.name and "33x37x19" in root.name
+    assert root.parent == tmp_path / "cache" and f"v{PHANTOM_FORMAT_VERSION}" in root.name and "33x37x19" in root.name
     assert len(list_cases(root)) == 2 and (root / "cohort.json").is_file()
     assert default_cohort(cases=2, shape=SMALL_SHAPE, seed=1) == root
     assert len(calls) == 1

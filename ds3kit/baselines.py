@@ -1,0 +1,148 @@
+"""The reference predictors every synthesis is judged beside: the trivial floor and, on the phantom, the ceiling.
+
+A trained generator is only worth shipping if it beats predictors that need no training:
+
+- ``copy-T1``: the normalised T1 taken as the T1ce. T1ce *is* T1 plus contrast uptake, so this is the floor a network
+  must clear.
+- ``linear``: one least-squares line ``a1 T1 + a2 T2 + a3 FLAIR + b`` fitted on the brain voxels of the paired
+  training subjects (the same subjects the model learns from), applied voxel by voxel.
+
+On phantom data (:mod:`ds3kit.data.phantom`) the cohort also records what no model can beat:
+
+- ``ceiling: tissue map``: the true tissue classes painted with the nominal T1ce contrasts, one linear fit per subject
+  against that subject's T1ce (it knows the anatomy and the subject's intensity scale);
+- ``ceiling: noise-free T1ce``: the phantom's T1ce before its Rician noise.
+
+Every predictor maps a :class:`~ds3kit.data.Session` to an (X, Y, Z) float32 volume in the normalised T1ce scale,
+0 outside the brain, like :func:`ds3kit.inference.synthesize_volume`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ds3kit.data import Session
+from ds3kit.data.phantom import TISSUE_CONTRASTS, load_phantom_truth
+
+Predictor = Callable[[Session], np.ndarray]
+
+COPY_T1 = "copy-T1"
+LINEAR = "linear"
+CEILING_TISSUE = "ceiling: tissue map"
+CEILING_NOISE_FREE = "ceiling: noise-free T1ce"
+
+
+def copy_t1(session: Session) -> np.ndarray:
+    """The normalised T1 as the T1ce prediction: (X, Y, Z) float32, 0 outside the brain."""
+    return np.where(session.brain_mask, session.inputs[0], 0.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LinearBaseline:
+    """``T1ce ~ w . (T1, T2, FLAIR) + b``, least squares over brain voxels; predictions clipped to [0, 1].
+
+    Attributes:
+        weights: (3,) coefficients of T1, T2, FLAIR.
+        intercept: the constant term.
+    """
+
+    weights: tuple[float, float, float]
+    intercept: float
+
+    @classmethod
+    def fit(cls, sessions: Iterable[Session]) -> LinearBaseline:
+        """Fit on the brain voxels of ``sessions`` (each needs its T1ce), every voxel weighted equally.
+
+        ``sessions`` is consumed once, one session at a time (a lazy iterable keeps one session in memory).
+
+        Raises:
+            ValueError: no session, a session without T1ce, or no brain voxel at all.
+        """
+        # Normal equations accumulated per session: memory stays one session's brain, not the cohort's.
+        gram = np.zeros((4, 4))
+        moment = np.zeros(4)
+        count = 0
+        for session in sessions:
+            count += 1
+            if session.target is None:
+                raise ValueError(f"LinearBaseline.fit: session {session.case_id} has no T1ce to fit against")
+            design = _design(session)
+            target = session.target[session.brain_mask].astype(np.float64)
+            gram += design.T @ design
+            moment += design.T @ target
+        if count == 0:
+            raise ValueError("LinearBaseline.fit needs at least one paired session, got none")
+        if gram[3, 3] == 0:
+            raise ValueError("LinearBaseline.fit: the sessions hold no brain voxel")
+        solution = np.linalg.lstsq(gram, moment, rcond=None)[0]
+        return cls(weights=tuple(float(v) for v in solution[:3]), intercept=float(solution[3]))  # type: ignore[arg-type]
+
+    def __call__(self, session: Session) -> np.ndarray:
+        prediction = np.tensordot(np.asarray(self.weights, dtype=np.float32), session.inputs, axes=1) + self.intercept
+        return np.where(session.brain_mask, np.clip(prediction, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def _design(session: Session) -> np.ndarray:
+    brain = session.brain_mask
+    columns = [session.inputs[channel][brain].astype(np.float64) for channel in range(3)]
+    return np.stack([*columns, np.ones(int(brain.sum()))], axis=1)
+
+
+def tissue_map_ceiling(session: Session, tissue: np.ndarray) -> np.ndarray:
+    """The nominal T1ce contrast of each true tissue class, fitted to the subject's T1ce by one line (2 parameters).
+
+    Args:
+        session: a phantom session with its T1ce.
+        tissue: (X, Y, Z) integer tissue codes, in the order of :data:`~ds3kit.data.phantom.TISSUE_CONTRASTS`.
+    """
+    if session.target is None:
+        raise ValueError(f"tissue_map_ceiling: session {session.case_id} has no T1ce")
+    if tissue.shape != session.shape:
+        raise ValueError(f"tissue map must be {session.shape}, got {tissue.shape}")
+    nominal = np.array([contrasts[1] for contrasts in TISSUE_CONTRASTS.values()], dtype=np.float64)[tissue]
+    brain = session.brain_mask
+    design = np.stack([nominal[brain], np.ones(int(brain.sum()))], axis=1)
+    slope, offset = np.linalg.lstsq(design, session.target[brain].astype(np.float64), rcond=None)[0]
+    return np.where(brain, np.clip(slope * nominal + offset, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def reference_predictors(paired: Iterable[Session]) -> dict[str, Predictor]:
+    """``copy-T1`` and, when ``paired`` holds a session, ``linear`` fitted on them (consumed once)."""
+    predictors: dict[str, Predictor] = {COPY_T1: copy_t1}
+    sessions = iter(paired)
+    first = next(sessions, None)
+    if first is not None:
+        predictors[LINEAR] = LinearBaseline.fit(itertools.chain([first], sessions))
+    return predictors
+
+
+def ceiling_predictors(case_dirs: Sequence[str | Path]) -> dict[str, Predictor] | None:
+    """The phantom's two ceilings for the sessions of ``case_dirs``, or None when a case has no phantom truth.
+
+    The returned predictors look the session up by ``case_id`` (the case folder's name).
+    """
+    truths = {}
+    for case_dir in case_dirs:
+        truth = load_phantom_truth(case_dir)
+        if truth is None:
+            return None
+        truths[Path(case_dir).name] = truth
+
+    def truth_of(session: Session) -> dict[str, np.ndarray]:
+        if session.case_id not in truths:
+            raise ValueError(f"no phantom truth for session {session.case_id}; known: {sorted(truths)}")
+        return truths[session.case_id]
+
+    def noise_free(session: Session) -> np.ndarray:
+        clean = session.scalings["t1ce"].normalize(truth_of(session)["t1ce_clean"])
+        return np.where(session.brain_mask, clean, 0.0).astype(np.float32)
+
+    return {
+        CEILING_TISSUE: lambda session: tissue_map_ceiling(session, truth_of(session)["tissue"]),
+        CEILING_NOISE_FREE: noise_free,
+    }
