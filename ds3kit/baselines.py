@@ -11,7 +11,11 @@ On phantom data (:mod:`ds3kit.data.phantom`) the cohort also records what no mod
 
 - ``ceiling: tissue map``: the true tissue classes painted with the nominal T1ce contrasts, one linear fit per subject
   against that subject's T1ce (it knows the anatomy and the subject's intensity scale);
-- ``ceiling: noise-free T1ce``: the phantom's T1ce before its Rician noise.
+- ``ceiling: noise-free T1ce``: the phantom's T1ce before its Rician noise;
+- ``ceiling: tissue map, paired levels``: the true tissue classes, each painted with its mean T1ce over the paired
+  training subjects. It knows the anatomy perfectly but, like any model trained on those subjects, learns the
+  T1ce levels from them alone: each subject's own contrasts and intensity scale are out of its reach. It is the
+  ceiling that moves with the paired fraction.
 
 Every predictor maps a :class:`~ds3kit.data.Session` to an (X, Y, Z) float32 volume in the normalised T1ce scale,
 0 outside the brain, like :func:`ds3kit.inference.synthesize_volume`.
@@ -35,6 +39,7 @@ COPY_T1 = "copy-T1"
 LINEAR = "linear"
 CEILING_TISSUE = "ceiling: tissue map"
 CEILING_NOISE_FREE = "ceiling: noise-free T1ce"
+CEILING_PAIRED_LEVELS = "ceiling: tissue map, paired levels"
 
 
 def copy_t1(session: Session) -> np.ndarray:
@@ -121,9 +126,32 @@ def reference_predictors(paired: Iterable[Session]) -> dict[str, Predictor]:
     return predictors
 
 
-def ceiling_predictors(case_dirs: Sequence[str | Path]) -> dict[str, Predictor] | None:
-    """The phantom's two ceilings for the sessions of ``case_dirs``, or None when a case has no phantom truth.
+def tissue_levels(sessions_and_tissues: Iterable[tuple[Session, np.ndarray]]) -> np.ndarray:
+    """Mean normalised T1ce of each tissue code over the brain voxels of the given (session, tissue map) pairs.
 
+    Tissues absent from every subject get the mean of all brain voxels. Returns float32 (len(TISSUE_CONTRASTS),).
+    """
+    totals = np.zeros(len(TISSUE_CONTRASTS))
+    counts = np.zeros(len(TISSUE_CONTRASTS))
+    for session, tissue in sessions_and_tissues:
+        if session.target is None:
+            raise ValueError(f"tissue_levels: session {session.case_id} has no T1ce")
+        brain = session.brain_mask
+        codes = tissue[brain].astype(np.int64)
+        totals += np.bincount(codes, weights=session.target[brain], minlength=len(totals))[: len(totals)]
+        counts += np.bincount(codes, minlength=len(counts))[: len(counts)]
+    if counts.sum() == 0:
+        raise ValueError("tissue_levels: no brain voxel in the given sessions")
+    overall = totals.sum() / counts.sum()
+    return np.where(counts > 0, totals / np.maximum(counts, 1), overall).astype(np.float32)
+
+
+def ceiling_predictors(
+    case_dirs: Sequence[str | Path], paired_case_dirs: Sequence[str | Path] = ()
+) -> dict[str, Predictor] | None:
+    """The phantom's ceilings for the sessions of ``case_dirs``, or None when a case has no phantom truth.
+
+    With ``paired_case_dirs`` (the paired training subjects) also ``ceiling: tissue map, paired levels``.
     The returned predictors look the session up by ``case_id`` (the case folder's name).
     """
     truths = {}
@@ -142,7 +170,20 @@ def ceiling_predictors(case_dirs: Sequence[str | Path]) -> dict[str, Predictor] 
         clean = session.scalings["t1ce"].normalize(truth_of(session)["t1ce_clean"])
         return np.where(session.brain_mask, clean, 0.0).astype(np.float32)
 
-    return {
+    ceilings: dict[str, Predictor] = {
         CEILING_TISSUE: lambda session: tissue_map_ceiling(session, truth_of(session)["tissue"]),
         CEILING_NOISE_FREE: noise_free,
     }
+    paired_truths = [load_phantom_truth(case_dir) for case_dir in paired_case_dirs]
+    if paired_case_dirs and all(truth is not None for truth in paired_truths):
+        from ds3kit.data import load_brats_case
+
+        levels = tissue_levels(
+            (load_brats_case(case_dir), truth["tissue"]) for case_dir, truth in zip(paired_case_dirs, paired_truths)
+        )
+
+        def paired_levels(session: Session) -> np.ndarray:
+            return np.where(session.brain_mask, levels[truth_of(session)["tissue"]], 0.0).astype(np.float32)
+
+        ceilings[CEILING_PAIRED_LEVELS] = paired_levels
+    return ceilings

@@ -29,7 +29,8 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> t
     """
     payload = load_checkpoint(path, kind=GENERATOR_FORMAT)
     try:
-        generator = Generator(**payload["config"])
+        # Checkpoints written before the residual head existed hold sigmoid generators.
+        generator = Generator(**{"output": "sigmoid", **payload["config"]})
     except (TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path}: cannot rebuild the generator from its config: {error}") from None
     try:

@@ -20,7 +20,7 @@ from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_argum
 
 def build(config: RunConfig, total_steps: int) -> DS3Net:
     options = DS3NetOptions(**config.method_options)
-    generator = dict(preset=config.preset, encoder=config.encoder)
+    generator = dict(preset=config.preset, encoder=config.encoder, output=config.generator_output)
     return DS3Net(
         teacher=build_generator(**generator),
         student=build_generator(**generator),

@@ -18,7 +18,7 @@ DEFAULTS = RunConfig(out="runs/paired_only")
 
 def build(config: RunConfig, total_steps: int) -> PairedTeacher:
     return PairedTeacher(
-        build_generator(preset=config.preset, encoder=config.encoder),
+        build_generator(preset=config.preset, encoder=config.encoder, output=config.generator_output),
         build_discriminator(config.preset),
         DS3NetOptions(**config.method_options),
         total_steps=total_steps,

@@ -20,7 +20,7 @@ PIX2PIX = DS3NetOptions(use_difficulty=False, use_nce=False)
 
 def build(config: RunConfig, total_steps: int) -> PairedTeacher:
     return PairedTeacher(
-        build_generator(preset=config.preset, encoder=config.encoder),
+        build_generator(preset=config.preset, encoder=config.encoder, output=config.generator_output),
         build_discriminator(config.preset),
         PIX2PIX,
         total_steps=total_steps,

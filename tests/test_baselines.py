@@ -162,3 +162,21 @@ def test_evaluate_predictor_scores_like_region_metrics(cohort):
     expected = psnr(torch.from_numpy(copy_t1(session))[None, None], torch.from_numpy(session.target)[None, None],
                     mask=torch.from_numpy(session.brain_mask)[None, None])
     assert result == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_paired_levels_ceiling_paints_each_tissue_with_its_paired_mean(cohort):
+    from ds3kit.baselines import CEILING_PAIRED_LEVELS, tissue_levels
+
+    folders, sessions = cohort
+    truths = [load_phantom_truth(folder)["tissue"] for folder in folders]
+    levels = tissue_levels(zip(sessions[:2], truths[:2]))
+    # Independent: a loop over tissues of the concatenated brain voxels.
+    for code in range(len(levels)):
+        values = np.concatenate([s.target[(t == code) & s.brain_mask] for s, t in zip(sessions[:2], truths[:2])])
+        if values.size:
+            assert levels[code] == pytest.approx(values.mean(), rel=1e-5)
+    ceilings = ceiling_predictors(folders[2:], folders[:2])
+    prediction = ceilings[CEILING_PAIRED_LEVELS](sessions[2])
+    brain = sessions[2].brain_mask
+    np.testing.assert_allclose(prediction[brain], levels[truths[2]][brain], rtol=1e-6)
+    assert CEILING_PAIRED_LEVELS not in ceiling_predictors(folders[2:])

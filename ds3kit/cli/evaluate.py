@@ -156,7 +156,7 @@ def _baseline_volumes(args: argparse.Namespace) -> dict:
         _, metadata = load_generator(args.checkpoint)
         fitted = metadata.get("linear_baseline")
         if fitted is None:
-            raise InputError(f"{args.checkpoint}: the checkpoint records no linear baseline (written before 0.2, "
+            raise InputError(f"{args.checkpoint}: the checkpoint records no linear baseline (written by an older ds3kit, "
                              "or by a run without paired subjects)")
         linear = LinearBaseline(weights=tuple(fitted["weights"]), intercept=float(fitted["intercept"]))
     t1 = load_volume(args.t1)

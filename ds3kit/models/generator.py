@@ -209,8 +209,9 @@ class Generator(nn.Module):
     Each input channel (T1, T2, FLAIR) goes through its own encoder (``"builtin"`` conv blocks or
     ``"timm:<model_name>"``, see :mod:`ds3kit.models.encoders`). Level ``l`` features of all encoders are
     concatenated, :math:`f^l = \mathrm{cat}_m f^l_m`; the deepest level is fused, :math:`z = f^{L-1} + F(f^{L-1})`;
-    the decoder upsamples ``z`` level by level, concatenating :math:`f^l` as skips, and a 1x1 convolution and a
-    sigmoid give T1ce in [0, 1].
+    the decoder upsamples ``z`` level by level, concatenating :math:`f^l` as skips, and a 1x1 convolution gives the
+    correction added to a learned mix of the inputs (``output="residual"``, the default) or, through a sigmoid, the
+    T1ce itself (``output="sigmoid"``); T1ce in [0, 1] either way.
 
     Any slice size works: inputs whose size is not a multiple of the encoder's largest reduction ``r`` (or smaller
     than ``2 r``) are padded (reflect; replicate when too small to reflect) at the bottom / right and the output is
@@ -225,6 +226,10 @@ class Generator(nn.Module):
         fusion_blocks: 3x3 convolutions inside the fusion block (0: concatenation only).
         encoder: ``"builtin"`` or ``"timm:<model_name>"`` (built with ``pretrained=False``).
         norm: ``"instance"``, ``"batch"``, ``"group"`` or ``"none"`` (builtin blocks, stem, fusion, decoder).
+        output: ``"residual"``: T1ce = clip(W x + b + head(decoder), 0, 1), a learned 1x1 mix of the inputs that
+            starts as "copy T1" plus a correction that starts at zero (the clip passes gradients straight through);
+            ``"sigmoid"``: T1ce = sigmoid(head(decoder)). The instance norms discard each map's absolute
+            intensity, which the residual path carries around them (docs/models.md, docs/method.md).
 
     Attributes:
         feature_channels: channels of each map :meth:`encode` returns: ``[C^0, ..., C^{L-1}, C^{L-1}]`` with
@@ -252,8 +257,11 @@ class Generator(nn.Module):
         fusion_blocks: int = 2,
         encoder: str = "builtin",
         norm: str = "instance",
+        output: str = "residual",
     ) -> None:
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if in_modalities < 1 or out_channels < 1:
             raise ValueError(f"in_modalities and out_channels must be >= 1, got {in_modalities} and {out_channels}")
         if norm not in NORMS:
@@ -266,7 +274,9 @@ class Generator(nn.Module):
             fusion_blocks=fusion_blocks,
             encoder=encoder,
             norm=norm,
+            output=output,
         )
+        self.output = output
         self.encoders = nn.ModuleList(
             build_encoder(encoder, base_channels=base_channels, num_levels=num_levels, norm=norm)
             for _ in range(in_modalities)
@@ -284,6 +294,17 @@ class Generator(nn.Module):
             self.decoder.append(DecoderLevel(previous, skip_channels[level], width, norm=norm))
             previous = width
         self.head = nn.Conv2d(previous, out_channels, kernel_size=1)
+        self.input_mix: nn.Conv2d | None = None
+        if output == "residual":
+            # Start as "copy T1": the learned per-voxel mix of the inputs carries absolute intensity, which the
+            # instance norms of the network discard; the network adds a correction that starts at zero.
+            self.input_mix = nn.Conv2d(in_modalities, out_channels, kernel_size=1)
+            with torch.no_grad():
+                self.input_mix.weight.zero_()
+                self.input_mix.weight[:, 0] = 1.0
+                self.input_mix.bias.zero_()
+                self.head.weight.zero_()
+                self.head.bias.zero_()
 
         self.feature_channels: list[int] = [*skip_channels, skip_channels[-1]]
         self.feature_reductions: list[int] = [*reductions, reductions[-1]]
@@ -303,7 +324,7 @@ class Generator(nn.Module):
         decoded = fused
         for decoder_level, skip in zip(self.decoder, reversed(levels[:-1])):
             decoded = decoder_level(decoded, skip)
-        prediction = torch.sigmoid(self.head(decoded))[..., :height, :width]
+        prediction = self._output(self.head(decoded)[..., :height, :width], x)
         return prediction, self._crop_features([*levels, fused], height, width)
 
     def encode(self, x: Tensor) -> list[Tensor]:
@@ -341,6 +362,14 @@ class Generator(nn.Module):
                 if type(child) is nn.InstanceNorm2d and not child.track_running_stats:
                     setattr(module, name, _instance_as_group_norm(child))
         return clone.eval().requires_grad_(False)
+
+    def _output(self, head: Tensor, x: Tensor) -> Tensor:
+        if self.input_mix is None:
+            return torch.sigmoid(head)
+        unclipped = self.input_mix(x) + head
+        # Clip to [0, 1] in the forward pass but let gradients through (straight-through): a voxel predicted
+        # above 1 whose target is 0.9 must still be pulled down.
+        return unclipped + (unclipped.clamp(0.0, 1.0) - unclipped).detach()
 
     def config(self) -> dict[str, Any]:
         """The constructor's keyword arguments (JSON-able): ``Generator(**g.config())`` rebuilds the architecture."""
@@ -380,6 +409,8 @@ class Generator(nn.Module):
             for feature, reduction in zip(features, self.feature_reductions)
         ]
 
+
+OUTPUTS = ("sigmoid", "residual")
 
 # Presets: "tiny" is the CI smoke size, "small" trains on a 2-core CPU, "large" is for a GPU.
 GENERATOR_PRESETS: dict[str, dict[str, Any]] = {

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+SELECTIONS = ("best-val", "last")
+
+
 @dataclass
 class RunConfig:
     """What a training run needs besides the method's own options.
@@ -30,8 +33,11 @@ class RunConfig:
     seed: int = 0
     preset: str = "small"
     encoder: str = "builtin"
+    generator_output: str = "residual"  # "residual": a learned mix of the inputs plus a correction; or "sigmoid"
     augment: bool = True
-    val_every: int = 250
+    tumour_repeats: int = 0  # paired stream: each tumour slice listed 1 + N times per epoch
+    val_every: int = 100
+    select: str = "best-val"  # which step's weights ship: "best-val" (validation brain PSNR) or "last"
     log_every: int = 10
     checkpoint_every: int = 250
     stop_after_steps: int | None = None
@@ -48,6 +54,12 @@ class RunConfig:
     num_threads: int | None = None
     progress: bool = True
     method_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select must be one of {SELECTIONS}, got {self.select!r}")
+        if self.generator_output not in ("residual", "sigmoid"):
+            raise ValueError(f"generator_output must be 'residual' or 'sigmoid', got {self.generator_output!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,7 +103,11 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "seed": ("--seed", int, "seed of the split, the initialisation and the sampling"),
     "preset": ("--preset", str, "network size preset: tiny, small, large"),
     "encoder": ("--encoder", str, "modality encoders: 'builtin' or 'timm:<model name>'"),
+    "generator_output": ("--generator-output", str,
+                         "generator head: 'residual' (inputs' mix + correction) or 'sigmoid' (docs/models.md)"),
+    "tumour_repeats": ("--tumour-repeats", int, "paired stream: list each slice holding tumour 1 + N times per epoch"),
     "val_every": ("--val-every", int, "validate every N steps"),
+    "select": ("--select", str, "weights that ship: 'best-val' (best validation brain PSNR) or 'last'"),
     "checkpoint_every": ("--checkpoint-every", int, "write a resumable checkpoint every N steps"),
     "stop_after_steps": ("--stop-after-steps", int, "stop cleanly after N steps, leaving a resumable run"),
     "phantom_cases": ("--phantom-cases", int, "subjects in the phantom cohort"),

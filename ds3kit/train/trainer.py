@@ -42,6 +42,9 @@ from ds3kit.train.figures import save_learning_curves, save_panel
 from ds3kit.train.logging import RunLogger
 from ds3kit.utils.atomic import atomic_write_text
 
+# What validation ranks checkpoints by (``--select best-val``).
+SELECTION_METRIC = "brain_psnr"
+
 # Logged, but kept off the progress bar so the generator terms of every network fit on one line.
 _QUIET_TERMS = ("beta", "d_real", "d_fake")
 
@@ -61,28 +64,48 @@ def resolve_device(name: str | None) -> torch.device:
 class StepBatches:
     """Batches of a slice dataset indexed by the optimiser step: epoch-wise permutations seeded by (seed, epoch).
 
-    Position ``p = step * global_batch + i`` is item ``p mod n`` of the permutation of epoch ``p // n``; rank r takes
+    Position ``p = step * global_batch + i`` is entry ``p mod n`` of the permutation of epoch ``p // n``; rank r takes
     ``i`` in ``[r * batch, (r + 1) * batch)``. No iterator state: resuming at step s needs only s.
+
+    ``tumour_repeats`` > 0 lists every slice holding tumour ``1 + tumour_repeats`` times in each epoch (the
+    permutation runs over the longer list), so the few tumour slices of a few paired subjects, where the enhancing
+    rim is, come round more often. It is still a pure function of (seed, step).
     """
 
-    def __init__(self, dataset: SliceDataset, *, batch_size: int, seed: int, stream: int, context: DistributedContext) -> None:
+    def __init__(
+        self,
+        dataset: SliceDataset,
+        *,
+        batch_size: int,
+        seed: int,
+        stream: int,
+        context: DistributedContext,
+        tumour_repeats: int = 0,
+    ) -> None:
         if len(dataset) == 0:
             raise InputError("a training stream has no slices with brain tissue")
+        if tumour_repeats < 0:
+            raise ValueError(f"tumour_repeats must be >= 0, got {tumour_repeats}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
         self.stream = stream
         self.context = context
+        self.entries = torch.arange(len(dataset))
+        if tumour_repeats:
+            tumour = [index for index in range(len(dataset)) if bool(dataset[index]["tumour_mask"].any())]
+            extra = torch.tensor(tumour, dtype=torch.long).repeat(tumour_repeats)
+            self.entries = torch.cat([self.entries, extra])
         self._permutations: dict[int, torch.Tensor] = {}
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._permutations:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream * 10_007 + epoch)
-            self._permutations = {epoch: torch.randperm(len(self.dataset), generator=generator)}
+            self._permutations = {epoch: self.entries[torch.randperm(len(self.entries), generator=generator)]}
         return self._permutations[epoch]
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
-        n = len(self.dataset)
+        n = len(self.entries)
         first = step * self.batch_size * self.context.world_size + self.context.rank * self.batch_size
         items = [self.dataset[int(self._permutation(p // n)[p % n])] for p in range(first, first + self.batch_size)]
         return {key: torch.stack([item[key] for item in items]) for key in items[0] if isinstance(items[0][key], torch.Tensor)}
@@ -103,6 +126,8 @@ class Trainer:
         self.build_method = build_method
         self.name = name
         self.on_validation = on_validation
+        # role -> {"step", SELECTION_METRIC, "state"}: each generator at its best validation score so far.
+        self.best: dict[str, dict[str, Any]] = {}
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _cohort(self) -> CohortSplit:
@@ -145,7 +170,9 @@ class Trainer:
                     f"(paired_fraction={cfg.paired_fraction}, {len(train)} training subjects)"
                 )
             dataset = SliceDataset(cases, with_target=with_target, image_size=cfg.image_size)
-            streams.append(StepBatches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, stream=index, context=self.context))
+            repeats = cfg.tumour_repeats if with_target and not method.target_domain_only else 0
+            streams.append(StepBatches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, stream=index,
+                                       context=self.context, tumour_repeats=repeats))
         return streams[0], streams[1]
 
     def _total_steps(self, paired: StepBatches | None, unpaired: StepBatches | None) -> int:
@@ -265,6 +292,7 @@ class Trainer:
             "optimizers": {name: opt.state_dict() for name, opt in method.optimizers.items()},
             "schedule": schedule.state_dict(),
             "rng": capture_rng_state(),
+            "best": self.best,
         }
         save_checkpoint(path, payload, kind=TRAINING_FORMAT)
 
@@ -279,6 +307,7 @@ class Trainer:
                              f"{str(error).splitlines()[0]}") from None
         for name, opt in method.optimizers.items():
             opt.load_state_dict(payload["optimizers"][name])
+        self.best = dict(payload.get("best", {}))
         if self.context.is_main:
             restore_rng_state(payload["rng"])
         else:
@@ -296,6 +325,10 @@ class Trainer:
         for role, generator in method.generators().items():
             result = evaluate_generator(generator, sessions, device=self.device, batch_size=self.config.eval_batch_size)
             summary.update({f"{role}/{k}": v for k, v in result.mean.items()})
+            score = result.mean.get(SELECTION_METRIC)
+            if score is not None and score > self.best.get(role, {}).get(SELECTION_METRIC, -math.inf):
+                state = {name: tensor.detach().cpu().clone() for name, tensor in generator.state_dict().items()}
+                self.best[role] = {"step": step, SELECTION_METRIC: score, "state": state}
             if role == method.shipped_generator() and self.on_validation is not None:
                 self.on_validation(step, result.mean)
         method.train()
@@ -328,7 +361,13 @@ class Trainer:
         linear = references.get(LINEAR)
         provenance = {} if linear is None else {"linear_baseline": dataclasses.asdict(linear)}
         evaluations: dict[str, Evaluation] = {}
+        report["selected_step"] = {}
         for role, generator in method.generators().items():
+            if cfg.select == "best-val" and role in self.best:
+                # The validation subjects chose the step: a model past its best (over-training on few paired
+                # subjects) ships as it was at its best, and the report says which step that was.
+                generator.load_state_dict(self.best[role]["state"])
+            report["selected_step"][role] = self.best[role]["step"] if cfg.select == "best-val" and role in self.best else total
             save_generator(run_dir / "checkpoints" / f"{role}.pt", generator, method=self.name, role=role, step=total,
                            image_size=cfg.image_size, intensity="per-modality robust percentiles in the brain -> [0, 1]",
                            **provenance)
@@ -341,7 +380,7 @@ class Trainer:
                 save_volume(run_dir / "predictions" / role / f"{session.case_id}_t1ce.nii.gz",
                             evaluation.predictions[session.case_id], session.affine, session.header)
         report["baselines"] = {}
-        ceilings = ceiling_predictors(cases) or {}
+        ceilings = ceiling_predictors(cases, split.train_paired) or {}
         for name, predictor in {**references, **ceilings}.items():
             evaluation = evaluate_predictor(predictor, sessions)
             report["baselines"][name] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": evaluation.subjects}

@@ -193,3 +193,46 @@ def test_for_inference_keeps_timm_encoders_as_they_are():
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), generator(x))
+
+
+def test_residual_output_starts_as_copy_t1_and_stays_in_range():
+    generator = make(output="residual")
+    torch.manual_seed(2)
+    x = torch.rand(2, 3, 37, 45)
+    with torch.no_grad():
+        y = generator(x)
+    torch.testing.assert_close(y, x[:, :1])  # the correction head starts at zero, the mix at "copy T1"
+    with torch.no_grad():
+        generator.input_mix.bias.fill_(0.7)  # push part of the output above 1
+        y = generator(x)
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0 and bool((y == 1.0).any())
+
+
+def test_residual_output_passes_gradients_through_the_clip():
+    generator = make(output="residual")
+    with torch.no_grad():
+        generator.input_mix.bias.fill_(2.0)  # every voxel clipped at 1
+    x = torch.rand(1, 3, 16, 16)
+    generator(x).sum().backward()
+    # Straight-through: a clipped voxel still tells the mix which way to move.
+    assert float(generator.input_mix.bias.grad.abs().sum()) > 0
+
+
+def test_output_option_is_checked_and_kept_in_the_config():
+    with pytest.raises(ValueError, match="output must be one of"):
+        make(output="tanh")
+    generator = make(output="residual")
+    rebuilt = Generator(**generator.config())
+    assert rebuilt.config()["output"] == "residual" and rebuilt.input_mix is not None
+
+
+def test_residual_inference_copy_computes_the_same_function():
+    generator = make(output="residual")
+    torch.manual_seed(3)
+    for parameter in generator.parameters():
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    x = torch.rand(2, 3, 24, 28)
+    with torch.no_grad():
+        expected = generator.eval()(x)
+        actual = generator.for_inference()(x)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
