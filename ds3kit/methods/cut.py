@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -27,6 +28,16 @@ class CUTOptions:
     nce_patches: int = 256
     nce_temperature: float = 0.07
     gan_mode: str = "lsgan"
+
+    #: One line per option for the recipe's --help.
+    HELP: ClassVar[dict[str, str]] = {
+        "lambda_adv": "weight of the adversarial term",
+        "lambda_nce": "weight of PatchNCE between the input and the synthesis",
+        "nce_identity": "CUT's identity PatchNCE on real T1ce passed through the generator",
+        "nce_patches": "PatchNCE locations sampled per image and layer",
+        "nce_temperature": "PatchNCE temperature tau",
+        "gan_mode": "adversarial loss: lsgan, bce or hinge",
+    }
 
 
 class CUT(Method):

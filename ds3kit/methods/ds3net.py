@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +59,31 @@ class DS3NetOptions:
     lambda_student_adv: float = 1.0  # the student's adversarial weight (lambda_adv is the teacher's)
     student_noise: bool = False  # noisy student: an intensity perturbation on the student's unpaired inputs only
     student_pixel: bool = False  # the student also gets L_pid on the paired batches (not in the figure)
+
+    #: One line per option for the recipes' --help (docs/method.md has the discussion).
+    HELP: ClassVar[dict[str, str]] = {
+        "lambda_adv": "weight of the teacher's adversarial term",
+        "lambda_pixel": "weight of L_pid, the difficulty-weighted L1 to the real T1ce (pix2pix: 100)",
+        "lambda_nce": "weight of L_pad, the difficulty-weighted PatchNCE",
+        "lambda_feature": "weight of L_fd, feature distillation from teacher to student",
+        "lambda_image": "weight of L_id, the student's difficulty-weighted L1 to the teacher's prediction",
+        "beta_max": "difficulty map M = 1 + beta (1 - realness): beta's final value",
+        "beta_warmup_fraction": "fraction of the steps over which beta ramps from 0 to beta_max",
+        "gan_mode": "adversarial loss: lsgan, bce or hinge",
+        "nce_patches": "PatchNCE locations sampled per image and layer",
+        "nce_sampling": "PatchNCE locations: uniform, or difficulty (in proportion to M)",
+        "nce_temperature": "PatchNCE temperature tau",
+        "student_nce": "the student also gets L_pad on its unpaired batches",
+        "teacher_warmup_fraction": "fraction of the steps the teacher trains alone before the student joins",
+        "student_from_teacher": "the student starts joint training as a copy of the warmed-up teacher",
+        "use_difficulty": "weight the losses by the difficulty map (off: M = 1 everywhere)",
+        "use_nce": "use the patchwise contrastive loss L_pad",
+        "use_feature_distillation": "use L_fd",
+        "use_image_distillation": "use L_id",
+        "lambda_student_adv": "weight of the student's adversarial term",
+        "student_noise": "noisy student: intensity augmentation on the student's unpaired inputs only",
+        "student_pixel": "the student also learns L_pid from the paired subjects (not in the paper's figure)",
+    }
 
 
 class PairedTeacher(Method):

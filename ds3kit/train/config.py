@@ -152,16 +152,21 @@ _METHOD_PREFIX = "method__"
 
 def add_method_arguments(parser: argparse.ArgumentParser, options_type: type) -> None:
     """One flag per field of a method's options dataclass (``lambda_pixel`` -> ``--lambda-pixel``;
-    booleans get ``--use-nce / --no-use-nce``). Unset flags keep the dataclass default."""
+    booleans get ``--use-nce / --no-use-nce``). Unset flags keep the dataclass default. The help line of each
+    comes from the dataclass's ``HELP`` mapping, where it has one."""
     group = parser.add_argument_group(f"method options ({options_type.__name__}; see docs/method.md)")
+    descriptions: dict[str, str] = getattr(options_type, "HELP", {})
     for option in dataclasses.fields(options_type):
         flag = "--" + option.name.replace("_", "-")
         dest = _METHOD_PREFIX + option.name
+        meaning = descriptions.get(option.name, "")
+        help_text = f"{meaning} (default: {option.default})" if meaning else f"(default: {option.default})"
         if isinstance(option.default, bool):
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default: {option.default})")
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            group.add_argument(flag, dest=dest, type=type(option.default), default=None, help=f"(default: {option.default})")
+            kind = type(option.default)
+            metavar = {float: "X", int: "N", str: "NAME"}.get(kind, "VALUE")
+            group.add_argument(flag, dest=dest, type=kind, default=None, metavar=metavar, help=help_text)
 
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -84,3 +84,20 @@ def test_run_config_refuses_unknown_choices():
         RunConfig(select="first")
     with pytest.raises(ValueError, match="generator_output must be"):
         RunConfig(generator_output="tanh")
+
+
+@pytest.mark.parametrize("options", ["DS3NetOptions", "CUTOptions"])
+def test_every_method_option_has_a_help_line(options):
+    import argparse
+    import dataclasses
+
+    import ds3kit.methods as methods
+    from ds3kit.train import add_method_arguments
+
+    options_type = getattr(methods, options)
+    assert set(options_type.HELP) == {f.name for f in dataclasses.fields(options_type)}
+    parser = argparse.ArgumentParser()
+    add_method_arguments(parser, options_type)
+    text = parser.format_help()
+    assert "METHOD__" not in text  # a readable metavar, not the dest
+    assert options_type.HELP["nce_patches"].split()[0] in text
