@@ -15,8 +15,9 @@ from ds3kit.errors import CheckpointError
 from ds3kit.inference import save_generator
 from ds3kit.models import build_generator
 from ds3kit.segment import (
-    REGIONS, Segmenter, SegmentationLoss, check_held_out, dice_score, load_region_slices, load_segmenter,
-    reference_t1ce, region_dice, save_segmenter, seg_to_regions, segment_volume, session_dice, train_segmenter,
+    REGIONS, Segmenter, SegmentationLoss, check_held_out, dice_by_subject, dice_score, load_region_slices,
+    load_segmenter, reference_t1ce, region_dice, save_segmenter, seg_to_regions, segment_volume, session_dice,
+    train_segmenter,
 )
 
 SHAPE = (29, 35, 11)  # odd, not a multiple of the U-Net's stride
@@ -207,6 +208,11 @@ def test_session_dice_uses_the_given_t1ce_and_the_reference_rows(tmp_path):
         reference_t1ce(session, "copy_t2")
     with pytest.raises(ValueError, match=r"t1ce must be on the session's grid \(29, 35, 11\)"):
         session_dice(Thresholds(), session, session.target[:-1])
+    # Every subject at once, from a mapping of volumes (a generator's predictions) or from a predictor.
+    assert dice_by_subject(Thresholds(), [session], {"Case_1": session.target}) == {"Case_1": real}
+    assert dice_by_subject(Thresholds(), [session], lambda s: reference_t1ce(s, "copy_t1")) == {"Case_1": copy}
+    with pytest.raises(ValueError, match=r"Case_1: no T1ce given for this session; given: \['Other'\]"):
+        dice_by_subject(Thresholds(), [session], {"Other": session.target})
 
 
 def test_check_held_out_names_training_subjects():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -146,3 +148,35 @@ def check_held_out(metadata: dict, case_ids: list[str] | tuple[str, ...]) -> Non
             f"the segmenter was trained on {len(seen)} of the evaluated subjects ({', '.join(seen[:5])}"
             f"{', ...' if len(seen) > 5 else ''}); train it with the evaluation's split seed"
         )
+
+
+def dice_by_subject(
+    segmenter: torch.nn.Module,
+    sessions: Iterable[Session],
+    t1ce: Mapping[str, np.ndarray] | Callable[[Session], np.ndarray],
+    *,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, dict[str, float]]:
+    """:func:`session_dice` for every session: ``{case_id: {"dice_et", "dice_tc", "dice_wt"}}``.
+
+    Args:
+        segmenter: see :func:`segment_volume`.
+        sessions: loaded sessions with segmentations (consumed one at a time).
+        t1ce: the T1ce each session is segmented with: a mapping ``case_id -> (X, Y, Z)`` volume (e.g.
+            ``Evaluation.predictions`` of ``evaluate_generator(..., keep_predictions=True)``), or a predictor
+            ``session -> volume`` (a :mod:`ds3kit.baselines` predictor; ``lambda s: reference_t1ce(s, "real_t1ce")``).
+
+    Raises:
+        ValueError: a session has no segmentation or no volume in the mapping, or a volume is off its grid.
+    """
+    scores = {}
+    for session in sessions:
+        if callable(t1ce):
+            volume = t1ce(session)
+        elif session.case_id in t1ce:
+            volume = t1ce[session.case_id]
+        else:
+            raise ValueError(f"{session.case_id}: no T1ce given for this session; given: {sorted(t1ce)[:5]}")
+        scores[session.case_id] = session_dice(segmenter, session, volume, batch_size=batch_size, device=device)
+    return scores

@@ -13,7 +13,7 @@ from torch import nn
 
 from ds3kit.errors import CheckpointError
 from ds3kit.segment.regions import REGIONS
-from ds3kit.train.checkpoint import load_checkpoint, save_checkpoint
+from ds3kit.checkpoint import load_checkpoint, save_checkpoint
 
 SEGMENTER_FORMAT = "ds3kit.segmenter"
 # Input channel order of every segmenter: BraTS's four structural sequences.
