@@ -19,8 +19,10 @@ Objectives:
 - ``quality`` (maximise): a short DS3-Net training per trial (``Trainer(config, build, name="ds3net")``), its
   validation brain SSIM reported at every validation so the median / Hyperband pruner can stop poor trials early.
   Each trial trains in ``<out>/trial-<number>``. ``--smoke``: the CI configuration (seconds per trial).
-- ``kernel`` (minimise): Triton tile sizes / warps / stages of the patch_nce kernels on the present GPU, timed on
-  forward + backward; the best configuration is written where the dispatcher loads it
+- ``kernel`` (minimise): Triton tile sizes / D chunk / warps / stages of the patch_nce kernels on the present GPU
+  (float32, D = 256), timed on forward + backward. A sampled config is first compiled ahead of time for the GPU's
+  compute capability; one whose kernels exceed its shared memory (or spill) is pruned untimed, so only configs
+  that fit are searched. The best configuration is written where the dispatcher loads it
   (``$DS3KIT_CACHE`` or ``~/.cache/ds3kit``, ``kernels/patch_nce-<gpu>.json``). Needs CUDA; with
   ``TRITON_INTERPRET=1`` a tiny search runs on the CPU (to test the harness, not to tune).
 - ``toy`` (minimise): an analytic function with a sleep per step. A self-test of this harness (storages, workers,
@@ -246,7 +248,22 @@ def quality_objective(args: argparse.Namespace, out: Path) -> Objective:
 # Candidate values for every KernelConfig field (tests/benchmarks/test_search.py checks that they match).
 KERNEL_CHOICES = {
     "block_m": [16, 32, 64, 128], "block_n": [16, 32, 64, 128], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4],
+    "block_d": [None, 32, 64, 128, 256],
 }
+
+
+def kernel_config_fits(config: Any, capability: tuple[int, int], limit: int, dtype: str, dim: int) -> bool:
+    """Whether all three patch_nce kernels compiled with ``config`` for this GPU fit it: shared memory within
+    ``limit`` (the device's opt-in bytes per block) and, where ``ds3kit kernels check`` asks for it, no spills.
+    Compiled ahead of time, nothing launched (``ds3kit.ops.resources``)."""
+    from ds3kit.ops import resources
+
+    arch = f"sm_{capability[0]}{capability[1]}"
+    for kernel in resources.KERNEL_NAMES:
+        usage = resources.compile_variant(kernel, arch, dtype, dim, config)
+        if usage.shared_bytes > limit or (resources.must_not_spill(arch, dim) and usage.stack_bytes > 0):
+            return False
+    return True
 
 
 def kernel_objective(args: argparse.Namespace) -> Objective:
@@ -261,7 +278,8 @@ def kernel_objective(args: argparse.Namespace) -> Objective:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # One CUT layer's problem: (batch, patches, feature dim) of the query / key projections.
-    batch, patches, dim = (1, 13, 16) if interpret else (args.kernel_batch, args.nce_patches, 256)
+    dim = 256
+    batch, patches = (1, 13) if interpret else (args.kernel_batch, args.nce_patches)
     generator = torch.Generator(device="cpu").manual_seed(0)
     query = torch.nn.functional.normalize(torch.randn(batch, patches, dim, generator=generator), dim=-1).to(device)
     key = torch.nn.functional.normalize(torch.randn(batch, patches, dim, generator=generator), dim=-1).to(device)
@@ -274,7 +292,11 @@ def kernel_objective(args: argparse.Namespace) -> Objective:
 
     def objective(trial: optuna.Trial) -> float:
         values = {name: trial.suggest_categorical(name, choices) for name, choices in KERNEL_CHOICES.items()}
-        ops.set_kernel_config(ops.KernelConfig(**values))
+        config = ops.KernelConfig(**values)
+        # Only configs that fit this GPU are timed (the interpreter has no GPU to fit: every config runs there).
+        if device.type == "cuda" and not kernel_config_fits(config, capability, shared_limit, "fp32", dim):
+            raise optuna.TrialPruned(f"{config.short()} does not fit this GPU")
+        ops.set_kernel_config(config)
         try:
             run()  # compile + warm-up; an invalid tile (shared memory, register pressure) fails the trial here
             times = []
@@ -290,6 +312,9 @@ def kernel_objective(args: argparse.Namespace) -> Objective:
             ops.set_kernel_config(None)
         return 1000.0 * sorted(times)[len(times) // 2]
 
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        shared_limit = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
     name = torch.cuda.get_device_name() if device.type == "cuda" else "triton-interpret"
     objective.device_name = name  # type: ignore[attr-defined]
     objective.shape = (batch, patches, dim)  # type: ignore[attr-defined]
@@ -310,6 +335,8 @@ def save_kernel_config(study: optuna.Study, objective: Objective) -> Path | None
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "kernel": "patch_nce", "device": objective.device_name, "config": best.params,  # type: ignore[attr-defined]
+        # The dispatcher uses the file for this dtype and (padded) D only; the per-GPU table elsewhere.
+        "dtype": "fp32", "dim": objective.shape[2],  # type: ignore[attr-defined]
         "median_ms": best.value, "shape": list(objective.shape), "study": study.study_name,  # type: ignore[attr-defined]
         "trial": best.number, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -9,7 +9,7 @@ import sys
 from ds3kit.errors import InputError
 
 # name -> module under ds3kit.cli; each defines add_parser(subparsers) and run(args) -> int.
-_SUBCOMMANDS = ("phantom", "preprocess", "synthesize", "evaluate")
+_SUBCOMMANDS = ("phantom", "preprocess", "synthesize", "evaluate", "kernels")
 
 
 def build_parser() -> argparse.ArgumentParser:

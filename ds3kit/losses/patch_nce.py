@@ -18,6 +18,10 @@ Backends (one dispatch point, :func:`patch_nce`):
   their gradients in the forward pass (backward only scales them); ``reduction="none"`` recomputes per tile.
 - ``"triton"``: the fused kernels of :mod:`ds3kit.ops.patch_nce` (CUDA, or the CPU under ``TRITON_INTERPRET=1``).
 - ``"auto"``: triton for CUDA tensors, streaming otherwise.
+
+Under ``torch.compile`` the streaming and triton backends run as the custom op ``torch.ops.ds3kit.patch_nce_rows``
+(with its backward op, an autograd formula and fake implementations), so a compiled graph holds the loss without
+a break; in eager mode they run as the autograd Functions below.
 """
 
 from __future__ import annotations
@@ -77,13 +81,16 @@ def patch_nce(
         backend = "triton" if query.is_cuda else "streaming"
     if backend == "reference":
         return patch_nce_reference(query, key, temperature=temperature, weight=weight, reduction=reduction)
-    if backend == "streaming":
-        return _StreamingPatchNCE.apply(query, key, weight, temperature, reduction)
-    if not query.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if backend == "triton" and not query.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
             "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 in the environment to run the kernels on the "
             "CPU through Triton's interpreter; use backend='streaming' on the CPU"
         )
+    if torch.compiler.is_compiling():
+        rows, _ = torch.ops.ds3kit.patch_nce_rows(query, key, weight, float(temperature), backend)
+        return _reduce(rows, reduction)
+    if backend == "streaming":
+        return _StreamingPatchNCE.apply(query, key, weight, temperature, reduction)
     from ds3kit.ops.patch_nce import patch_nce_triton
 
     return patch_nce_triton(query, key, temperature=temperature, weight=weight, reduction=reduction)
@@ -238,6 +245,79 @@ def _gradients(q: Tensor, k: Tensor, lse: Tensor, row_grad: Tensor, scale: float
     if need_key:
         grad_key.sub_(g[..., None] * q)
     return grad_query, grad_key
+
+
+# ------------------------------------------------------------------------------------------- the custom op
+@torch.library.custom_op("ds3kit::patch_nce_rows", mutates_args=())
+def _patch_nce_rows(query: Tensor, key: Tensor, weight: Tensor | None, temperature: float, backend: str
+                    ) -> tuple[Tensor, Tensor]:
+    """(B, N) weighted row losses ``w_i l_i`` and the row log-sum-exp, float32 (float64 for float64 inputs)."""
+    if backend == "triton":
+        from ds3kit.ops import patch_nce as ops
+
+        w = None if weight is None else weight.to(torch.float32).contiguous()
+        try:
+            rows, lse, _ = ops.forward_rows(query.contiguous(), key.contiguous(), w, temperature)
+            return rows, lse
+        except ops.NoConfigLaunches as error:
+            ops._warn_once((str(query.device), query.dtype, query.shape[2], "streaming"),
+                           f"{error}; using the streaming torch path")
+    q, k = query.to(_accumulator(query)), key.to(_accumulator(key))
+    scale = 1.0 / temperature
+    lse, _ = _row_logsumexp(q, k, scale)
+    rows = lse - (q * k).sum(-1) * scale
+    return (rows if weight is None else rows * weight.to(q.dtype)), lse
+
+
+@_patch_nce_rows.register_fake
+def _(query: Tensor, key: Tensor, weight: Tensor | None, temperature: float, backend: str) -> tuple[Tensor, Tensor]:
+    shape = query.shape[:2]
+    dtype = _accumulator(query)
+    return query.new_empty(shape, dtype=dtype), query.new_empty(shape, dtype=dtype)
+
+
+@torch.library.custom_op("ds3kit::patch_nce_rows_backward", mutates_args=())
+def _patch_nce_rows_backward(grad_rows: Tensor, query: Tensor, key: Tensor, weight: Tensor | None, lse: Tensor,
+                             temperature: float, backend: str, need_query: bool, need_key: bool
+                             ) -> tuple[Tensor, Tensor]:
+    """Gradients of ``sum_i grad_rows_i w_i l_i`` in the inputs' dtype; an unwanted one is an empty tensor."""
+    row_grad = grad_rows if weight is None else grad_rows * weight.to(grad_rows.dtype)
+    if backend == "triton" and query.dtype != torch.float64:
+        from ds3kit.ops.patch_nce import backward_rows
+
+        dq, dk = backward_rows(query.contiguous(), key.contiguous(), lse, row_grad.to(torch.float32), temperature,
+                               need_query, need_key)
+    else:
+        q, k = query.to(_accumulator(query)), key.to(_accumulator(key))
+        dq, dk = _gradients(q, k, lse.to(q.dtype), row_grad.to(q.dtype), 1.0 / temperature, need_query, need_key)
+    empty = query.new_empty(0)
+    return (empty if dq is None else dq.to(query.dtype)), (empty if dk is None else dk.to(key.dtype))
+
+
+@_patch_nce_rows_backward.register_fake
+def _(grad_rows: Tensor, query: Tensor, key: Tensor, weight: Tensor | None, lse: Tensor, temperature: float,
+      backend: str, need_query: bool, need_key: bool) -> tuple[Tensor, Tensor]:
+    return (torch.empty_like(query) if need_query else query.new_empty(0)), (
+        torch.empty_like(key) if need_key else key.new_empty(0))
+
+
+def _rows_setup_context(ctx, inputs, output) -> None:
+    query, key, weight, temperature, backend = inputs
+    _, lse = output
+    ctx.save_for_backward(query, key, weight, lse)
+    ctx.temperature, ctx.backend = temperature, backend
+    ctx.mark_non_differentiable(lse)
+
+
+def _rows_backward(ctx, grad_rows: Tensor, _grad_lse: Tensor):
+    query, key, weight, lse = ctx.saved_tensors
+    need_query, need_key = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dq, dk = torch.ops.ds3kit.patch_nce_rows_backward(grad_rows, query, key, weight, lse, ctx.temperature,
+                                                      ctx.backend, need_query, need_key)
+    return (dq if need_query else None), (dk if need_key else None), None, None, None
+
+
+_patch_nce_rows.register_autograd(_rows_backward, setup_context=_rows_setup_context)
 
 
 class PatchNCELoss(nn.Module):

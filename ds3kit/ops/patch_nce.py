@@ -8,15 +8,16 @@ For group :math:`b` and row :math:`i`, with scores :math:`s_{ij} = q_i \cdot k_j
     \frac{\partial}{\partial k_j} = \frac{1}{T}\Big(\sum_i g_i p_{ij} q_i - g_j q_j\Big)
 
 with :math:`p_{ij} = e^{s_{ij} - \mathrm{lse}_i}` and :math:`g_i` the upstream gradient of row i times its weight
-(times :math:`1/(BN)` for the mean). No kernel ever holds more than one (BLOCK_M, BLOCK_N) score tile:
+(times :math:`1/(BN)` for the mean). No kernel ever holds more than one (BLOCK_M, BLOCK_N) score tile, nor more
+than a BLOCK_D-wide slice of D (``KernelConfig.block_d``: with several chunks the score tiles are summed over them):
 
-- forward, one launch over a (B, cdiv(N, BLOCK_M)) grid: a program loads its query tile once and streams the key
+- forward, one launch over a (cdiv(N, BLOCK_M), B) grid: a program loads its query tile once and streams the key
   tiles of its group with an online log-sum-exp (scores by ``tl.dot``); it writes the row log-sum-exp (B, N) float32
   (the only thing saved for backward besides the inputs) and the weighted row losses (B, N) float32;
-- backward, query gradient: the same grid; each program recomputes its scores tile by tile from the saved
-  log-sum-exp and accumulates :math:`\sum_j p_{ij} k_j`;
-- backward, key gradient: a (B, cdiv(N, BLOCK_N)) grid; each program owns a key tile and streams the query tiles,
-  accumulating :math:`\sum_i g_i p_{ij} q_i`. Every output row has one writer: no atomics, deterministic.
+- backward, query gradient: the same grid times the D chunks; each program recomputes its scores tile by tile
+  from the saved log-sum-exp and accumulates :math:`\sum_j p_{ij} k_j` for its chunk of D;
+- backward, key gradient: a (cdiv(N, BLOCK_N), B, D chunks) grid; each program owns a key tile and streams the
+  query tiles, accumulating :math:`\sum_i g_i p_{ij} q_i`. Every output row has one writer: no atomics, deterministic.
 
 Inputs are float32, bfloat16 or float16 (float64 is rejected: use the streaming or reference backend); tiles are
 multiplied in the input dtype and accumulated in float32. Float32 tiles are multiplied in IEEE float32 unless
@@ -24,7 +25,10 @@ multiplied in the input dtype and accumulated in float32. Float32 tiles are mult
 
 Tile sizes come from :class:`KernelConfig`: an explicit :func:`set_kernel_config` override, else the file that
 ``benchmarks/search.py --objective kernel`` writes for this GPU (``$DS3KIT_CACHE`` or ``~/.cache/ds3kit``, then
-``kernels/patch_nce-<gpu-slug>.json``), else the defaults. On the CPU (Triton's interpreter, ``TRITON_INTERPRET=1``
+``kernels/patch_nce-<gpu-slug>.json``) for the dtype and D it was tuned for, else the per-GPU table of
+:mod:`ds3kit.ops.configs` (by compute capability, dtype and D: configs that fit the GPU's shared memory with no
+spills, ``ds3kit kernels check`` verifies them). A launch that still raises ``OutOfResources`` retries smaller
+configs, then the streaming torch path, with one warning. On the CPU (Triton's interpreter, ``TRITON_INTERPRET=1``
 set before this module is imported) the tiles are 16 x 16, the smallest ``tl.dot`` accepts.
 """
 
@@ -35,29 +39,29 @@ import functools
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ds3kit.ops._checks import check_patch_nce_inputs
+from ds3kit.ops.configs import (DTYPE_NAMES, INTERPRETER_CONFIG, MAX_DIM, MIN_BLOCK, KernelConfig, default_config,
+                                padded_dim, smaller_configs)
 
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.errors import OutOfResources
 except ImportError as error:  # pragma: no cover - exercised only where triton is absent
     raise ImportError(
         "ds3kit.ops.patch_nce needs the 'triton' package (pip install triton); without it use "
         "patch_nce(..., backend='streaming')"
     ) from error
 
-__all__ = ["KernelConfig", "PatchNCEFunction", "get_kernel_config", "kernel_cache_path", "patch_nce_triton",
-           "set_kernel_config"]
+__all__ = ["KernelConfig", "NoConfigLaunches", "PatchNCEFunction", "backward_rows", "forward_rows",
+           "get_kernel_config", "kernel_cache_path", "patch_nce_triton", "set_kernel_config"]
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-MIN_BLOCK = 16  # tl.dot needs every tile side >= 16
-MAX_DIM = 1024  # one (BLOCK_M, next_pow2(D)) query tile stays in registers / shared memory; CUT uses 256
 _LOG2E = 1.4426950408889634
 
 
@@ -79,33 +83,65 @@ def _mma(a, b, acc, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _scores(A, B, base, a_rows, b_rows, a_mask, b_mask, D, a_tile, b_tile,
+            BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """(len(a_rows), len(b_rows)) float32 tile of a_i . b_j over all of D.
+
+    One chunk (D_CHUNKS == 1): ``a_tile`` and ``b_tile`` are the caller's loaded (rows, BLOCK_D) tiles. Several:
+    the products are summed over D in chunks of BLOCK_D loaded here (the caller's tiles are unused), so no program
+    holds more than a (rows, BLOCK_D) slice of either side.
+    """
+    acc = tl.zeros([a_rows.shape[0], b_rows.shape[0]], tl.float32)
+    if D_CHUNKS == 1:
+        acc = _mma(a_tile, tl.trans(b_tile), acc, UPCAST, INPUT_PRECISION)
+    else:
+        for chunk in range(0, D_CHUNKS):
+            dims = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
+            dim_mask = dims < D
+            a = tl.load(A + base + a_rows[:, None] * D + dims[None, :], mask=a_mask[:, None] & dim_mask[None, :],
+                        other=0.0)
+            b = tl.load(B + base + b_rows[:, None] * D + dims[None, :], mask=b_mask[:, None] & dim_mask[None, :],
+                        other=0.0)
+            acc = _mma(a, tl.trans(b), acc, UPCAST, INPUT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _patch_nce_forward_kernel(
     Q, K, W, LSE, LOSS,
     N, D, qk_scale, scale,
     HAS_WEIGHT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    group = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
+    group = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
-    dim_mask = dims < D
     base = group.to(tl.int64) * N * D  # int64: B * N * D may pass 2**31
-    tile_mask = row_mask[:, None] & dim_mask[None, :]
-    q = tl.load(Q + base + rows[:, None] * D + dims[None, :], mask=tile_mask, other=0.0)
-    own_key = tl.load(K + base + rows[:, None] * D + dims[None, :], mask=tile_mask, other=0.0)
-    positive = tl.sum(q.to(tl.float32) * own_key.to(tl.float32), axis=1) * scale
+    # The positives s_ii, chunk by chunk; with one chunk the query tile stays loaded for the score loop.
+    positive = tl.zeros([BLOCK_M], tl.float32)
+    q = tl.zeros([BLOCK_M, BLOCK_D], Q.dtype.element_ty)
+    for chunk in range(0, D_CHUNKS):
+        dims = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
+        tile_mask = row_mask[:, None] & (dims < D)[None, :]
+        q = tl.load(Q + base + rows[:, None] * D + dims[None, :], mask=tile_mask, other=0.0)
+        own_key = tl.load(K + base + rows[:, None] * D + dims[None, :], mask=tile_mask, other=0.0)
+        positive += tl.sum(q.to(tl.float32) * own_key.to(tl.float32), axis=1)
+    positive = positive * scale
 
     # Online log-sum-exp in base 2 (exp2 is the native instruction): scores are pre-multiplied by log2(e) / T.
+    dims = tl.arange(0, BLOCK_D)
     running_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     running_sum = tl.zeros([BLOCK_M], tl.float32)
     for start in range(0, N, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_mask = cols < N
-        k = tl.load(K + base + cols[:, None] * D + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :],
-                    other=0.0)
-        scores = _mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), UPCAST, INPUT_PRECISION) * qk_scale
+        k = q  # unused with several chunks
+        if D_CHUNKS == 1:
+            k = tl.load(K + base + cols[:, None] * D + dims[None, :], mask=col_mask[:, None] & (dims < D)[None, :],
+                        other=0.0)
+        scores = _scores(Q, K, base, rows, cols, row_mask, col_mask, D, q, k, BLOCK_D, D_CHUNKS, UPCAST,
+                         INPUT_PRECISION) * qk_scale
         scores = tl.where(col_mask[None, :], scores, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(scores, axis=1))
         running_sum = running_sum * tl.exp2(running_max - new_max) + tl.sum(tl.exp2(scores - new_max[:, None]), axis=1)
@@ -122,18 +158,21 @@ def _patch_nce_forward_kernel(
 def _patch_nce_query_grad_kernel(
     Q, K, LSE, G, DQ,
     N, D, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """dq_i = g_i sum_j (p_ij - [i == j]) k_j, with g already holding the 1/T factor."""
-    group = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    dims = tl.arange(0, BLOCK_D)
+    """dq_i = g_i sum_j (p_ij - [i == j]) k_j, with g already holding the 1/T factor; program (i, b, c) writes
+    the rows of query tile i of group b, columns of D-chunk c."""
+    group = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_mask = rows < N
     dim_mask = dims < D
     base = group.to(tl.int64) * N * D
     tile_mask = row_mask[:, None] & dim_mask[None, :]
-    q = tl.load(Q + base + rows[:, None] * D + dims[None, :], mask=tile_mask, other=0.0)
+    q = tl.zeros([BLOCK_M, BLOCK_D], Q.dtype.element_ty)  # unused with several chunks
+    if D_CHUNKS == 1:
+        q = tl.load(Q + base + rows[:, None] * D + dims[None, :], mask=tile_mask, other=0.0)
     lse2 = tl.load(LSE + group.to(tl.int64) * N + rows, mask=row_mask, other=0.0) * 1.4426950408889634
     g = tl.load(G + group.to(tl.int64) * N + rows, mask=row_mask, other=0.0)
     weighted_keys = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -142,7 +181,8 @@ def _patch_nce_query_grad_kernel(
         col_mask = cols < N
         k = tl.load(K + base + cols[:, None] * D + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :],
                     other=0.0)
-        scores = _mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), UPCAST, INPUT_PRECISION) * qk_scale
+        scores = _scores(Q, K, base, rows, cols, row_mask, col_mask, D, q, k, BLOCK_D, D_CHUNKS, UPCAST,
+                         INPUT_PRECISION) * qk_scale
         # p_ij - [i == j]: the positive's -k_i rides in the same product. Subtracting before the cast to the input
         # dtype keeps half-precision error relative to 1 - p_ii (small once the positive dominates), not to p_ii.
         p = tl.exp2(scores - lse2[:, None]) - tl.where(rows[:, None] == cols[None, :], 1.0, 0.0)
@@ -156,18 +196,21 @@ def _patch_nce_query_grad_kernel(
 def _patch_nce_key_grad_kernel(
     Q, K, LSE, G, DK,
     N, D, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """dk_j = sum_i g_i (p_ij - [i == j]) q_i, with g already holding the 1/T factor; this program owns BLOCK_N keys."""
-    group = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    dims = tl.arange(0, BLOCK_D)
+    """dk_j = sum_i g_i (p_ij - [i == j]) q_i, with g already holding the 1/T factor; program (j, b, c) owns
+    key tile j of group b and writes its D-chunk c."""
+    group = tl.program_id(1)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < N
     dim_mask = dims < D
     base = group.to(tl.int64) * N * D
     tile_mask = col_mask[:, None] & dim_mask[None, :]
-    k = tl.load(K + base + cols[:, None] * D + dims[None, :], mask=tile_mask, other=0.0)
+    k = tl.zeros([BLOCK_N, BLOCK_D], K.dtype.element_ty)  # unused with several chunks
+    if D_CHUNKS == 1:
+        k = tl.load(K + base + cols[:, None] * D + dims[None, :], mask=tile_mask, other=0.0)
     weighted_queries = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start in range(0, N, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
@@ -176,48 +219,24 @@ def _patch_nce_key_grad_kernel(
                     other=0.0)
         lse2 = tl.load(LSE + group.to(tl.int64) * N + rows, mask=row_mask, other=0.0) * 1.4426950408889634
         g = tl.load(G + group.to(tl.int64) * N + rows, mask=row_mask, other=0.0)
-        zeros = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
-        scores_t = _mma(k, tl.trans(q), zeros, UPCAST, INPUT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+        scores_t = _scores(K, Q, base, cols, rows, col_mask, row_mask, D, k, q, BLOCK_D, D_CHUNKS, UPCAST,
+                           INPUT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
         p_t = tl.exp2(scores_t - lse2[None, :]) - tl.where(cols[:, None] == rows[None, :], 1.0, 0.0)
         p_t = tl.where(row_mask[None, :], p_t * g[None, :], 0.0)
         weighted_queries = _mma(p_t, q, weighted_queries, UPCAST, INPUT_PRECISION)
     tl.store(DK + base + cols[:, None] * D + dims[None, :], weighted_queries.to(DK.dtype.element_ty), mask=tile_mask)
 
 
+KERNELS = {"forward": _patch_nce_forward_kernel, "dq": _patch_nce_query_grad_kernel, "dk": _patch_nce_key_grad_kernel}
 _INTERPRETED = type(_patch_nce_forward_kernel).__name__ == "InterpretedFunction"
 
 
 # --------------------------------------------------------------------------------------------------------- config
-@dataclass(frozen=True)
-class KernelConfig:
-    """Tiles and launch parameters of the three kernels (names as ``benchmarks/search.py`` tunes them).
-
-    ``block_m``: query rows per tile; ``block_n``: key rows per tile (powers of two >= 16). ``num_warps`` and
-    ``num_stages`` go to every launch (ignored by the interpreter).
-    """
-
-    block_m: int = 64
-    block_n: int = 64
-    num_warps: int = 4
-    num_stages: int = 2
-
-    def __post_init__(self) -> None:
-        for name in ("block_m", "block_n"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < MIN_BLOCK or value & (value - 1):
-                raise ValueError(f"KernelConfig.{name} must be a power of two >= {MIN_BLOCK}, got {value!r}")
-        if not isinstance(self.num_warps, int) or self.num_warps < 1 or self.num_warps & (self.num_warps - 1):
-            raise ValueError(f"KernelConfig.num_warps must be a power of two >= 1, got {self.num_warps!r}")
-        if not isinstance(self.num_stages, int) or self.num_stages < 1:
-            raise ValueError(f"KernelConfig.num_stages must be >= 1, got {self.num_stages!r}")
-
-
-INTERPRETER_CONFIG = KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
 _override: KernelConfig | None = None
 
 
 def set_kernel_config(config: KernelConfig | None) -> None:
-    """Force ``config`` for every later call (``None`` goes back to the cached tuning file, then the defaults)."""
+    """Force ``config`` for every later call (``None`` goes back to the tuning file, then the per-GPU table)."""
     global _override
     if config is not None and not isinstance(config, KernelConfig):
         raise ValueError(f"set_kernel_config expects a KernelConfig or None, got {type(config).__name__}")
@@ -229,6 +248,11 @@ def _gpu_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device)
 
 
+def _capability(device: torch.device) -> tuple[int, int]:
+    """The GPU's compute capability; a function of its own so that tests can replace it."""
+    return tuple(torch.cuda.get_device_capability(device))  # type: ignore[return-value]
+
+
 def kernel_cache_path(device_name: str) -> Path:
     """``$DS3KIT_CACHE`` (or ``~/.cache/ds3kit``) ``/kernels/patch_nce-<slug>.json``, the path the search writes."""
     slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
@@ -237,49 +261,189 @@ def kernel_cache_path(device_name: str) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _load_config(path: Path) -> KernelConfig:
-    """The tuned config at ``path`` (read once per path and process), or the defaults when absent or unusable."""
+def _load_tuned(path: Path) -> tuple[KernelConfig | None, str | None, int | None]:
+    """The tuned config at ``path`` and the (dtype, D) it was tuned for, when the file names them; read once per
+    path and process. ``(None, None, None)`` when the file is absent or unusable."""
     if not path.is_file():
-        return KernelConfig()
+        return None, None, None
     try:
-        values = json.loads(path.read_text())["config"]
+        payload = json.loads(path.read_text())
+        values = payload["config"]
         known = {field.name for field in dataclasses.fields(KernelConfig)}
-        return KernelConfig(**{name: value for name, value in values.items() if name in known})
+        config = KernelConfig(**{name: value for name, value in values.items() if name in known})
+        dtype, dim = payload.get("dtype"), payload.get("dim")
+        return config, dtype, None if dim is None else padded_dim(int(dim))
     except (OSError, ValueError, KeyError, TypeError) as error:
-        warnings.warn(f"ignoring the patch_nce kernel config {path}: {error}; using the defaults", stacklevel=3)
-        return KernelConfig()
+        warnings.warn(f"ignoring the patch_nce kernel config {path}: {error}; using the per-GPU table", stacklevel=3)
+        return None, None, None
 
 
-def get_kernel_config(device: torch.device | str) -> KernelConfig:
-    """The config a launch on ``device`` uses: the override, else the search's file for this GPU, else defaults."""
+def get_kernel_config(device: torch.device | str, dtype: torch.dtype = torch.float32, dim: int = 256) -> KernelConfig:
+    """The config a launch on ``device`` for ``dtype`` inputs of feature dimension ``dim`` tries first.
+
+    The :func:`set_kernel_config` override; else, on CUDA, the search's file for this GPU (when it was tuned for
+    this dtype and padded D, or names neither); else the per-GPU table (:func:`ds3kit.ops.configs.default_config`).
+    The interpreter (CPU) gets 16 x 16 tiles.
+    """
     if _override is not None:
         return _override
     device = torch.device(device)
     if device.type != "cuda":
         return INTERPRETER_CONFIG
-    return _load_config(kernel_cache_path(_gpu_name(device)))
+    config, tuned_dtype, tuned_dim = _load_tuned(kernel_cache_path(_gpu_name(device)))
+    if config is not None and tuned_dtype in (None, DTYPE_NAMES[dtype]) and tuned_dim in (None, padded_dim(dim)):
+        return config
+    return default_config(_capability(device), dtype, dim)
 
 
 def clear_kernel_config_cache() -> None:
-    """Forget the tuning files read so far (after a new search, or in tests)."""
-    _load_config.cache_clear()
+    """Forget the tuning files read and the configs found not to launch so far (after a new search, or in tests)."""
+    _load_tuned.cache_clear()
+    _FAILED.clear()
+    _WARNED.clear()
 
 
 # --------------------------------------------------------------------------------------------------------- launch
+class NoConfigLaunches(RuntimeError):
+    """No config of a kernel could be launched on this device (each raised ``OutOfResources``)."""
+
+
+# (device, kernel, dtype, D, config) known not to launch, and the (device, dtype, D, what) already warned about:
+# a config that failed once is not compiled again, and each fallback warns once per process.
+_FAILED: set[tuple] = set()
+_WARNED: set[tuple] = set()
+
+
 def _input_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
         return "tf32"
     return "ieee"
 
 
-def _launch_parameters(n: int, d: int, device: torch.device) -> dict:
-    config = get_kernel_config(device)
+def tile_parameters(config: KernelConfig, n: int, d: int) -> dict:
+    """The constexprs and launch options of ``config`` for a (B, n, d) problem: tiles no wider than the padded
+    group, one D chunk when ``block_d`` is None or covers D."""
     cap = max(MIN_BLOCK, triton.next_power_of_2(n))  # no tile wider than the padded group
+    padded = max(MIN_BLOCK, triton.next_power_of_2(d))
+    block_d = padded if config.block_d is None else min(config.block_d, padded)
     return {
         "BLOCK_M": min(config.block_m, cap), "BLOCK_N": min(config.block_n, cap),
-        "BLOCK_D": max(MIN_BLOCK, triton.next_power_of_2(d)),
+        "BLOCK_D": block_d, "D_CHUNKS": triton.cdiv(d, block_d),
         "num_warps": config.num_warps, "num_stages": config.num_stages,
     }
+
+
+def _grid(name: str, batch: int, n: int, params: dict) -> tuple[int, int, int]:
+    # Row tiles on the fastest axis: the programs resident together belong to one group and stream the same
+    # (N, D) operand, which then comes from L2 rather than from memory once per program.
+    if name == "forward":
+        return triton.cdiv(n, params["BLOCK_M"]), batch, 1
+    rows = params["BLOCK_M"] if name == "dq" else params["BLOCK_N"]
+    return triton.cdiv(n, rows), batch, params["D_CHUNKS"]
+
+
+def _warn_once(key: tuple, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _launch(name: str, configs: list[KernelConfig], args: tuple, shape: tuple[int, int, int], device: torch.device,
+            dtype: torch.dtype, **constexprs) -> KernelConfig:
+    """Launch kernel ``name`` with the first of ``configs`` that the device accepts; the config that ran.
+
+    Triton raises ``OutOfResources`` when a compiled kernel needs more shared memory (or threads) than the device
+    has; that config is then remembered as failed and the next, smaller one is tried. Raises
+    :class:`NoConfigLaunches` when none launches.
+    """
+    batch, n, d = shape
+    last_error: Exception | None = None
+    for index, config in enumerate(configs):
+        key = (str(device), name, dtype, d, config)
+        if key in _FAILED:
+            continue
+        params = tile_parameters(config, n, d)
+        try:
+            KERNELS[name][_grid(name, batch, n, params)](*args, **constexprs, **params)
+        except OutOfResources as error:
+            _FAILED.add(key)
+            last_error = error
+            continue
+        if index > 0 and last_error is not None:
+            _warn_once((str(device), dtype, d, "smaller"),
+                       f"patch_nce: the {name} kernel's config {configs[0].short()} does not launch on {device} for "
+                       f"{DTYPE_NAMES[dtype]} D = {d} ({last_error}); using {config.short()}")
+        return config
+    raise NoConfigLaunches(f"no config of the patch_nce {name} kernel launches on {device} for {DTYPE_NAMES[dtype]} "
+                           f"D = {d}: {last_error}")
+
+
+def _configs(device: torch.device, dtype: torch.dtype, d: int, first: KernelConfig | None = None) -> list[KernelConfig]:
+    first = first or get_kernel_config(device, dtype, d)
+    return [first, *smaller_configs(first, d)]
+
+
+def forward_rows(query: Tensor, key: Tensor, weight: Tensor | None, temperature: float
+                 ) -> tuple[Tensor, Tensor, KernelConfig]:
+    """The weighted row losses (B, N) float32, the row log-sum-exp (B, N) float32, and the config that ran.
+
+    ``query`` and ``key`` contiguous (B, N, D) of one dtype; ``weight`` (B, N) float32 contiguous or None. Raises
+    :class:`NoConfigLaunches` when no config launches.
+    """
+    batch, n, d = query.shape
+    lse = torch.empty(batch, n, device=query.device, dtype=torch.float32)
+    losses = torch.empty(batch, n, device=query.device, dtype=torch.float32)
+    scale = 1.0 / temperature
+    config = _launch(
+        "forward", _configs(query.device, query.dtype, d),
+        (query, key, lse if weight is None else weight, lse, losses, n, d, scale * _LOG2E, scale),
+        (batch, n, d), query.device, query.dtype,
+        HAS_WEIGHT=weight is not None, INPUT_PRECISION=_input_precision(query.dtype), UPCAST=_upcast(query.dtype),
+    )
+    return losses, lse, config
+
+
+def backward_rows(query: Tensor, key: Tensor, lse: Tensor, row_grad: Tensor, temperature: float, need_query: bool,
+                  need_key: bool, config: KernelConfig | None = None) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of ``sum_i row_grad_i * l_i`` for the wanted inputs (the inputs' dtype).
+
+    ``row_grad`` (B, N) float32: the upstream gradient of each row loss, times its weight. A kernel that launches
+    with no config falls back (one warning) to the streaming torch computation of its gradient.
+    """
+    batch, n, d = query.shape
+    scale = 1.0 / temperature
+    g = (row_grad.to(torch.float32) * scale).contiguous()
+    qk_scale = scale * _LOG2E
+    upcast = _upcast(query.dtype)
+    # The interpreter's float32 -> bfloat16 store truncates: there torch does the rounding (see _mma).
+    grad_dtype = torch.float32 if upcast else query.dtype
+    constexprs = {"INPUT_PRECISION": _input_precision(query.dtype), "UPCAST": upcast}
+    configs = _configs(query.device, query.dtype, d, config)
+    grads: dict[str, Tensor | None] = {"dq": None, "dk": None}
+    for name, wanted in (("dq", need_query), ("dk", need_key)):
+        if not wanted:
+            continue
+        out = torch.empty_like(query, dtype=grad_dtype)
+        try:
+            _launch(name, configs, (query, key, lse, g, out, n, d, qk_scale), (batch, n, d), query.device,
+                    query.dtype, **constexprs)
+        except NoConfigLaunches as error:
+            _warn_once((str(query.device), query.dtype, d, "streaming"), f"{error}; using the streaming torch path")
+            out = _streaming_gradient(query, key, lse, row_grad, scale, name)
+        grads[name] = out.to(query.dtype)
+    return grads["dq"], grads["dk"]
+
+
+def _streaming_gradient(query: Tensor, key: Tensor, lse: Tensor, row_grad: Tensor, scale: float, name: str) -> Tensor:
+    from ds3kit.losses.patch_nce import _gradients  # the torch backend; imported late (it imports this lazily)
+
+    dq, dk = _gradients(query.float(), key.float(), lse, row_grad.to(torch.float32), scale, name == "dq",
+                        name == "dk")
+    return dq if name == "dq" else dk
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return _INTERPRETED and dtype == torch.bfloat16
 
 
 class PatchNCEFunction(torch.autograd.Function):
@@ -290,21 +454,10 @@ class PatchNCEFunction(torch.autograd.Function):
                 reduction: str = "mean") -> Tensor:
         _check_device(query)
         q, k = query.contiguous(), key.contiguous()
-        batch, n, d = q.shape
         w = None if weight is None else weight.detach().to(device=q.device, dtype=torch.float32).contiguous()
-        lse = torch.empty(batch, n, device=q.device, dtype=torch.float32)
-        losses = torch.empty(batch, n, device=q.device, dtype=torch.float32)
-        launch = _launch_parameters(n, d, q.device)
-        precision = _input_precision(q.dtype)
-        upcast = _INTERPRETED and q.dtype == torch.bfloat16
-        scale = 1.0 / temperature
-        grid = (batch, triton.cdiv(n, launch["BLOCK_M"]))
-        _patch_nce_forward_kernel[grid](
-            q, k, lse if w is None else w, lse, losses, n, d, scale * _LOG2E, scale,
-            HAS_WEIGHT=w is not None, INPUT_PRECISION=precision, UPCAST=upcast, **launch,
-        )
+        losses, lse, config = forward_rows(q, k, w, temperature)
         ctx.save_for_backward(q, k, w, lse)
-        ctx.scale, ctx.reduction, ctx.launch, ctx.precision, ctx.upcast = scale, reduction, launch, precision, upcast
+        ctx.temperature, ctx.reduction, ctx.config = temperature, reduction, config
         if reduction == "mean":
             return losses.mean()
         if reduction == "sum":
@@ -317,37 +470,16 @@ class PatchNCEFunction(torch.autograd.Function):
         if not (need_query or need_key):
             return None, None, None, None, None
         q, k, w, lse = ctx.saved_tensors
-        batch, n, d = q.shape
-        # g_i = upstream_i * w_i * (1/(B N) for the mean) / T, a (B, N) vector: the upstream scalar is folded in
+        batch, n, _ = q.shape
+        # row_grad_i = upstream_i * w_i (/ (B N) for the mean), a (B, N) vector: the upstream scalar is folded in
         # here, so it never scales the (B, N, D) gradients (and no host sync asks whether it equals 1).
-        factor = ctx.scale / (batch * n) if ctx.reduction == "mean" else ctx.scale
         grad = grad_output.to(torch.float32)
-        if ctx.reduction == "none":
-            row_grad = grad * factor
-        else:
-            row_grad = (grad * factor).expand(batch, n)
+        if ctx.reduction == "mean":
+            grad = grad / (batch * n)
+        row_grad = grad if ctx.reduction == "none" else grad.expand(batch, n)
         if w is not None:
             row_grad = row_grad * w
-        row_grad = row_grad.contiguous()
-        launch, qk_scale = ctx.launch, ctx.scale * _LOG2E
-        grad_query = grad_key = None
-        # The interpreter's float32 -> bfloat16 store truncates: there torch does the rounding (see _mma).
-        grad_dtype = torch.float32 if ctx.upcast else q.dtype
-        if need_query:
-            grad_query = torch.empty_like(q, dtype=grad_dtype)
-            _patch_nce_query_grad_kernel[(batch, triton.cdiv(n, launch["BLOCK_M"]))](
-                q, k, lse, row_grad, grad_query, n, d, qk_scale,
-                INPUT_PRECISION=ctx.precision, UPCAST=ctx.upcast, **launch,
-            )
-        if need_key:
-            grad_key = torch.empty_like(k, dtype=grad_dtype)
-            _patch_nce_key_grad_kernel[(batch, triton.cdiv(n, launch["BLOCK_N"]))](
-                q, k, lse, row_grad, grad_key, n, d, qk_scale,
-                INPUT_PRECISION=ctx.precision, UPCAST=ctx.upcast, **launch,
-            )
-        if ctx.upcast:
-            grad_query = None if grad_query is None else grad_query.to(q.dtype)
-            grad_key = None if grad_key is None else grad_key.to(k.dtype)
+        grad_query, grad_key = backward_rows(q, k, lse, row_grad, ctx.temperature, need_query, need_key, ctx.config)
         return grad_query, grad_key, None, None, None
 
 
@@ -361,10 +493,25 @@ def _check_device(query: Tensor) -> None:
     )
 
 
+def _check_triton_inputs(query: Tensor, key: Tensor, temperature: float, weight: Tensor | None, reduction: str) -> None:
+    check_patch_nce_inputs(query, key, temperature, weight, reduction)
+    if query.dtype not in DTYPES:
+        raise ValueError(
+            f"the triton backend takes float32, bfloat16 or float16 query and key, got {query.dtype} "
+            "(float64: use backend='streaming' or 'reference')"
+        )
+    if query.shape[2] > MAX_DIM:
+        raise ValueError(f"the triton backend takes D <= {MAX_DIM}, got D = {query.shape[2]}")
+    _check_device(query)
+
+
 def patch_nce_triton(
     query: Tensor, key: Tensor, *, temperature: float = 0.07, weight: Tensor | None = None, reduction: str = "mean"
 ) -> Tensor:
     r"""PatchNCE by the fused Triton kernels; the contract of :func:`ds3kit.losses.patch_nce.patch_nce`.
+
+    When no config of the forward kernel launches on the device (``OutOfResources`` for each), the loss comes
+    from the streaming torch path instead, with one warning; the same holds for each backward kernel.
 
     Args:
         query: (B, N, D) float32 / bfloat16 / float16, rows L2-normalised; D <= 1024.
@@ -380,13 +527,12 @@ def patch_nce_triton(
         ValueError: bad shapes, dtypes (float64 included: use the ``"streaming"`` or ``"reference"`` backend),
             reduction or temperature, or CPU tensors without the interpreter.
     """
-    check_patch_nce_inputs(query, key, temperature, weight, reduction)
-    if query.dtype not in DTYPES:
-        raise ValueError(
-            f"the triton backend takes float32, bfloat16 or float16 query and key, got {query.dtype} "
-            "(float64: use backend='streaming' or 'reference')"
-        )
-    if query.shape[2] > MAX_DIM:
-        raise ValueError(f"the triton backend takes D <= {MAX_DIM}, got D = {query.shape[2]}")
-    _check_device(query)
-    return PatchNCEFunction.apply(query, key, weight, float(temperature), reduction)
+    _check_triton_inputs(query, key, temperature, weight, reduction)
+    try:
+        return PatchNCEFunction.apply(query, key, weight, float(temperature), reduction)
+    except NoConfigLaunches as error:
+        _warn_once((str(query.device), query.dtype, query.shape[2], "streaming"),
+                   f"{error}; using the streaming torch path")
+    from ds3kit.losses.patch_nce import _StreamingPatchNCE
+
+    return _StreamingPatchNCE.apply(query, key, weight, float(temperature), reduction)

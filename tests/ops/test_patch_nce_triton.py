@@ -19,6 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 pytest.importorskip("triton", reason="the Triton backend needs the 'triton' package")
 
 from ds3kit.losses.patch_nce import patch_nce  # noqa: E402
+from ds3kit.ops import configs  # noqa: E402
 from ds3kit.ops import patch_nce as ops  # noqa: E402
 
 pytestmark = pytest.mark.triton
@@ -292,6 +293,7 @@ def test_bad_inputs(case, match):
 def fake_gpu(monkeypatch, tmp_path):
     monkeypatch.setenv("DS3KIT_CACHE", str(tmp_path))
     monkeypatch.setattr(ops, "_gpu_name", lambda device: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(ops, "_capability", lambda device: (9, 0))
     ops.clear_kernel_config_cache()
     yield tmp_path / "kernels" / "patch_nce-nvidia-h100-80gb-hbm3.json"
     ops.clear_kernel_config_cache()
@@ -299,7 +301,8 @@ def fake_gpu(monkeypatch, tmp_path):
 
 def test_kernel_config_loads_the_search_file(fake_gpu):
     assert ops.kernel_cache_path("NVIDIA H100 80GB HBM3") == fake_gpu
-    assert ops.get_kernel_config("cuda") == ops.KernelConfig()  # no file yet: the defaults
+    table = configs.default_config((9, 0), torch.float32, 256)
+    assert ops.get_kernel_config("cuda") == table  # no file yet: the per-GPU table
     ops.clear_kernel_config_cache()
     fake_gpu.parent.mkdir(parents=True)
     # What benchmarks/search.py writes: the best trial's parameters under "config", beside its bookkeeping.
@@ -325,12 +328,13 @@ def test_kernel_config_loads_the_search_file(fake_gpu):
 def test_unusable_kernel_config_file_warns_and_falls_back(fake_gpu):
     fake_gpu.parent.mkdir(parents=True)
     fake_gpu.write_text(json.dumps({"config": {"block_m": 48}}))  # not a power of two
+    table = configs.default_config((9, 0), torch.float32, 256)
     with pytest.warns(UserWarning, match="ignoring the patch_nce kernel config"):
-        assert ops.get_kernel_config("cuda") == ops.KernelConfig()
+        assert ops.get_kernel_config("cuda") == table
     ops.clear_kernel_config_cache()
     fake_gpu.write_text("{not json")
     with pytest.warns(UserWarning):
-        assert ops.get_kernel_config("cuda") == ops.KernelConfig()
+        assert ops.get_kernel_config("cuda") == table
     ops.clear_kernel_config_cache()
     fake_gpu.write_text(json.dumps({"config": {"block_m": 32, "block_k": 64}}))  # fields this version lacks: ignored
     with warnings.catch_warnings():
@@ -338,10 +342,179 @@ def test_unusable_kernel_config_file_warns_and_falls_back(fake_gpu):
         assert ops.get_kernel_config("cuda") == ops.KernelConfig(block_m=32)
 
 
+def test_tuned_file_applies_only_to_the_dtype_and_dim_it_was_tuned_for(fake_gpu):
+    fake_gpu.parent.mkdir(parents=True)
+    tuned = {"block_m": 32, "block_n": 128, "num_warps": 8, "num_stages": 3, "block_d": 64}
+    fake_gpu.write_text(json.dumps({"config": tuned, "dtype": "bf16", "dim": 256}))
+    assert ops.get_kernel_config("cuda", torch.bfloat16, 256) == ops.KernelConfig(**tuned)
+    assert ops.get_kernel_config("cuda", torch.bfloat16, 200) == ops.KernelConfig(**tuned)  # same padded D
+    assert ops.get_kernel_config("cuda", torch.float32, 256) == configs.default_config((9, 0), torch.float32, 256)
+    assert ops.get_kernel_config("cuda", torch.bfloat16, 1024) == configs.default_config((9, 0), torch.bfloat16, 1024)
+
+
 def test_kernel_config_rejects_bad_values():
     with pytest.raises(ValueError, match="power of two"):
         ops.KernelConfig(block_m=8)
     with pytest.raises(ValueError, match="num_warps"):
         ops.KernelConfig(num_warps=3)
+    with pytest.raises(ValueError, match="block_d"):
+        ops.KernelConfig(block_d=48)
     with pytest.raises(ValueError, match="KernelConfig or None"):
         ops.set_kernel_config({"block_m": 16})
+
+
+# ------------------------------------------------------------------------------------------------ D in chunks
+@pytest.mark.parametrize("batch, n, dim, block_d", [
+    (2, 41, 512, 128), (1, 23, 1024, 256), (2, 19, 200, 64), (1, 17, 48, 16),
+])
+def test_feature_chunks_match_fp64(batch, n, dim, block_d):
+    # block_d < D: the forward sums each score tile over D chunks; each gradient program writes one chunk and
+    # recomputes its scores. D = 200 and 48 leave a ragged last chunk.
+    ops.set_kernel_config(ops.KernelConfig(block_m=16, block_n=32, block_d=block_d, num_warps=1, num_stages=1))
+    query = unit_rows(batch, n, dim, seed=40).requires_grad_()
+    key = unit_rows(batch, n, dim, seed=41).requires_grad_()
+    weight = weights(batch, n)
+    ours = ops.patch_nce_triton(query, key, weight=weight, reduction="none")
+    upstream = torch.randn(batch, n, generator=torch.Generator().manual_seed(42)).to(DEVICE)
+    expected, (dq64, dk64) = fp64_grads(query, key, weight, "none", upstream)
+    dq, dk = torch.autograd.grad(ours, (query, key), upstream)
+    torch.testing.assert_close(ours.double(), expected, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(dq.double(), dq64, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dk.double(), dk64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_odd_group_of_401_with_chunks():
+    ops.set_kernel_config(ops.KernelConfig(block_m=32, block_n=64, block_d=32, num_warps=1, num_stages=1))
+    query = unit_rows(1, 401, 96, seed=43).requires_grad_()
+    key = unit_rows(1, 401, 96, seed=44).requires_grad_()
+    weight = weights(1, 401)
+    ours = ops.patch_nce_triton(query, key, weight=weight)
+    expected, (dq64, dk64) = fp64_grads(query, key, weight, "mean", torch.tensor(1.0, device=DEVICE))
+    dq, dk = torch.autograd.grad(ours, (query, key))
+    torch.testing.assert_close(ours.double(), expected, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(dq.double(), dq64, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(dk.double(), dk64, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_chunks_no_worse_than_eager_torch(dtype):
+    ops.set_kernel_config(ops.KernelConfig(block_m=16, block_n=16, block_d=128, num_warps=1, num_stages=1))
+    query = unit_rows(1, 21, 512, dtype=dtype, seed=45).requires_grad_()
+    key = unit_rows(1, 21, 512, dtype=dtype, seed=46).requires_grad_()
+    upstream = torch.randn(1, 21, generator=torch.Generator().manual_seed(47)).to(DEVICE)
+    ours = ops.patch_nce_triton(query, key, reduction="none")
+    ours_dq, ours_dk = torch.autograd.grad(ours, (query, key), upstream)
+    eager = reference_same_dtype(query, key)
+    eager_dq, eager_dk = torch.autograd.grad(eager, (query, key), upstream.to(dtype))
+    exact, (exact_dq, exact_dk) = fp64_grads(query, key, None, "none", upstream)
+    for name, mine, theirs, truth in (("loss", ours, eager, exact), ("dq", ours_dq, eager_dq, exact_dq),
+                                      ("dk", ours_dk, eager_dk, exact_dk)):
+        error = (mine.double() - truth).abs()
+        bound = 2 * (theirs.double() - truth).abs() + torch.finfo(dtype).eps / 2 * truth.abs().max()
+        assert (error <= bound).all(), f"{name}: max error {error.max().item():.3g}"
+
+
+# ------------------------------------------------------------------------------------------------ fallback
+class _FakeDevice:
+    """Stands in for a GPU's launch check: a kernel whose tiles need more than ``limit`` bytes of shared memory
+    raises Triton's OutOfResources (as a compiled launch does), others run (interpreted)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.launched: list[tuple[str, int, int, int]] = []
+
+    @staticmethod
+    def needs(params: dict) -> int:
+        return 4 * params["BLOCK_D"] * (params["BLOCK_M"] + params["BLOCK_N"])
+
+    def wrap(self, name, kernel):
+        device = self
+
+        class Launcher:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    required = device.needs(kwargs)
+                    if required > device.limit:
+                        raise ops.OutOfResources(required, device.limit, "shared memory")
+                    device.launched.append((name, kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_D"]))
+                    return kernel[grid](*args, **kwargs)
+                return launch
+
+        return Launcher()
+
+
+@pytest.fixture
+def fake_device(monkeypatch):
+    def install(limit):
+        device = _FakeDevice(limit)
+        monkeypatch.setattr(ops, "KERNELS", {name: device.wrap(name, kernel) for name, kernel in ops.KERNELS.items()})
+        return device
+
+    ops.clear_kernel_config_cache()
+    yield install
+    ops.clear_kernel_config_cache()
+
+
+def test_config_that_does_not_fit_falls_back_to_a_smaller_one_with_one_warning(fake_device):
+    device = fake_device(limit=4 * 64 * (32 + 32))  # 32 x 32 tiles with 64-wide chunks fit, 128 x 128 do not
+    ops.set_kernel_config(ops.KernelConfig(block_m=128, block_n=128, num_warps=4, num_stages=2))
+    query = unit_rows(2, 41, 96, seed=50).requires_grad_()
+    key = unit_rows(2, 41, 96, seed=51).requires_grad_()
+    weight = weights(2, 41)
+    with pytest.warns(RuntimeWarning, match="does not launch") as caught:
+        ours = ops.patch_nce_triton(query, key, weight=weight)
+        dq, dk = torch.autograd.grad(ours, (query, key))
+        ops.patch_nce_triton(query, key, weight=weight)  # a second call: the failed config is not retried
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert {entry[1:] for entry in device.launched} == {(32, 32, 64)}
+    expected, (dq64, dk64) = fp64_grads(query, key, weight, "mean", torch.tensor(1.0, device=DEVICE))
+    torch.testing.assert_close(ours.double(), expected, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(dq.double(), dq64, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(dk.double(), dk64, rtol=1e-4, atol=1e-6)
+
+
+def test_no_config_fits_runs_the_streaming_path_with_one_warning(fake_device):
+    device = fake_device(limit=0)  # nothing launches
+    query = unit_rows(2, 41, 24, seed=52).requires_grad_()
+    key = unit_rows(2, 41, 24, seed=53).requires_grad_()
+    weight = weights(2, 41)
+    with pytest.warns(RuntimeWarning, match="streaming") as caught:
+        ours = ops.patch_nce_triton(query, key, weight=weight, reduction="sum")
+        dq, dk = torch.autograd.grad(ours, (query, key))
+        patch_nce(query, key, weight=weight, backend="triton")
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert device.launched == []
+    expected, (dq64, dk64) = fp64_grads(query, key, weight, "sum", torch.tensor(1.0, device=DEVICE))
+    torch.testing.assert_close(ours.double(), expected, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(dq.double(), dq64, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dk.double(), dk64, rtol=1e-4, atol=1e-5)
+
+
+def test_backward_kernel_that_does_not_fit_gets_the_streaming_gradient(fake_device):
+    # The forward launches (its tiles are smaller than the fake limit), the key-gradient kernel never does.
+    device = fake_device(limit=10**9)
+    real_wrap = device.wrap
+
+    def refuse_dk(name, kernel):
+        if name == "dk":
+
+            class Refuse:
+                def __getitem__(self, grid):
+                    def launch(*args, **kwargs):
+                        raise ops.OutOfResources(1, 0, "shared memory")
+                    return launch
+            return Refuse()
+        return real_wrap(name, kernel)
+
+    ops.KERNELS = {name: refuse_dk(name, kernel) for name, kernel in ops.KERNELS.items()}
+    query = unit_rows(1, 33, 40, seed=54).requires_grad_()
+    key = unit_rows(1, 33, 40, seed=55).requires_grad_()
+    with pytest.warns(RuntimeWarning, match="dk kernel launches.*streaming"):
+        ours = ops.patch_nce_triton(query, key, reduction="none")
+        upstream = torch.randn(1, 33, generator=torch.Generator().manual_seed(56)).to(DEVICE)
+        dq, dk = torch.autograd.grad(ours, (query, key), upstream)
+    expected, (dq64, dk64) = fp64_grads(query, key, None, "none", upstream)
+    torch.testing.assert_close(dq.double(), dq64, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dk.double(), dk64, rtol=1e-4, atol=1e-5)
+    assert {entry[0] for entry in device.launched} == {"forward", "dq"}
