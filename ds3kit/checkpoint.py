@@ -2,9 +2,13 @@
 
 Two kinds share one envelope ``{"format": ..., "version": ..., ...}``:
 
-- ``ds3kit.generator``: one generator, enough to synthesize (``config`` rebuilds the architecture).
+- ``ds3kit.generator``: one generator, enough to synthesize (``config`` rebuilds the architecture);
+  :func:`save_generator` / :func:`load_generator`.
 - ``ds3kit.training``: everything needed to resume a run exactly (models, optimisers, schedulers,
   RNG states, step, run configuration).
+
+This module sits below everything that reads or writes checkpoints (the trainer, synthesis, evaluation, the
+segmenter) and imports none of them.
 
 Everything stored is a tensor or a plain Python container of str/int/float/bool/None, so the safe
 unpickler accepts it. A file that would run code when unpickled is refused before any of it runs.
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 
 from ds3kit.errors import CheckpointError
+from ds3kit.models import Generator
 from ds3kit.utils.atomic import atomic_path
 
 FORMAT_VERSION = 1
@@ -112,3 +117,29 @@ def _as_tuple(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(_as_tuple(item) for item in value)
     return value
+
+
+def save_generator(path: str | Path, generator: Generator, **metadata: Any) -> None:
+    """Write a generator checkpoint (architecture config + weights + ``metadata``) atomically."""
+    state = {name: tensor.detach().cpu() for name, tensor in generator.state_dict().items()}
+    save_checkpoint(path, {"config": generator.config(), "state_dict": state, "metadata": metadata}, kind=GENERATOR_FORMAT)
+
+
+def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
+    """Rebuild a generator from a checkpoint written by :func:`save_generator`; returns it (eval mode) and its metadata.
+
+    Raises:
+        CheckpointError: not a ds3kit generator checkpoint, or weights that do not fit the stored architecture.
+    """
+    payload = load_checkpoint(path, kind=GENERATOR_FORMAT)
+    try:
+        # Checkpoints written before the residual head existed hold sigmoid generators.
+        generator = Generator(**{"output": "sigmoid", **payload["config"]})
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path}: cannot rebuild the generator from its config: {error}") from None
+    try:
+        generator.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        summary = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the generator architecture: {summary}") from None
+    return generator.to(device).eval(), dict(payload.get("metadata", {}))

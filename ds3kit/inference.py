@@ -2,43 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ds3kit.errors import CheckpointError
 from ds3kit.models import Generator
-from ds3kit.train.checkpoint import GENERATOR_FORMAT, load_checkpoint, save_checkpoint
-
-
-def save_generator(path: str | Path, generator: Generator, **metadata: Any) -> None:
-    """Write a generator checkpoint (architecture config + weights + ``metadata``) atomically."""
-    state = {name: tensor.detach().cpu() for name, tensor in generator.state_dict().items()}
-    save_checkpoint(path, {"config": generator.config(), "state_dict": state, "metadata": metadata}, kind=GENERATOR_FORMAT)
-
-
-def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
-    """Rebuild a generator from a checkpoint written by :func:`save_generator`; returns it (eval mode) and its metadata.
-
-    Raises:
-        CheckpointError: not a ds3kit generator checkpoint, or weights that do not fit the stored architecture.
-    """
-    payload = load_checkpoint(path, kind=GENERATOR_FORMAT)
-    try:
-        # Checkpoints written before the residual head existed hold sigmoid generators.
-        generator = Generator(**{"output": "sigmoid", **payload["config"]})
-    except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{path}: cannot rebuild the generator from its config: {error}") from None
-    try:
-        generator.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
-        summary = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the generator architecture: {summary}") from None
-    return generator.to(device).eval(), dict(payload.get("metadata", {}))
+from ds3kit.checkpoint import load_generator, save_generator  # noqa: F401  (re-exported: the synthesis API)
 
 
 # A CPU forward pass is fastest when one batch holds about one 240 x 240 slice: its activations then stay in the

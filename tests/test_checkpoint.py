@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ds3kit.errors import CheckpointError
-from ds3kit.train.checkpoint import (
+from ds3kit.checkpoint import (
     GENERATOR_FORMAT,
     TRAINING_FORMAT,
     capture_rng_state,
