@@ -82,6 +82,12 @@ PAPER = """| paired | method | SSIM | PSNR | MSE |
 
 def run_arm(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, float]:
     """Train one arm at one seed (or reuse a finished run) and return its shipped model's held-out means."""
+    return run_report(arm, seed, base, out)["models"]["__shipped__"]
+
+
+def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any]:
+    """Train one arm at one seed (or reuse a finished run); its ``metrics.json`` with the shipped model's means under
+    ``report["models"]["__shipped__"]``."""
     run_dir = out / _run_name(arm, seed)
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.exists():
@@ -98,7 +104,31 @@ def run_arm(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, float]
             f"{run_dir} holds a finished run with {found}, this study asks for {asked}: "
             "pass another --out (finished runs are reused only when they match)"
         )
-    return report["models"][report["shipped"]]["mean"]
+    report["models"]["__shipped__"] = report["models"][report["shipped"]]["mean"]
+    return report
+
+
+def reference_rows(report: dict[str, Any], paired_fraction: float) -> dict[str, dict[str, float]]:
+    """The baselines and ceilings of one run's report, as study rows: those that depend on the paired subjects
+    (``linear``, the paired-levels ceiling) are labelled with the paired fraction, the others are not."""
+    rows = {}
+    order = ("copy-T1", "linear", "ceiling: tissue map, paired levels", "ceiling: tissue map", "ceiling: noise-free T1ce")
+    baselines = report.get("baselines", {})
+    for name, result in sorted(baselines.items(), key=lambda item: order.index(item[0]) if item[0] in order else 99):
+        depends_on_paired = name == "linear" or name.endswith("paired levels")
+        label = f"{name} ({paired_fraction:.0%} paired)" if depends_on_paired else name
+        rows[label] = result["mean"]
+    return rows
+
+
+def flag_losers(table: dict[str, dict[str, tuple[float, float]]], trained: set[str]) -> dict[str, str]:
+    """Arm -> its row label: trained arms whose mean brain PSNR does not beat copy-T1's are marked."""
+    floor = table.get("copy-T1", {}).get("brain_psnr", (None,))[0]
+    labels = {}
+    for arm, values in table.items():
+        loses = floor is not None and arm in trained and values.get("brain_psnr", (math.inf,))[0] <= floor
+        labels[arm] = f"{arm} **(loses to copy-T1)**" if loses else arm
+    return labels
 
 
 DIAGNOSED_ARM = "DS3-Net 5%"
@@ -273,9 +303,10 @@ def claims(results: Runs) -> list[str]:
 
 def write_report(
     path: Path, results: Runs, seeds, base: RunConfig, wall: float, note: str, trained: int, reused: int,
-    diagnostics=None,
+    diagnostics=None, references: Runs | None = None,
 ) -> None:
-    table = summarise(results)
+    table = summarise({**results, **(references or {})})
+    labels = flag_losers(table, set(results))
     if trained:
         cost = f"wall time {wall / 60:.1f} min for {trained} run(s) trained by this invocation ({reused} reused)"
     else:
@@ -287,14 +318,18 @@ def write_report(
             ("n/a" if m not in values else f"{values[m][0]:.4f}" + (f" ± {values[m][1]:.4f}" if len(seeds) > 1 else ""))
             for m in METRICS
         ]
-        rows.append(f"| {arm} | " + " | ".join(cells) + " |")
+        rows.append(f"| {labels[arm]} | " + " | ".join(cells) + " |")
+        if references and arm == list(results)[-1]:
+            rows.append("| *references (no training)* |" + " |" * len(METRICS))
     text = f"""# Quality study
 
 `python benchmarks/quality.py {note}` — {time.strftime('%Y-%m-%d')}, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}),
 {base.steps} steps per run, batch {base.batch_size}, preset `{base.preset}`, image size {base.image_size},
 data: {base.data or f'phantom cohort ({base.phantom_cases} cases, {base.phantom_shape})'}; {cost}.
 Held-out subjects, whole 3-D volumes; each run's mean over its test subjects, then mean ± population std over seeds. Shipped models:
-DS3-Net's student, the paired-only teacher, pix2pix's and CUT's generator.
+DS3-Net's student, the paired-only teacher, pix2pix's and CUT's generator. Below them, on the same subjects, the
+references of docs/baselines.md: copy-T1 (the floor), the linear fit on the paired subjects, and the phantom's
+ceilings; a trained arm that does not beat copy-T1 is marked.
 
 {header}
 {chr(10).join(rows)}
@@ -398,14 +433,23 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: Runs = {arm.name: [] for arm in arms}
+    references: Runs = {}
     trained = reused = 0
     for seed in seeds:
+        seen: set[str] = set()
         for arm in arms:
             t0 = time.perf_counter()
             cached = (out / _run_name(arm, seed) / "metrics.json").exists()
             reused += cached
             trained += not cached
-            results[arm.name].append(run_arm(arm, seed, base, out))
+            report_of_run = run_report(arm, seed, base, out)
+            results[arm.name].append(report_of_run["models"]["__shipped__"])
+            # One row per reference and seed: the test subjects depend on the seed only, the linear fit on the
+            # paired fraction too.
+            for label, means in reference_rows(report_of_run, arm.paired_fraction).items():
+                if label not in seen:
+                    seen.add(label)
+                    references.setdefault(label, []).append(means)
             brain = results[arm.name][-1].get("brain_psnr", float("nan"))
             print(f"[{time.perf_counter() - started:7.0f} s] seed {seed} {arm.name:<36} brain PSNR {brain:6.2f} dB "
                   f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
@@ -417,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     note = " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(report, results, seeds, base, time.perf_counter() - started, note, trained, reused, diagnostics)
+    write_report(report, results, seeds, base, time.perf_counter() - started, note, trained, reused, diagnostics,
+                 references)
     plot(report.with_suffix(".png"), results)
     print(report.read_text())
     return 0

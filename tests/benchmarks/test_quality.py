@@ -230,6 +230,16 @@ def _table_rows(report: str) -> list[str]:
     return [line for line in report.splitlines() if line.startswith("| ") and "|---" not in line]
 
 
+def test_reference_rows_label_what_depends_on_the_paired_subjects() -> None:
+    report = {"baselines": {"copy-T1": {"mean": {"brain_psnr": 17.0}}, "linear": {"mean": {"brain_psnr": 17.5}},
+                            "ceiling: tissue map, paired levels": {"mean": {"brain_psnr": 19.0}}}}
+    rows = quality.reference_rows(report, 0.05)
+    assert rows == {"copy-T1": {"brain_psnr": 17.0}, "linear (5% paired)": {"brain_psnr": 17.5},
+                    "ceiling: tissue map, paired levels (5% paired)": {"brain_psnr": 19.0}}
+    table = {"a": {"brain_psnr": (16.9, 0.1)}, "b": {"brain_psnr": (17.2, 0.1)}, "copy-T1": {"brain_psnr": (17.0, 0.0)}}
+    assert quality.flag_losers(table, {"a", "b"}) == {"a": "a **(loses to copy-T1)**", "b": "b", "copy-T1": "copy-T1"}
+
+
 @pytest.mark.slow
 def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "out", tmp_path / "q.md"
@@ -241,8 +251,14 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     assert "2 run(s) trained by this invocation (0 reused)" in text
     assert "1 seed(s) (0)" in text
     rows = _table_rows(text)
-    arm_rows = [row for row in rows if row.startswith((f"| {PAIRED} |", f"| {DS3} |"))]
-    assert [row.split(" | ")[0] for row in arm_rows] == [f"| {PAIRED}", f"| {DS3}"]
+    arm_rows = [row for row in rows if row.startswith((f"| {PAIRED} ", f"| {DS3} "))]
+    # Eight steps of tiny networks lose to copying T1, and the page says so.
+    assert [row.split(" | ")[0] for row in arm_rows] == [f"| {label} **(loses to copy-T1)**" for label in (PAIRED, DS3)]
+    first_table = _table_rows(text.split("![quality]", 1)[0])
+    references = [row.split(" | ")[0] for row in first_table if not row.startswith((f"| {PAIRED} ", f"| {DS3} "))]
+    assert references[1:] == ["| *references (no training)*", "| copy-T1", "| linear (5% paired)",
+                              "| ceiling: tissue map, paired levels (5% paired)", "| ceiling: tissue map",
+                              "| ceiling: noise-free T1ce"]
     for row in arm_rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
         assert len(cells) == len(quality.METRICS) and "n/a" not in cells and "±" not in cells  # one seed: no std
