@@ -48,6 +48,7 @@ def evaluate_generator(
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
     keep_predictions: bool = False,
+    on_prediction: Callable[[Session, np.ndarray], None] | None = None,
 ) -> Evaluation:
     """Synthesize every session's T1ce and score it against the real one over the whole 3-D volume.
 
@@ -59,7 +60,7 @@ def evaluate_generator(
         return synthesize_volume(generator, session.inputs, brain_mask=session.brain_mask, batch_size=batch_size,
                                  device=device)
 
-    return evaluate_predictor(synthesize, sessions, keep_predictions=keep_predictions)
+    return evaluate_predictor(synthesize, sessions, keep_predictions=keep_predictions, on_prediction=on_prediction)
 
 
 def evaluate_predictor(
@@ -67,11 +68,14 @@ def evaluate_predictor(
     sessions: Iterable[Session],
     *,
     keep_predictions: bool = False,
+    on_prediction: Callable[[Session, np.ndarray], None] | None = None,
 ) -> Evaluation:
     """Score any predictor (a session -> (X, Y, Z) normalised T1ce) like :func:`evaluate_generator` does.
 
     The baselines and ceilings of :mod:`ds3kit.baselines` go through here, so every row of a report is scored by
-    the same code on the same voxels. Sessions are consumed one at a time (a lazy iterable streams).
+    the same code on the same voxels. Sessions are consumed one at a time (a lazy iterable streams);
+    ``on_prediction(session, prediction)`` sees each prediction as it is made (to write it out), so nothing but the
+    metrics needs to stay in memory unless ``keep_predictions``.
     """
     result = Evaluation()
     for session in sessions:
@@ -88,6 +92,8 @@ def evaluate_predictor(
             tumour_mask=tumour if tumour is not None and bool(tumour.any()) else None,
         )
         result.subjects[session.case_id] = metrics
+        if on_prediction is not None:
+            on_prediction(session, prediction)
         if keep_predictions:
             result.predictions[session.case_id] = prediction
     return result

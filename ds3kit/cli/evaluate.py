@@ -53,6 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     baselines.add_argument("--flair", type=Path, default=None, help="its FLAIR")
     baselines.add_argument("--checkpoint", type=Path, default=None,
                            help="the generator checkpoint whose run fitted the linear baseline (its metadata holds it)")
+    baselines.add_argument("--segmenter", type=Path, default=None,
+                           help="a recipes/segmenter.py checkpoint: adds dice_et/dice_tc/dice_wt for the prediction, "
+                                "copy-T1 (floor) and the real T1ce (ceiling); needs --seg, --t1, --t2, --flair")
     parser.set_defaults(run=run)
 
 
@@ -125,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
         # Strict JSON has no Infinity: an infinite PSNR (identical volumes) is written as null.
         **{key: value if math.isfinite(value) else None for key, value in metrics.items()},
     }
+    if args.segmenter is not None:
+        dice = _dice_rows(args, pred)
+        report.update(dice.pop("prediction"))
+        for name, scores in dice.items():
+            baselines.setdefault(name, {}).update(scores)
     if baselines:
         report["baselines"] = baselines
         floor = baselines["copy-T1"].get("brain_psnr")
@@ -132,6 +140,33 @@ def run(args: argparse.Namespace) -> int:
             report["beats_copy_t1"] = bool(metrics["brain_psnr"] > floor)
     print(json.dumps(report, allow_nan=False))
     return 0
+
+
+def _dice_rows(args: argparse.Namespace, pred) -> dict[str, dict[str, float]]:
+    """Dice of the segmenter run with the prediction, with T1 (copy-T1) and with the real T1ce in place of T1ce."""
+    from ds3kit.data import load_session, resample_to_reference, same_grid
+    from ds3kit.errors import InputError
+    from ds3kit.segment import load_segmenter, reference_t1ce, session_dice
+
+    missing = [name for name in ("seg", "t1", "t2", "flair") if getattr(args, name) is None]
+    if missing:
+        raise InputError(f"--segmenter needs --{', --'.join(missing)} (it segments T1, T1ce, T2, FLAIR against --seg)")
+    segmenter, _ = load_segmenter(args.segmenter)
+    session = load_session(args.t1, args.t2, args.flair, t1ce=args.target, seg=args.seg)
+    from ds3kit.data import Volume
+
+    reference = Volume(session.inputs[0], session.affine, session.header)
+    on_t1_grid = pred if same_grid(pred, reference) else resample_to_reference(pred, reference, order=1)
+    synthesis = on_t1_grid.data
+    if synthesis.min() < 0 or synthesis.max() > 1:
+        raise InputError(f"{args.pred}: --segmenter needs the prediction in ds3kit's [0, 1] scale (what ds3kit "
+                         f"synthesize writes), got values in [{synthesis.min():.3g}, {synthesis.max():.3g}]")
+    synthesis = np.where(session.brain_mask, synthesis, np.float32(0.0))
+    return {
+        "prediction": session_dice(segmenter, session, synthesis),
+        "copy-T1": session_dice(segmenter, session, reference_t1ce(session, "copy_t1")),
+        "real T1ce (segmenter)": session_dice(segmenter, session, reference_t1ce(session, "real_t1ce")),
+    }
 
 
 def _baseline_volumes(args: argparse.Namespace) -> dict:
@@ -144,7 +179,7 @@ def _baseline_volumes(args: argparse.Namespace) -> dict:
     if not given:
         return {}
     if "t1" not in given:
-        raise InputError(f"--{', --'.join(given)} need --t1 (the baselines are made from the inputs)")
+        raise InputError(f"--{', --'.join(given)} given without --t1: the baselines are made from the inputs")
     if ("t2" in given) != ("flair" in given):
         raise InputError("--t2 and --flair go together (the brain mask and normalisation use all three inputs)")
     if "checkpoint" in given and "t2" not in given:

@@ -20,6 +20,9 @@ class RunConfig:
     """
 
     data: str | None = None  # a BraTS-layout root; None = the built-in phantom cohort
+    cache_dir: str | None = None  # the preprocessed cache; None = $DS3KIT_CACHE/preprocessed or ~/.cache/ds3kit/preprocessed
+    preprocess_workers: int = 1  # processes preprocessing cases missing from the cache
+    data_workers: int | None = None  # DataLoader reader processes; None = 0 on CPU, min(4, cores // 2) on CUDA
     out: str = "runs/ds3net"
     paired_fraction: float = 0.05
     steps: int = 1200
@@ -51,6 +54,7 @@ class RunConfig:
     phantom_shape: tuple[int, int, int] = (96, 96, 48)
     eval_batch_size: int | None = None  # None: ds3kit.inference.default_batch_size
     max_test_subjects: int | None = None
+    segmenter: str | None = None  # a recipes/segmenter.py checkpoint: adds ET/TC/WT Dice to the final report
     num_threads: int | None = None
     progress: bool = True
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +96,9 @@ SMOKE_OVERRIDES: dict[str, Any] = {
 # Flag name -> RunConfig field, for every flag whose value maps one to one.
 _FLAGS: dict[str, tuple[str, type, str]] = {
     "data": ("--data", str, "BraTS-layout root folder (default: the phantom cohort, generated on first use)"),
+    "cache_dir": ("--cache-dir", str, "preprocessed cache folder (see `ds3kit preprocess`)"),
+    "preprocess_workers": ("--preprocess-workers", int, "processes preprocessing uncached cases"),
+    "data_workers": ("--data-workers", int, "DataLoader worker processes (default: 0 on CPU, up to 4 on CUDA)"),
     "out": ("--out", str, "run directory"),
     "paired_fraction": ("--paired-fraction", float, "fraction of training subjects with T1ce"),
     "steps": ("--steps", int, "optimiser steps of the whole run"),
@@ -112,6 +119,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "stop_after_steps": ("--stop-after-steps", int, "stop cleanly after N steps, leaving a resumable run"),
     "phantom_cases": ("--phantom-cases", int, "subjects in the phantom cohort"),
     "max_test_subjects": ("--max-test-subjects", int, "evaluate on at most N held-out subjects"),
+    "segmenter": ("--segmenter", str, "segmenter checkpoint (recipes/segmenter.py): adds ET/TC/WT Dice per model"),
 }
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,20 @@ import torch
 from tqdm.auto import tqdm
 
 from ds3kit.augment import MRIAugmentation
-from ds3kit.data import CohortSplit, Session, SliceDataset, default_cohort, list_cases, load_brats_case, save_volume, split_cohort
+from ds3kit.data import (
+    CachedSessions,
+    CachedSliceDataset,
+    CohortSplit,
+    PreprocessResult,
+    Session,
+    default_cohort,
+    list_cases,
+    load_brats_case,
+    preprocess_cases,
+    save_volume,
+    split_cohort,
+    step_loader,
+)
 from ds3kit.errors import InputError
 from ds3kit.baselines import COPY_T1, LINEAR, ceiling_predictors, reference_predictors
 from ds3kit.evaluation import Evaluation, evaluate_generator, evaluate_predictor
@@ -40,6 +54,12 @@ from ds3kit.train.distributed import DistributedContext, init_distributed, shutd
 from ds3kit.train.figures import save_learning_curves, save_panel
 from ds3kit.train.logging import RunLogger
 from ds3kit.utils.atomic import atomic_write_text
+
+# The report row of the segmenter run on the real T1ce (the Dice ceiling).
+REAL_T1CE_ROW = "real T1ce (segmenter)"
+
+# Test subjects drawn in the PNG panels.
+_FIGURE_SUBJECTS = 4
 
 # What validation ranks checkpoints by (``--select best-val``).
 SELECTION_METRIC = "brain_psnr"
@@ -73,7 +93,7 @@ class StepBatches:
 
     def __init__(
         self,
-        dataset: SliceDataset,
+        dataset: CachedSliceDataset,
         *,
         batch_size: int,
         seed: int,
@@ -103,10 +123,14 @@ class StepBatches:
             self._permutations = {epoch: self.entries[torch.randperm(len(self.entries), generator=generator)]}
         return self._permutations[epoch]
 
-    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+    def indices(self, step: int) -> list[int]:
+        """The dataset indices of this rank's batch for ``step``."""
         n = len(self.entries)
         first = step * self.batch_size * self.context.world_size + self.context.rank * self.batch_size
-        items = [self.dataset[int(self._permutation(p // n)[p % n])] for p in range(first, first + self.batch_size)]
+        return [int(self._permutation(p // n)[p % n]) for p in range(first, first + self.batch_size)]
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        items = [self.dataset[index] for index in self.indices(step)]
         return {key: torch.stack([item[key] for item in items]) for key in items[0] if isinstance(items[0][key], torch.Tensor)}
 
 
@@ -148,6 +172,16 @@ class Trainer:
             test_fraction=cfg.test_fraction, seed=cfg.seed,
         )
 
+    def _preprocess(self, split: CohortSplit) -> PreprocessResult:
+        """Every subject into the preprocessed cache (main rank; every bad case named before any step), then opened
+        on every rank. Nothing is rebuilt by the second call: it only checks the entries and reads the manifests."""
+        cfg = self.config
+        cases = [*split.train_paired, *split.train_unpaired, *split.val, *split.test]
+        if self.context.is_main:
+            preprocess_cases(cases, cache_dir=cfg.cache_dir, workers=cfg.preprocess_workers, progress=cfg.progress)
+        self.context.barrier()
+        return preprocess_cases(cases, cache_dir=cfg.cache_dir, progress=False)
+
     def _streams(self, split: CohortSplit, method: Method) -> tuple[StepBatches | None, StepBatches | None]:
         cfg = self.config
         train = split.train_paired + split.train_unpaired
@@ -168,7 +202,7 @@ class Trainer:
                     f"{self.name} needs {what} training subjects, the split has none "
                     f"(paired_fraction={cfg.paired_fraction}, {len(train)} training subjects)"
                 )
-            dataset = SliceDataset(cases, with_target=with_target, image_size=cfg.image_size)
+            dataset = CachedSliceDataset(self.cache.select(cases), with_target=with_target, image_size=cfg.image_size)
             repeats = cfg.tumour_repeats if with_target and not method.target_domain_only else 0
             streams.append(StepBatches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, stream=index,
                                        context=self.context, tumour_repeats=repeats))
@@ -212,6 +246,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         split = self._cohort()
+        self.cache = self._preprocess(split)
         probe = self.build_method(cfg, 1)  # streams depend on what the method consumes
         paired, unpaired = self._streams(split, probe)
         del probe
@@ -227,16 +262,23 @@ class Trainer:
         schedule = LinearDecay(total, cfg.lr_decay_fraction)
         augment = MRIAugmentation().to(self.device) if cfg.augment else None
 
+        stop_at = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
         start = 0
         if cfg.resume and last.exists():
             start = self._restore(last, method)
         else:
             torch.manual_seed(cfg.seed + 7919 * ctx.rank)
-        val_sessions = [load_brats_case(case) for case in split.val] if ctx.is_main else []
+        val_sessions = CachedSessions(self.cache.select(split.val)) if ctx.is_main else []
         if start == 0:
             self._validate_baselines(split, val_sessions)
 
-        stop_at = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
+        # Worker processes read the slices of each step's batch; the batch of step s is still indices(s).
+        workers = cfg.data_workers if cfg.data_workers is not None else (min(4, (os.cpu_count() or 1) // 2) if use_cuda else 0)
+        loaders = [
+            None if stream is None else iter(step_loader(stream.dataset, stream.indices, start=start, stop=stop_at,
+                                                         num_workers=workers, pin_memory=use_cuda))
+            for stream in (paired, unpaired)
+        ]
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda and cfg.amp else nullcontext()
         bar = tqdm(total=total, initial=start, desc=self.name, unit="step", disable=not (cfg.progress and ctx.is_main),
                    dynamic_ncols=True, file=sys.stderr)
@@ -245,7 +287,7 @@ class Trainer:
         for step in range(start, stop_at):
             method.step = step
             schedule.apply(method.optimizers.values(), step, self.config.lr)
-            batches = [self._prepare(stream(step), augment) if stream is not None else None for stream in (paired, unpaired)]
+            batches = [self._prepare(next(loader), augment) if loader is not None else None for loader in loaders]
             with autocast:
                 try:
                     losses = method.training_step(*batches)
@@ -316,7 +358,7 @@ class Trainer:
         return int(payload["step"])
 
     # ----------------------------------------------------------------------------------------------- evaluation
-    def _validate(self, step: int, method: Method, sessions: list[Session]) -> None:
+    def _validate(self, step: int, method: Method, sessions: Sequence[Session]) -> None:
         if not self.context.is_main or not sessions:
             self.context.barrier()
             return
@@ -334,7 +376,7 @@ class Trainer:
         self.log.log(step, "val", summary)
         self.context.barrier()
 
-    def _validate_baselines(self, split: CohortSplit, sessions: list[Session]) -> None:
+    def _validate_baselines(self, split: CohortSplit, sessions: Sequence[Session]) -> None:
         """The references the learning curves are drawn against, on the validation subjects (once per run)."""
         if not self.context.is_main or not sessions:
             return
@@ -346,7 +388,7 @@ class Trainer:
     def _finish(self, method: Method, split: CohortSplit, run_dir: Path, total: int) -> dict[str, Any]:
         cfg = self.config
         cases = split.test[: cfg.max_test_subjects] if cfg.max_test_subjects else split.test
-        sessions = [load_brats_case(case) for case in cases]
+        sessions = CachedSessions(self.cache.select(cases))  # built one at a time, when used
         report: dict[str, Any] = {
             "method": self.name,
             "steps": total,
@@ -359,6 +401,9 @@ class Trainer:
         references = reference_predictors(_paired_sessions(split))
         linear = references.get(LINEAR)
         provenance = {} if linear is None else {"linear_baseline": dataclasses.asdict(linear)}
+        segmenter = self._segmenter(cases)
+        if segmenter is not None:
+            from ds3kit.segment import dice_by_subject, reference_t1ce, session_dice  # MONAI: only when asked
         evaluations: dict[str, Evaluation] = {}
         report["selected_step"] = {}
         for role, generator in method.generators().items():
@@ -367,21 +412,44 @@ class Trainer:
                 # subjects) ships as it was at its best, and the report says which step that was.
                 generator.load_state_dict(self.best[role]["state"])
             report["selected_step"][role] = self.best[role]["step"] if cfg.select == "best-val" and role in self.best else total
-            save_generator(run_dir / "checkpoints" / f"{role}.pt", generator, method=self.name, role=role, step=total,
+            save_generator(run_dir / "checkpoints" / f"{role}.pt", generator, method=self.name, role=role,
+                           step=report["selected_step"][role],
                            image_size=cfg.image_size, intensity="per-modality robust percentiles in the brain -> [0, 1]",
                            **provenance)
+            folder = run_dir / "predictions" / role
+            folder.mkdir(parents=True, exist_ok=True)
+            shown: dict[str, np.ndarray] = {}
+            dice: dict[str, dict[str, float]] = {}
+
+            def write(session: Session, prediction: np.ndarray, folder: Path = folder, shown: dict = shown,
+                      dice: dict = dice) -> None:
+                # Written as made: a BraTS test set's predictions never sit in memory together.
+                save_volume(folder / f"{session.case_id}_t1ce.nii.gz", prediction, session.affine, session.header)
+                if len(shown) < _FIGURE_SUBJECTS:
+                    shown[session.case_id] = prediction
+                if segmenter is not None:
+                    dice[session.case_id] = session_dice(segmenter, session, prediction, device=self.device)
+
             evaluation = evaluate_generator(generator, sessions, device=self.device, batch_size=cfg.eval_batch_size,
-                                            keep_predictions=True)
+                                            on_prediction=write)
+            evaluation.predictions = shown
+            for case_id, scores in dice.items():
+                evaluation.subjects[case_id].update(scores)
             evaluations[role] = evaluation
             report["models"][role] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": evaluation.subjects}
-            for session in sessions:
-                (run_dir / "predictions" / role).mkdir(parents=True, exist_ok=True)
-                save_volume(run_dir / "predictions" / role / f"{session.case_id}_t1ce.nii.gz",
-                            evaluation.predictions[session.case_id], session.affine, session.header)
         report["baselines"] = {}
         ceilings = ceiling_predictors(cases, split.train_paired) or {}
+        if segmenter is not None:
+            # The segmenter's own ceiling: the real T1ce in place of a synthesis (Dice only: its image metrics are
+            # perfect by definition).
+            real = dice_by_subject(segmenter, sessions, lambda s: reference_t1ce(s, "real_t1ce"), device=self.device)
+            evaluation = Evaluation(subjects=real)
+            report["baselines"][REAL_T1CE_ROW] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": real}
         for name, predictor in {**references, **ceilings}.items():
             evaluation = evaluate_predictor(predictor, sessions)
+            if segmenter is not None and name == COPY_T1:
+                for case_id, scores in dice_by_subject(segmenter, sessions, predictor, device=self.device).items():
+                    evaluation.subjects[case_id].update(scores)
             report["baselines"][name] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": evaluation.subjects}
         atomic_write_text(run_dir / "metrics.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
         self._figures(method, sessions, evaluations, run_dir / "figures")
@@ -390,10 +458,20 @@ class Trainer:
         print(format_table(report), file=sys.stdout)
         return report
 
-    def _figures(self, method: Method, sessions: list[Session], evaluations: Mapping[str, Evaluation], folder: Path) -> None:
+    def _segmenter(self, cases: Sequence[Path]):
+        """The ``--segmenter`` checkpoint, checked never to have seen the test subjects; None without one."""
+        if self.config.segmenter is None:
+            return None
+        from ds3kit.segment import check_held_out, load_segmenter
+
+        segmenter, metadata = load_segmenter(self.config.segmenter, device=self.device)
+        check_held_out(metadata, [Path(case).name for case in cases])
+        return segmenter
+
+    def _figures(self, method: Method, sessions: Sequence[Session], evaluations: Mapping[str, Evaluation], folder: Path) -> None:
         role = method.shipped_generator()
         rows = []
-        for session in sessions[:4]:
+        for session in sessions[:_FIGURE_SUBJECTS]:
             prediction = evaluations[role].predictions[session.case_id]
             z = _most_tumour_slice(session)
             inputs = torch.from_numpy(session.inputs[..., z][None]).to(self.device)
@@ -410,7 +488,7 @@ class Trainer:
 
 
 def _paired_sessions(split: CohortSplit) -> Iterator[Session]:
-    """The paired training subjects, one at a time: what the ``linear`` baseline is fitted on."""
+    """The paired training subjects, one at a time, read from their case folders: what ``linear`` is fitted on."""
     return (load_brats_case(case) for case in split.train_paired)
 
 
@@ -446,6 +524,7 @@ class LinearDecay:
 
 
 _TABLE_COLUMNS = ("brain_ssim", "brain_psnr", "brain_mse", "tumour_ssim", "tumour_psnr", "tumour_mse")
+_DICE_COLUMNS = ("dice_et", "dice_tc", "dice_wt")
 
 
 def format_table(report: Mapping[str, Any]) -> str:
@@ -456,9 +535,11 @@ def format_table(report: Mapping[str, Any]) -> str:
     brain PSNR relative to copy-T1, and a footer how far the shipped model is from each ceiling.
     """
     baselines = report.get("baselines", {})
+    rows_means = [r["mean"] for r in [*report["models"].values(), *baselines.values()]]
+    columns = _TABLE_COLUMNS + tuple(c for c in _DICE_COLUMNS if any(c in mean for mean in rows_means))
     floor = baselines.get(COPY_T1, {}).get("mean", {}).get("brain_psnr")
     width = max([10, *(len(name) + 2 for name in [*report["models"], *baselines])])
-    header = f"{'model':<{width}}" + "".join(f"{c:>18}" for c in _TABLE_COLUMNS) + "   brain PSNR vs copy-T1"
+    header = f"{'model':<{width}}" + "".join(f"{c:>18}" for c in columns) + "   brain PSNR vs copy-T1"
     lines = [
         f"{report['method']}: held-out subjects, {report['steps']} steps, paired fraction {report['paired_fraction']}",
         header,
@@ -467,7 +548,7 @@ def format_table(report: Mapping[str, Any]) -> str:
 
     def row(name: str, result: Mapping[str, Any], trained: bool) -> str:
         mean, std = result["mean"], result["std"]
-        cells = [f"{mean[c]:.4f} ± {std.get(c, 0.0):.4f}" if c in mean else "n/a" for c in _TABLE_COLUMNS]
+        cells = [f"{mean[c]:.4f} ± {std.get(c, 0.0):.4f}" if c in mean else "n/a" for c in columns]
         relative = ""
         if floor is not None and "brain_psnr" in mean and name != COPY_T1:
             gain = mean["brain_psnr"] - floor

@@ -169,3 +169,88 @@ def test_bad_inputs_give_one_line_and_exit_2(volumes, tmp_path, capsys, extra, m
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ds3kit evaluate: error:") and message in lines[0]
+
+
+def _phantom_case(tmp_path):
+    from ds3kit.data.phantom import make_phantom_case, phantom_affine
+
+    shape = (30, 34, 14)
+    case = make_phantom_case(shape, seed=4)
+    affine = phantom_affine(shape)
+    paths = {name: tmp_path / f"{name}.nii.gz" for name in ("t1", "t2", "flair", "t1ce", "seg")}
+    for name, path in paths.items():
+        nib.save(nib.Nifti1Image(case[name].astype(np.float32), affine), str(path))
+    return paths
+
+
+def test_baselines_beside_the_prediction(tmp_path, capsys):
+    from ds3kit.baselines import LinearBaseline
+    from ds3kit.checkpoint import save_generator
+    from ds3kit.data import load_session
+    from ds3kit.metrics import psnr
+    from ds3kit.models import build_generator
+
+    import torch
+
+    paths = _phantom_case(tmp_path)
+    session = load_session(paths["t1"], paths["t2"], paths["flair"], t1ce=paths["t1ce"], seg=paths["seg"])
+    # A prediction that is worse than copying T1: T1 with noise.
+    rng = np.random.default_rng(1)
+    noisy = np.clip(session.inputs[0] + 0.2 * rng.standard_normal(session.shape), 0, 1) * session.brain_mask
+    write(tmp_path / "pred.nii.gz", noisy, session.affine)
+    line = LinearBaseline(weights=(0.5, -0.1, 0.2), intercept=0.1)
+    save_generator(tmp_path / "g.pt", build_generator("tiny"), linear_baseline={"weights": list(line.weights),
+                                                                              "intercept": line.intercept})
+    argv = ["evaluate", "--pred", str(tmp_path / "pred.nii.gz"), "--target", str(paths["t1ce"]),
+            "--seg", str(paths["seg"]), "--t1", str(paths["t1"]), "--t2", str(paths["t2"]),
+            "--flair", str(paths["flair"]), "--checkpoint", str(tmp_path / "g.pt")]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["baselines"]) == {"copy-T1", "linear"} and result["beats_copy_t1"] is False
+
+    # Independent: the same scores straight from the session (same grid, same normalisation as training).
+    def brain_psnr(volume):
+        return float(psnr(torch.from_numpy(volume)[None, None], torch.from_numpy(session.target)[None, None],
+                          mask=torch.from_numpy(session.brain_mask)[None, None]))
+
+    assert result["baselines"]["copy-T1"]["brain_psnr"] == pytest.approx(brain_psnr(session.inputs[0]), abs=1e-3)
+    assert result["baselines"]["linear"]["brain_psnr"] == pytest.approx(brain_psnr(line(session)), abs=1e-3)
+
+
+def test_baseline_flags_are_checked(tmp_path, capsys):
+    paths = _phantom_case(tmp_path)
+    base = ["evaluate", "--pred", str(paths["t1"]), "--target", str(paths["t1ce"])]
+    assert main([*base, "--t2", str(paths["t2"])]) == 2
+    assert "--t2 given without --t1" in capsys.readouterr().err
+    assert main([*base, "--t1", str(paths["t1"]), "--t2", str(paths["t2"])]) == 2
+    assert "--t2 and --flair go together" in capsys.readouterr().err
+    assert main([*base, "--t1", str(paths["t1"]), "--t2", str(paths["t2"]), "--flair", str(paths["flair"]),
+                 "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_segmenter_adds_dice_for_the_prediction_and_both_reference_rows(tmp_path, capsys):
+    import torch
+
+    from ds3kit.data import load_session
+    from ds3kit.segment import Segmenter, reference_t1ce, save_segmenter, session_dice
+
+    paths = _phantom_case(tmp_path)
+    torch.manual_seed(0)
+    segmenter = Segmenter(channels=(4, 8), strides=(2,), num_res_units=0)
+    save_segmenter(tmp_path / "seg.pt", segmenter, train_cases=["other"], steps=0)
+    session = load_session(paths["t1"], paths["t2"], paths["flair"], t1ce=paths["t1ce"], seg=paths["seg"])
+    write(tmp_path / "pred.nii.gz", session.inputs[1], session.affine)  # any [0, 1] volume on the grid
+    base = ["evaluate", "--pred", str(tmp_path / "pred.nii.gz"), "--target", str(paths["t1ce"]),
+            "--segmenter", str(tmp_path / "seg.pt")]
+    assert main(base) == 2
+    assert "--segmenter needs --seg, --t1, --t2, --flair" in capsys.readouterr().err
+    assert main([*base, "--seg", str(paths["seg"]), "--t1", str(paths["t1"]), "--t2", str(paths["t2"]),
+                 "--flair", str(paths["flair"])]) == 0
+    result = json.loads(capsys.readouterr().out)
+    segmenter.eval()
+    expected_real = session_dice(segmenter, session, reference_t1ce(session, "real_t1ce"))
+    expected_pred = session_dice(segmenter, session, session.inputs[1])
+    for key in ("dice_et", "dice_tc", "dice_wt"):
+        assert result[key] == pytest.approx(expected_pred[key], abs=1e-6)
+        assert result["baselines"]["real T1ce (segmenter)"][key] == pytest.approx(expected_real[key], abs=1e-6)
+        assert key in result["baselines"]["copy-T1"]

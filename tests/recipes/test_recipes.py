@@ -89,3 +89,26 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(smal
 def test_bad_data_root_is_one_line_error(tmp_path, capsys):
     assert load_recipe("ds3net").main(["--smoke", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_segmenter_adds_dice_rows_to_the_report(small_cohort, tmp_path, capsys):
+    from ds3kit.segment import Segmenter, save_segmenter
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "segmenter.pt"
+    save_segmenter(checkpoint, Segmenter(channels=(4, 8), strides=(2,), num_res_units=0), train_cases=["elsewhere"])
+    out = tmp_path / "run"
+    assert smoke("pix2pix", small_cohort, out, "--steps", "4", "--segmenter", str(checkpoint)) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    dice = ("dice_et", "dice_tc", "dice_wt")
+    assert all(key in report["models"]["generator"]["mean"] for key in dice)
+    assert all(key in report["baselines"]["copy-T1"]["mean"] for key in dice)
+    real = report["baselines"]["real T1ce (segmenter)"]["mean"]
+    assert set(real) == set(dice) and all(0.0 <= value <= 1.0 for value in real.values())
+    assert "dice_et" in capsys.readouterr().out
+
+    # A segmenter that trained on the test subjects is refused before it can flatter the synthesis.
+    test_cases = report["split"]["test"]
+    save_segmenter(checkpoint, Segmenter(channels=(4, 8), strides=(2,), num_res_units=0), train_cases=test_cases)
+    with pytest.raises(ValueError, match="trained on"):
+        smoke("pix2pix", small_cohort, tmp_path / "again", "--steps", "4", "--segmenter", str(checkpoint))
