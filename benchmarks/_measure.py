@@ -108,7 +108,7 @@ def _best_rate(fn: Callable[[], Any], flops: float, device: torch.device, *, min
     return flops / best
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def machine_peaks(device: str, dtype: str = "float32") -> dict[str, Any]:
     """The best FLOP/s this process reaches on ``device`` for a large matmul and for a generator-like convolution.
 
@@ -123,7 +123,7 @@ def machine_peaks(device: str, dtype: str = "float32") -> dict[str, Any]:
     b = torch.randn(n, n, device=dev, dtype=torch_dtype)
     # Long enough that a busy neighbour on a shared machine cannot hide the best rate (it is a maximum).
     min_time = 2.0 if kind == "cpu" else 0.5
-    matmul = _best_rate(lambda: torch.mm(a, b), 2.0 * n**3, dev, min_time=min_time, min_repeats=3)
+    matmul = _best_rate(functools.partial(torch.mm, a, b), 2.0 * n**3, dev, min_time=min_time, min_repeats=3)
     del a, b
     batch, cin, cout, h, w, k = CONV_SHAPE[kind]
     conv = torch.nn.Conv2d(cin, cout, k, padding=k // 2, bias=False).to(dev, torch_dtype)

@@ -22,7 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_recipe(name: str) -> ModuleType:
     """Import ``recipes/<name>.py`` (its ``build(config, total_steps)`` is the method factory the trainer uses)."""
     path = REPO / "recipes" / f"{name}.py"

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _measure import PeakMemory, Timed, device_name
 from _recipes import StepProfile, TrainStep, step_profile
 
@@ -257,7 +256,13 @@ def _rss_child(spec: dict) -> dict:
     CachedSliceDataset through step_loader, validation sessions streamed from the cache one at a time.
     """
     from ds3kit.data import (
-        CachedSessions, CachedSliceDataset, SliceDataset, load_brats_case, preprocess_cases, split_cohort, step_loader,
+        CachedSessions,
+        CachedSliceDataset,
+        SliceDataset,
+        load_brats_case,
+        preprocess_cases,
+        split_cohort,
+        step_loader,
     )
     from ds3kit.data.loader import stack_tensors
 

@@ -21,8 +21,8 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-
 from _measure import PeakMemory, Timed, profile_dir, synchronize, throughput_info, write_profile
+
 from ds3kit.losses.patch_nce import patch_nce
 
 PROVIDERS = ["cut_eager", "reference", "streaming", "triton"]

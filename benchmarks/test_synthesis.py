@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from _measure import PeakMemory, Timed, count_flops, throughput_info, write_profile
 
 SESSION_SHAPE = (240, 240, 155)  # BraTS: 1 mm isotropic, 155 axial slices

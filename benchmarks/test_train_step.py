@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _measure import PeakMemory, Timed, count_flops, profile_dir, throughput_info, write_profile
 from _recipes import TrainStep, step_profile
 

@@ -7,9 +7,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ds3kit.models import Generator
 from ds3kit.checkpoint import load_generator, save_generator  # noqa: F401  (re-exported: the synthesis API)
-
+from ds3kit.models import Generator
 
 # A CPU forward pass is fastest when one batch holds about one 240 x 240 slice: its activations then stay in the
 # caches, and a batch of 4 such slices ran 1.4-1.9x slower per slice on 2 cores (docs/benchmarks.md). GPUs want

@@ -21,7 +21,12 @@ import numpy as np
 from ds3kit.data import default_cohort, list_cases, load_brats_case, split_cohort
 from ds3kit.errors import InputError
 from ds3kit.segment import (
-    REFERENCE_ROWS, load_region_slices, reference_t1ce, save_segmenter, session_dice, train_segmenter,
+    REFERENCE_ROWS,
+    load_region_slices,
+    reference_t1ce,
+    save_segmenter,
+    session_dice,
+    train_segmenter,
 )
 from ds3kit.train.config import RunConfig
 from ds3kit.train.trainer import resolve_device

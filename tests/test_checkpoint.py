@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from ds3kit.errors import CheckpointError
 from ds3kit.checkpoint import (
     GENERATOR_FORMAT,
     TRAINING_FORMAT,
@@ -14,6 +13,7 @@ from ds3kit.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from ds3kit.errors import CheckpointError
 
 
 def test_round_trip_with_weights_only(tmp_path):

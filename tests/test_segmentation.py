@@ -15,8 +15,20 @@ from ds3kit.errors import CheckpointError
 from ds3kit.inference import save_generator
 from ds3kit.models import build_generator
 from ds3kit.segment import (
-    REGIONS, Segmenter, SegmentationLoss, check_held_out, dice_by_subject, dice_score, load_region_slices,
-    load_segmenter, reference_t1ce, region_dice, save_segmenter, seg_to_regions, segment_volume, session_dice,
+    REGIONS,
+    SegmentationLoss,
+    Segmenter,
+    check_held_out,
+    dice_by_subject,
+    dice_score,
+    load_region_slices,
+    load_segmenter,
+    reference_t1ce,
+    region_dice,
+    save_segmenter,
+    seg_to_regions,
+    segment_volume,
+    session_dice,
     train_segmenter,
 )
 

@@ -8,7 +8,6 @@ from ds3kit.losses.difficulty import (
     difficulty_map,
     difficulty_weighted_mean,
 )
-
 from ds3kit.losses.patch_nce import PatchNCELoss, patch_nce
 
 __all__ = [

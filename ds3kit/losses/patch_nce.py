@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ds3kit.ops._checks import REDUCTIONS, check_patch_nce_inputs, is_float_dtype
+from ds3kit.ops._checks import check_patch_nce_inputs, is_float_dtype
 from ds3kit.utils.checks import check_ndim, check_same_shape
 
 BACKENDS = ("auto", "reference", "streaming", "triton")

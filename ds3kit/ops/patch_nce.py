@@ -45,8 +45,16 @@ import torch
 from torch import Tensor
 
 from ds3kit.ops._checks import check_patch_nce_inputs
-from ds3kit.ops.configs import (DTYPE_NAMES, INTERPRETER_CONFIG, MAX_DIM, MIN_BLOCK, KernelConfig, default_config,
-                                padded_dim, smaller_configs)
+from ds3kit.ops.configs import (
+    DTYPE_NAMES,
+    INTERPRETER_CONFIG,
+    MAX_DIM,
+    MIN_BLOCK,
+    KernelConfig,
+    default_config,
+    padded_dim,
+    smaller_configs,
+)
 
 try:
     import triton
@@ -260,7 +268,7 @@ def kernel_cache_path(device_name: str) -> Path:
     return base / "kernels" / f"patch_nce-{slug}.json"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_tuned(path: Path) -> tuple[KernelConfig | None, str | None, int | None]:
     """The tuned config at ``path`` and the (dtype, D) it was tuned for, when the file names them; read once per
     path and process. ``(None, None, None)`` when the file is absent or unusable."""

@@ -5,7 +5,14 @@ a synthesis by the Dice of the regions it segments with the synthetic T1ce in pl
 (docs/metrics.md, "Dice of a tumour segmenter").
 """
 
-from ds3kit.segment.inference import REFERENCE_ROWS, check_held_out, dice_by_subject, reference_t1ce, segment_volume, session_dice
+from ds3kit.segment.inference import (
+    REFERENCE_ROWS,
+    check_held_out,
+    dice_by_subject,
+    reference_t1ce,
+    segment_volume,
+    session_dice,
+)
 from ds3kit.segment.model import SEGMENTER_FORMAT, SEGMENTER_MODALITIES, Segmenter, load_segmenter, save_segmenter
 from ds3kit.segment.regions import REGION_LABELS, REGIONS, dice_score, region_dice, seg_to_regions
 from ds3kit.segment.training import RegionSlices, SegmentationLoss, load_region_slices, train_segmenter

@@ -11,9 +11,9 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
+from ds3kit.checkpoint import load_checkpoint, save_checkpoint
 from ds3kit.errors import CheckpointError
 from ds3kit.segment.regions import REGIONS
-from ds3kit.checkpoint import load_checkpoint, save_checkpoint
 
 SEGMENTER_FORMAT = "ds3kit.segmenter"
 # Input channel order of every segmenter: BraTS's four structural sequences.

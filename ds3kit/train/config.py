@@ -7,7 +7,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-
 SELECTIONS = ("best-val", "last")
 
 

@@ -30,6 +30,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ds3kit.augment import MRIAugmentation
+from ds3kit.baselines import COPY_T1, LINEAR, ceiling_predictors, reference_predictors
+from ds3kit.checkpoint import (
+    TRAINING_FORMAT,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    save_generator,
+)
 from ds3kit.data import (
     CachedSessions,
     CachedSliceDataset,
@@ -45,10 +54,8 @@ from ds3kit.data import (
     step_loader,
 )
 from ds3kit.errors import InputError
-from ds3kit.baselines import COPY_T1, LINEAR, ceiling_predictors, reference_predictors
 from ds3kit.evaluation import Evaluation, evaluate_generator, evaluate_predictor
 from ds3kit.methods.base import Method, NonFiniteLossError
-from ds3kit.checkpoint import TRAINING_FORMAT, save_generator, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from ds3kit.train.config import RunConfig
 from ds3kit.train.distributed import DistributedContext, init_distributed, shutdown_distributed
 from ds3kit.train.figures import save_learning_curves, save_panel

@@ -184,13 +184,13 @@ def _phantom_case(tmp_path):
 
 
 def test_baselines_beside_the_prediction(tmp_path, capsys):
+    import torch
+
     from ds3kit.baselines import LinearBaseline
     from ds3kit.checkpoint import save_generator
     from ds3kit.data import load_session
     from ds3kit.metrics import psnr
     from ds3kit.models import build_generator
-
-    import torch
 
     paths = _phantom_case(tmp_path)
     session = load_session(paths["t1"], paths["t2"], paths["flair"], t1ce=paths["t1ce"], seg=paths["seg"])

@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from ds3kit.data import CachedSliceDataset, StepBatchSampler, preprocess_cases, stack_tensors, step_loader, write_phantom_cohort
+from ds3kit.data import (
+    CachedSliceDataset,
+    StepBatchSampler,
+    preprocess_cases,
+    stack_tensors,
+    step_loader,
+    write_phantom_cohort,
+)
 
 from .conftest import SMALL_SHAPE
 

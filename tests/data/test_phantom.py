@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from ds3kit.data import phantom as phantom_module
-from ds3kit.data.phantom import PHANTOM_FORMAT_VERSION, case_seed, default_cohort, make_phantom_case, write_phantom_cohort
+from ds3kit.data.phantom import (
+    PHANTOM_FORMAT_VERSION,
+    case_seed,
+    default_cohort,
+    make_phantom_case,
+    write_phantom_cohort,
+)
 from ds3kit.data.session import list_cases, load_brats_case
 from ds3kit.errors import InputError
 

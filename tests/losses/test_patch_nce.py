@@ -1,10 +1,11 @@
 """patch_nce (reference and streaming backends) and PatchNCELoss against independent references."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-import importlib
 from ds3kit.losses import PatchNCELoss, patch_nce
 
 # The package re-exports the function under the submodule's name, so fetch the module itself.
@@ -87,7 +88,7 @@ def test_streaming_gradcheck_float64(small_tiles, monkeypatch):
         query = unit_rows(2, 11, 6, dtype=torch.float64, seed=8).requires_grad_()
         key = unit_rows(2, 11, 6, dtype=torch.float64, seed=9).requires_grad_()
         assert torch.autograd.gradcheck(
-            lambda q, k: patch_nce(q, k, weight=weight, reduction=reduction, backend="streaming"), (query, key)
+            lambda q, k, reduction=reduction: patch_nce(q, k, weight=weight, reduction=reduction, backend="streaming"), (query, key)
         )
 
 

@@ -13,7 +13,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import load_recipe  # noqa: E402
 
 
-
 def smoke(recipe: str, cohort, out, *extra: str) -> int:
     return load_recipe(recipe).main(["--smoke", "--data", str(cohort), "--out", str(out), "--no-progress", *extra])
 
