@@ -22,13 +22,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: Every recipe by name: the one map tests, benchmarks and searches load recipes through.
+RECIPES: dict[str, Path] = {path.stem: path for path in sorted((REPO / "recipes").glob("*.py"))}
+
+
 @functools.cache
 def load_recipe(name: str) -> ModuleType:
-    """Import ``recipes/<name>.py`` (its ``build(config, total_steps)`` is the method factory the trainer uses)."""
-    path = REPO / "recipes" / f"{name}.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"no recipe {name!r}: {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"ds3kit_recipe_{name}", path)
+    """Import ``recipes/<name>.py`` (its ``build(config, total_steps)`` is the method factory the trainer uses).
+
+    Recipes are scripts a user runs (``python recipes/ds3net.py``), not a package; this imports one by its path.
+    """
+    if name not in RECIPES:
+        raise FileNotFoundError(f"no recipe {name!r}: known recipes are {', '.join(RECIPES)}")
+    spec = importlib.util.spec_from_file_location(f"ds3kit_recipe_{name}", RECIPES[name])
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -30,13 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from _recipes import load_recipe  # a sibling module: the script's folder is on sys.path
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _recipes import load_recipe  # noqa: E402
-
-from ds3kit.train import SMOKE_OVERRIDES, RunConfig, Trainer  # noqa: E402
-from ds3kit.utils.atomic import atomic_path, atomic_write_text  # noqa: E402
+from ds3kit.train import SMOKE_OVERRIDES, RunConfig, Trainer
+from ds3kit.utils.atomic import atomic_path, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 

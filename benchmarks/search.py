@@ -53,7 +53,6 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # _recipes, when run as a script
 
 HEARTBEAT_ATTR = "ds3kit:heartbeat"  # {"trial": number, "host": ..., "pid": ..., "time": unix seconds}
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

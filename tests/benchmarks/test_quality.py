@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,15 +17,7 @@ DS3, PAIRED, PIX = "DS3-Net 5%", "paired-only 5%", "pix2pix 100%"
 PROBE = "DS3-Net 5% (teacher warm-up 70%)"
 
 
-def _load_quality():
-    spec = importlib.util.spec_from_file_location("ds3kit_benchmark_quality", QUALITY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses looks the module up while building Arm
-    spec.loader.exec_module(module)
-    return module
-
-
-quality = _load_quality()
+import quality  # noqa: E402  (benchmarks/ is on pytest's pythonpath)
 
 
 def _runs(*brain_psnr: float, tumour: tuple[float, ...] | None = None, ssim: float = 0.8) -> list[dict[str, float]]:

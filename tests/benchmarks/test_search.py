@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import json
 import os
 import signal
@@ -28,14 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 SEARCH = REPO / "benchmarks" / "search.py"
 
 
-def _load_search():
-    spec = importlib.util.spec_from_file_location("ds3kit_benchmark_search", SEARCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-search = _load_search()
+import search  # noqa: E402  (benchmarks/ is on pytest's pythonpath)
 
 
 def _storage_spec(kind: str, tmp_path: Path) -> str:

@@ -103,7 +103,7 @@ def test_kernel_search_keeps_only_configs_that_fit(tmp_path):
     # benchmarks/search.py's filter, in a fresh process (compiled kernels): HEAD's old 64 x 64 whole-D tiles do not
     # fit a T4 at D = 256, the table's row does.
     script = (
-        "import sys; sys.path.insert(0, 'benchmarks'); import search\n"
+        "import search\n"
         "from ds3kit.ops.configs import KernelConfig, default_config\n"
         "import torch\n"
         "old = KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)\n"
@@ -112,6 +112,7 @@ def test_kernel_search_keeps_only_configs_that_fit(tmp_path):
         " search.kernel_config_fits(row, (7, 5), 64 * 1024, 'fp16', 256))\n"
     )
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO / "benchmarks")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr

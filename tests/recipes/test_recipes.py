@@ -1,16 +1,12 @@
 """End-to-end runs of the recipes in their --smoke configuration (8 steps on a small phantom cohort)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _recipes import load_recipe
 
 from ds3kit.inference import load_generator
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import load_recipe  # noqa: E402
 
 
 def smoke(recipe: str, cohort, out, *extra: str) -> int:

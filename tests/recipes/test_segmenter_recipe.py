@@ -2,16 +2,12 @@
 trains on the held-out subjects, reports both reference rows."""
 
 import json
-import sys
-from pathlib import Path
 
 import torch
+from _recipes import load_recipe
 
 from ds3kit.data import list_cases, split_cohort
 from ds3kit.segment import Segmenter, check_held_out, load_segmenter
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import load_recipe  # noqa: E402
 
 
 def test_segmenter_smoke_writes_a_safe_checkpoint_and_the_dice_rows(small_cohort, tmp_path, capsys):
