@@ -8,21 +8,40 @@ The upper reference of the paper's table: what full supervision reaches with ds3
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
 
 from ds3kit.methods import DS3NetOptions, PairedTeacher
 from ds3kit.models import build_discriminator, build_generator
-from ds3kit.train import RunConfig, Trainer, add_run_arguments, config_from_args, run_recipe
+from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
 
 DEFAULTS = RunConfig(out="runs/pix2pix", paired_fraction=1.0)
-# pix2pix is the teacher's step without the difficulty map and without the patchwise loss.
-PIX2PIX = DS3NetOptions(use_difficulty=False, use_nce=False)
+
+
+@dataclass
+class Pix2PixOptions:
+    """pix2pix's own knobs; the rest of the teacher's step is switched off (no difficulty map, no PatchNCE)."""
+
+    lambda_adv: float = DS3NetOptions.lambda_adv
+    lambda_pixel: float = DS3NetOptions.lambda_pixel
+    gan_mode: str = DS3NetOptions.gan_mode
+
+    HELP: ClassVar[dict[str, str]] = {
+        "lambda_adv": "weight of the adversarial term",
+        "lambda_pixel": "weight of the L1 to the real T1ce",
+        "gan_mode": "adversarial loss: lsgan, bce or hinge",
+    }
 
 
 def build(config: RunConfig, total_steps: int) -> PairedTeacher:
+    # pix2pix is the teacher's step without the difficulty map and without the patchwise loss.
+    options = DS3NetOptions(**dataclasses.asdict(Pix2PixOptions(**config.method_options)), use_difficulty=False,
+                            use_nce=False)
     return PairedTeacher(
         build_generator(preset=config.preset, encoder=config.encoder, output=config.generator_output),
         build_discriminator(config.preset),
-        PIX2PIX,
+        options,
         total_steps=total_steps,
         lr=config.lr,
         betas=config.betas,
@@ -33,6 +52,7 @@ def build(config: RunConfig, total_steps: int) -> PairedTeacher:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, DEFAULTS)
+    add_method_arguments(parser, Pix2PixOptions)
     config = config_from_args(parser.parse_args(argv), DEFAULTS)
     return run_recipe(Trainer(config, build, name="pix2pix"))
 
