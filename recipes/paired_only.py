@@ -13,7 +13,8 @@ from ds3kit.methods import DS3NetOptions, PairedTeacher
 from ds3kit.models import build_discriminator, build_generator
 from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
 
-DEFAULTS = RunConfig(out="runs/paired_only")
+# The same defaults as recipes/ds3net.py, so the two compare like for like (docs/method.md).
+DEFAULTS = RunConfig(out="runs/paired_only", lr=5e-4, method_options={"lambda_adv": 0.0, "use_nce": False})
 
 
 def build(config: RunConfig, total_steps: int) -> PairedTeacher:
@@ -31,7 +32,7 @@ def build(config: RunConfig, total_steps: int) -> PairedTeacher:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, DEFAULTS)
-    add_method_arguments(parser, DS3NetOptions)
+    add_method_arguments(parser, DS3NetOptions, DEFAULTS.method_options)
     config = config_from_args(parser.parse_args(argv), DEFAULTS)
     return run_recipe(Trainer(config, build, name="paired_only"))
 

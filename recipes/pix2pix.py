@@ -16,7 +16,8 @@ from ds3kit.methods import DS3NetOptions, PairedTeacher
 from ds3kit.models import build_discriminator, build_generator
 from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
 
-DEFAULTS = RunConfig(out="runs/pix2pix", paired_fraction=1.0)
+# L1 at lr 5e-4 by default, as the other recipes (docs/method.md); --lambda-adv 1 --lr 2e-4 is the original pix2pix.
+DEFAULTS = RunConfig(out="runs/pix2pix", paired_fraction=1.0, lr=5e-4, method_options={"lambda_adv": 0.0})
 
 
 @dataclass
@@ -52,7 +53,7 @@ def build(config: RunConfig, total_steps: int) -> PairedTeacher:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, DEFAULTS)
-    add_method_arguments(parser, Pix2PixOptions)
+    add_method_arguments(parser, Pix2PixOptions, DEFAULTS.method_options)
     config = config_from_args(parser.parse_args(argv), DEFAULTS)
     return run_recipe(Trainer(config, build, name="pix2pix"))
 

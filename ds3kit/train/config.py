@@ -157,17 +157,21 @@ def config_from_args(args: argparse.Namespace, defaults: RunConfig | None = None
 _METHOD_PREFIX = "method__"
 
 
-def add_method_arguments(parser: argparse.ArgumentParser, options_type: type) -> None:
+def add_method_arguments(
+    parser: argparse.ArgumentParser, options_type: type, defaults: dict[str, Any] | None = None
+) -> None:
     """One flag per field of a method's options dataclass (``lambda_pixel`` -> ``--lambda-pixel``;
     booleans get ``--use-nce / --no-use-nce``). Unset flags keep the dataclass default. The help line of each
-    comes from the dataclass's ``HELP`` mapping, where it has one."""
+    comes from the dataclass's ``HELP`` mapping, where it has one. ``defaults`` are the recipe's own values of
+    some options (``RunConfig.method_options``), shown in the help instead of the dataclass's."""
     group = parser.add_argument_group(f"method options ({options_type.__name__}; see docs/method.md)")
     descriptions: dict[str, str] = getattr(options_type, "HELP", {})
     for option in dataclasses.fields(options_type):
         flag = "--" + option.name.replace("_", "-")
         dest = _METHOD_PREFIX + option.name
         meaning = descriptions.get(option.name, "")
-        help_text = f"{meaning} (default: {option.default})" if meaning else f"(default: {option.default})"
+        default = (defaults or {}).get(option.name, option.default)
+        help_text = f"{meaning} (default: {default})" if meaning else f"(default: {default})"
         if isinstance(option.default, bool):
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
