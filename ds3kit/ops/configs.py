@@ -80,11 +80,12 @@ def _c(block_m: int, block_n: int, block_d: int | None, num_warps: int, num_stag
 
 
 # (arch, dtype, padded D) -> config; padded D is next_power_of_2(max(D, 64)); other compute capabilities use the
-# row of the nearest listed arch below them (_table_arch). sm_80 and sm_90: the first candidate of
-# ``ds3kit kernels choose`` (ds3kit.ops.resources.candidates) whose three kernels fit with no spill. sm_86 / sm_89
-# (99 KiB): sm_80's rows, whose largest variant needs 72 KiB (same register allocation: Triton generates the same
-# code for sm_80 and sm_86 / sm_89). sm_75 (64 KiB, no bfloat16): sm_80's rows where they need <= 64 KiB, else D
-# in chunks of 128. ``ds3kit kernels check`` compiles every row for its arch and fails when one does not fit.
+# row of a listed arch (_table_arch). sm_75, sm_80 and sm_90: what ``ds3kit kernels choose`` printed, the first
+# candidate (ds3kit.ops.resources.candidates) whose three kernels fit with no spill. sm_86 / sm_89 (99 KiB):
+# sm_80's rows, whose largest variant needs 72.5 KiB (Triton generates the same code for sm_80 and sm_86 / sm_89).
+# On sm_75 (64 KiB, no bfloat16; bfloat16 inputs get the fp16 row) every float16 tile of 32 x 32 or more spills
+# for D >= 128, hence 16 x 16 tiles there. ``ds3kit kernels check`` compiles every row for its arch and fails when
+# one does not fit.
 _SM80 = {
     ("fp32", 64): _c(32, 32, None, 8, 2), ("fp32", 128): _c(32, 32, None, 8, 2), ("fp32", 256): _c(32, 32, None, 8, 2),
     ("fp32", 512): _c(32, 32, 128, 4, 2), ("fp32", 1024): _c(32, 32, 128, 4, 2),
@@ -98,8 +99,10 @@ _SM90 = {
     **{(half, dim): _c(64, 64, 128, 8, 2) for half in ("bf16", "fp16") for dim in (512, 1024)},
 }
 _SM75 = {
-    **{key: config for key, config in _SM80.items() if key[0] != "bf16"},
-    ("fp32", 256): _c(32, 32, 128, 4, 2), ("fp16", 256): _c(64, 64, 128, 8, 2),
+    ("fp32", 64): _c(32, 32, None, 8, 2), ("fp32", 128): _c(64, 64, 64, 4, 2),
+    **{("fp32", dim): _c(32, 32, 128, 4, 2) for dim in (256, 512, 1024)},
+    ("fp16", 64): _c(32, 32, None, 8, 2),
+    **{("fp16", dim): _c(16, 16, 64, 2, 1) for dim in (128, 256, 512, 1024)},
 }
 TABLE: dict[tuple[str, str, int], KernelConfig] = {
     **{("sm_75", dtype, dim): config for (dtype, dim), config in _SM75.items()},
