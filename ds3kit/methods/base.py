@@ -45,6 +45,11 @@ class Method(nn.Module):
         """The role of the model a user takes away (DS3-Net: the student)."""
         return next(iter(self.generators()))
 
+    def has_trained(self, role: str, step: int) -> bool:
+        """Whether generator ``role`` has taken an optimisation step by ``step`` steps: only then may validation
+        select its weights (a student idle during its teacher's warm-up is still its initialisation)."""
+        return step > 0
+
     @torch.no_grad()
     def difficulty(self, inputs: Tensor, prediction: Tensor) -> Tensor | None:
         """The difficulty map the shipped model's discriminator draws for a prediction (for figures), if any."""

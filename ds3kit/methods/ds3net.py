@@ -232,6 +232,11 @@ class DS3Net(Method):
     def generators(self) -> dict[str, nn.Module]:
         return {"student": self.student, "teacher": self.teacher.generator}
 
+    def has_trained(self, role: str, step: int) -> bool:
+        # The student's first step is the first after the teacher's warm-up; before it, a residual student is
+        # copy-T1, which validation must not be allowed to pick as "the best student".
+        return step > (self.warmup_steps if role == "student" else 0)
+
     @torch.no_grad()
     def difficulty(self, inputs: Tensor, prediction: Tensor) -> Tensor:
         scores = self.student_discriminator(inputs, prediction)

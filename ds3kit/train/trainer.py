@@ -374,7 +374,8 @@ class Trainer:
             result = evaluate_generator(generator, sessions, device=self.device, batch_size=self.config.eval_batch_size)
             summary.update({f"{role}/{k}": v for k, v in result.mean.items()})
             score = result.mean.get(SELECTION_METRIC)
-            if score is not None and score > self.best.get(role, {}).get(SELECTION_METRIC, -math.inf):
+            selectable = method.has_trained(role, step)
+            if selectable and score is not None and score > self.best.get(role, {}).get(SELECTION_METRIC, -math.inf):
                 state = {name: tensor.detach().cpu().clone() for name, tensor in generator.state_dict().items()}
                 self.best[role] = {"step": step, SELECTION_METRIC: score, "state": state}
             if role == method.shipped_generator() and self.on_validation is not None:

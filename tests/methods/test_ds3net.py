@@ -297,3 +297,16 @@ def test_student_pixel_adds_l_pid_on_the_paired_batch_and_nothing_without_it(mon
     # Alone it is a complete student objective.
     make_method(student_pixel=True, use_feature_distillation=False, use_image_distillation=False, use_nce=False,
                 lambda_student_adv=0.0)
+
+
+def test_the_student_is_selectable_only_after_the_teachers_warm_up():
+    from ds3kit.methods import PairedTeacher
+
+    method = make_method()
+    warmup = method.warmup_steps
+    assert warmup == round(0.3 * TOTAL_STEPS) > 0
+    assert [method.has_trained("student", step) for step in (1, warmup, warmup + 1)] == [False, False, True]
+    assert method.has_trained("teacher", 1)
+    teacher = PairedTeacher(build_generator("tiny"), build_discriminator("tiny"), DS3NetOptions(), total_steps=5,
+                            lr=1e-3, betas=(0.5, 0.999))
+    assert teacher.has_trained("teacher", 1) and not teacher.has_trained("teacher", 0)
