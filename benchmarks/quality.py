@@ -34,6 +34,7 @@ import torch
 from _recipes import load_recipe  # a sibling module: the script's folder is on sys.path
 from scipy import stats
 
+from ds3kit.baselines import CEILING_NOISE_FREE, CEILING_PAIRED_LEVELS, CEILING_TISSUE, COPY_T1, LINEAR
 from ds3kit.train import SMOKE_OVERRIDES, RunConfig, Trainer
 from ds3kit.utils.atomic import atomic_path, atomic_write_text
 
@@ -116,10 +117,10 @@ def reference_rows(report: dict[str, Any], paired_fraction: float) -> dict[str, 
     """The baselines and ceilings of one run's report, as study rows: those that depend on the paired subjects
     (``linear``, the paired-levels ceiling) are labelled with the paired fraction, the others are not."""
     rows = {}
-    order = ("copy-T1", "linear", "ceiling: tissue map, paired levels", "ceiling: tissue map", "ceiling: noise-free T1ce")
+    order = (COPY_T1, LINEAR, CEILING_PAIRED_LEVELS, CEILING_TISSUE, CEILING_NOISE_FREE)
     baselines = report.get("baselines", {})
     for name, result in sorted(baselines.items(), key=lambda item: order.index(item[0]) if item[0] in order else 99):
-        depends_on_paired = name == "linear" or name.endswith("paired levels")
+        depends_on_paired = name in (LINEAR, CEILING_PAIRED_LEVELS)
         label = f"{name} ({paired_fraction:.0%} paired)" if depends_on_paired else name
         rows[label] = result["mean"]
     return rows
@@ -127,7 +128,7 @@ def reference_rows(report: dict[str, Any], paired_fraction: float) -> dict[str, 
 
 def flag_losers(table: dict[str, dict[str, tuple[float, float]]], trained: set[str]) -> dict[str, str]:
     """Arm -> its row label: trained arms whose mean brain PSNR does not beat copy-T1's are marked."""
-    floor = table.get("copy-T1", {}).get("brain_psnr", (None,))[0]
+    floor = table.get(COPY_T1, {}).get("brain_psnr", (None,))[0]
     labels = {}
     for arm, values in table.items():
         loses = floor is not None and arm in trained and values.get("brain_psnr", (math.inf,))[0] <= floor

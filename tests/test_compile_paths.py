@@ -13,13 +13,7 @@ from ds3kit.losses.patch_nce import patch_nce
 from ds3kit.methods import DS3Net, DS3NetOptions
 from ds3kit.models import build_discriminator, build_generator
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def unit_rows(*shape, dtype=torch.float32, seed=0):

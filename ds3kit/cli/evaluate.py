@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _dice_rows(args: argparse.Namespace, pred) -> dict[str, dict[str, float]]:
     """Dice of the segmenter run with the prediction, with T1 (copy-T1) and with the real T1ce in place of T1ce."""
-    from ds3kit.data import load_session, resample_to_reference, same_grid
+    from ds3kit.data import Volume, load_session, resample_to_reference, same_grid
     from ds3kit.errors import InputError
     from ds3kit.segment import load_segmenter, reference_t1ce, session_dice
 
@@ -153,8 +153,6 @@ def _dice_rows(args: argparse.Namespace, pred) -> dict[str, dict[str, float]]:
         raise InputError(f"--segmenter needs --{', --'.join(missing)} (it segments T1, T1ce, T2, FLAIR against --seg)")
     segmenter, _ = load_segmenter(args.segmenter)
     session = load_session(args.t1, args.t2, args.flair, t1ce=args.target, seg=args.seg)
-    from ds3kit.data import Volume
-
     reference = Volume(session.inputs[0], session.affine, session.header)
     on_t1_grid = pred if same_grid(pred, reference) else resample_to_reference(pred, reference, order=1)
     synthesis = on_t1_grid.data

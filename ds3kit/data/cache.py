@@ -58,6 +58,7 @@ from ds3kit.data.session import (
     load_brats_case,
 )
 from ds3kit.errors import InputError
+from ds3kit.utils.atomic import fsync_dir
 
 PathLike = str | os.PathLike
 
@@ -499,14 +500,14 @@ def build_entry(case_dir: PathLike, fingerprint: dict[str, Any], cache_dir: Path
         for key, value in arrays.items():
             _write_npy(building / f"{key}.npy", np.ascontiguousarray(value))
         _write_bytes(building / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
-        _fsync_dir(building)
+        fsync_dir(building)
         try:
             os.rename(building, final)
         except OSError:
             if not (final / MANIFEST).is_file():
                 raise
             shutil.rmtree(building, ignore_errors=True)  # another process finished the same entry first
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
@@ -526,19 +527,6 @@ def _write_bytes(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _digest(value: Any, length: int) -> str:

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,6 @@ from ds3kit.data import (
     Session,
     default_cohort,
     list_cases,
-    load_brats_case,
     preprocess_cases,
     save_volume,
     split_cohort,
@@ -389,7 +388,7 @@ class Trainer:
         if not self.context.is_main or not sessions:
             return
         summary: dict[str, float] = {}
-        for name, predictor in reference_predictors(_paired_sessions(split)).items():
+        for name, predictor in reference_predictors(CachedSessions(self.cache.select(split.train_paired))).items():
             summary.update({f"{name}/{k}": v for k, v in evaluate_predictor(predictor, sessions).mean.items()})
         self.log.log(0, "val_baselines", summary)
 
@@ -406,7 +405,7 @@ class Trainer:
             "split": {key: [p.name for p in value] for key, value in vars(split).items()},
             "models": {},
         }
-        references = reference_predictors(_paired_sessions(split))
+        references = reference_predictors(CachedSessions(self.cache.select(split.train_paired)))
         linear = references.get(LINEAR)
         provenance = {} if linear is None else {"linear_baseline": dataclasses.asdict(linear)}
         segmenter = self._segmenter(cases)
@@ -493,11 +492,6 @@ class Trainer:
             })
         if rows:
             save_panel(folder / f"test_{role}.png", rows, title=f"{self.name}: {role} on held-out subjects")
-
-
-def _paired_sessions(split: CohortSplit) -> Iterator[Session]:
-    """The paired training subjects, one at a time, read from their case folders: what ``linear`` is fitted on."""
-    return (load_brats_case(case) for case in split.train_paired)
 
 
 def _most_tumour_slice(session: Session) -> int:

@@ -36,7 +36,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -53,7 +53,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory, so a rename inside it is durable (a no-op where the filesystem refuses)."""
     # Makes the rename itself durable; not every filesystem allows opening a directory.
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -10,13 +10,7 @@ from ds3kit.models import build_discriminator, build_generator
 TOTAL_STEPS = 10  # teacher_warmup_fraction 0.3 -> warmup_steps == 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads, and a busy CPU makes their spin-waits very slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_method(seed: int = 0, *, student_preset: dict | None = None, **options) -> DS3Net:
