@@ -268,7 +268,9 @@ def kernel_objective(args: argparse.Namespace) -> Objective:
     """patch_nce forward + backward time (ms, median) under one KernelConfig on this machine's GPU."""
     import torch
 
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    from ds3kit.ops.interpreter import interpreter_on
+
+    interpret = interpreter_on()
     if not torch.cuda.is_available() and not interpret:
         raise SystemExit("search: --objective kernel tunes Triton kernels on a CUDA GPU; this machine has none "
                          "(set TRITON_INTERPRET=1 to smoke-test the search on the CPU)")

@@ -15,18 +15,18 @@ Backends (one dispatch point, :func:`patch_nce`):
 
 - ``"reference"``: eager, materialises the (B, N, N) logits. The readable definition.
 - ``"streaming"``: tiles queries and keys, keeps a running log-sum-exp; memory O(N D + tile^2). Scalar outputs get
-  their gradients in the forward pass (backward only scales them); ``reduction="none"`` recomputes per tile.
+  their gradients in the forward pass (backward only scales them); ``reduction="none"`` recomputes per tile. Its
+  autograd Function is in :mod:`ds3kit.ops.patch_nce_streaming`.
 - ``"triton"``: the fused kernels of :mod:`ds3kit.ops.patch_nce` (CUDA, or the CPU under ``TRITON_INTERPRET=1``).
 - ``"auto"``: triton for CUDA tensors, streaming otherwise.
 
 Under ``torch.compile`` the streaming and triton backends run as the custom op ``torch.ops.ds3kit.patch_nce_rows``
 (with its backward op, an autograd formula and fake implementations), so a compiled graph holds the loss without
-a break; in eager mode they run as the autograd Functions below.
+a break; in eager mode they run as their autograd Functions (in :mod:`ds3kit.ops`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
@@ -34,16 +34,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ds3kit.ops._checks import check_patch_nce_inputs, is_float_dtype
+from ds3kit.ops.interpreter import interpreter_on
+from ds3kit.ops.patch_nce_streaming import (
+    StreamingPatchNCE,
+    accumulator_dtype,
+    reduce_losses,
+    row_logsumexp,
+    streaming_gradients,
+)
 from ds3kit.utils.checks import check_ndim, check_same_shape
 
 BACKENDS = ("auto", "reference", "streaming", "triton")
 SAMPLINGS = ("uniform", "difficulty")
-# Tile sides of the streaming path: a (B, 4096, 1024) float32 score tile is 16 MiB per group (measured best of
-# 2048x2048, 4096x1024, 1024x4096, 8192x512 at N = 8192 on 2 cores).
-QUERY_TILE = 4096
-KEY_TILE = 1024
-# float32 exp underflows below about -87; a fixed shift is used only when every score lies within this range of it.
-_EXP_SAFE_RANGE = 60.0
 
 
 def patch_nce(
@@ -81,16 +83,16 @@ def patch_nce(
         backend = "triton" if query.is_cuda else "streaming"
     if backend == "reference":
         return patch_nce_reference(query, key, temperature=temperature, weight=weight, reduction=reduction)
-    if backend == "triton" and not query.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if backend == "triton" and not query.is_cuda and not interpreter_on():
         raise ValueError(
             "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 in the environment to run the kernels on the "
             "CPU through Triton's interpreter; use backend='streaming' on the CPU"
         )
     if torch.compiler.is_compiling():
         rows, _ = torch.ops.ds3kit.patch_nce_rows(query, key, weight, float(temperature), backend)
-        return _reduce(rows, reduction)
+        return reduce_losses(rows, reduction)
     if backend == "streaming":
-        return _StreamingPatchNCE.apply(query, key, weight, temperature, reduction)
+        return StreamingPatchNCE.apply(query, key, weight, temperature, reduction)
     from ds3kit.ops.patch_nce import patch_nce_triton
 
     return patch_nce_triton(query, key, temperature=temperature, weight=weight, reduction=reduction)
@@ -100,23 +102,10 @@ def patch_nce_reference(
     query: Tensor, key: Tensor, *, temperature: float = 0.07, weight: Tensor | None = None, reduction: str = "mean"
 ) -> Tensor:
     """Eager definition: (B, N, N) logits, logsumexp minus the diagonal, accumulated in float32 (float64 stays)."""
-    accumulator = _accumulator(query)
+    accumulator = accumulator_dtype(query)
     logits = torch.bmm(query.to(accumulator), key.to(accumulator).transpose(1, 2)) / temperature
     losses = torch.logsumexp(logits, dim=-1) - torch.diagonal(logits, dim1=-2, dim2=-1)
-    return _reduce(losses if weight is None else losses * weight.to(accumulator), reduction)
-
-
-def _accumulator(tensor: Tensor) -> torch.dtype:
-    # Half-precision inputs accumulate in float32; float64 (gradcheck, references) stays float64.
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
-
-
-def _reduce(losses: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return losses.mean()
-    if reduction == "sum":
-        return losses.sum()
-    return losses
+    return reduce_losses(losses if weight is None else losses * weight.to(accumulator), reduction)
 
 
 def _check_inputs(query: Tensor, key: Tensor, temperature: float, weight: Tensor | None, reduction: str, backend: str) -> None:
@@ -125,126 +114,6 @@ def _check_inputs(query: Tensor, key: Tensor, temperature: float, weight: Tensor
         raise ValueError(f"query must be float32, bfloat16 or float16, got {query.dtype}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
-class _StreamingPatchNCE(torch.autograd.Function):
-    """Tiled forward with a running log-sum-exp; never holds more than a (B, QUERY_TILE, KEY_TILE) score tile."""
-
-    @staticmethod
-    def forward(ctx, query: Tensor, key: Tensor, weight: Tensor | None, temperature: float, reduction: str) -> Tensor:
-        need_query, need_key = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        q, k = query.to(_accumulator(query)), key.to(_accumulator(key))
-        batch, n, _ = q.shape
-        scale = 1.0 / temperature
-        positive = (q * k).sum(-1) * scale
-        # The query gradient needs sum_j p_ij k_j (attention with values = keys); when it is wanted now (scalar
-        # output), it is accumulated in the same pass as the log-sum-exp, so no score tile is computed twice.
-        early_query_grad = need_query and reduction != "none"
-        lse, attention = _row_logsumexp(q, k, scale, with_attention=early_query_grad)
-        losses = lse - positive
-        weighted = losses if weight is None else losses * weight.to(q.dtype)
-        output = _reduce(weighted, reduction)
-        ctx.reduction, ctx.scale = reduction, scale
-        ctx.input_dtypes = (query.dtype, key.dtype)
-        if not (need_query or need_key):
-            return output
-        if reduction == "none":
-            ctx.save_for_backward(q, k, weight, lse)
-            return output
-        # Scalar output: the gradient is known up to the upstream scalar, so produce it now (no recompute later).
-        row_grad = torch.full((batch, n), 1.0 / (batch * n) if reduction == "mean" else 1.0, device=q.device,
-                              dtype=q.dtype)
-        if weight is not None:
-            row_grad = row_grad * weight.to(q.dtype)
-        grad_query = (row_grad * scale)[..., None] * (attention - k) if early_query_grad else None
-        _, grad_key = _gradients(q, k, lse, row_grad, scale, False, need_key) if need_key else (None, None)
-        ctx.save_for_backward(grad_query, grad_key)
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor):
-        if ctx.reduction == "none":
-            q, k, weight, lse = ctx.saved_tensors
-            row_grad = grad_output.to(q.dtype) if weight is None else grad_output.to(q.dtype) * weight.to(q.dtype)
-            grad_query, grad_key = _gradients(q, k, lse, row_grad, ctx.scale, *ctx.needs_input_grad[:2])
-        else:
-            grad_query, grad_key = ctx.saved_tensors
-            if not torch.equal(grad_output, torch.ones_like(grad_output)):  # skip the scaling when it is 1
-                grad_query = None if grad_query is None else grad_query * grad_output
-                grad_key = None if grad_key is None else grad_key * grad_output
-        grad_query = None if grad_query is None else grad_query.to(ctx.input_dtypes[0])
-        grad_key = None if grad_key is None else grad_key.to(ctx.input_dtypes[1])
-        return grad_query, grad_key, None, None, None
-
-
-def _row_logsumexp(q: Tensor, k: Tensor, scale: float, *, with_attention: bool = False) -> tuple[Tensor, Tensor | None]:
-    """log sum_j exp(q_i . k_j * scale) per row over key tiles and, if asked, the softmax-weighted key average
-    sum_j p_ij k_j accumulated in the same pass."""
-    batch, n, _ = q.shape
-    q = q * scale  # scale once here instead of once per score tile
-    if n <= min(QUERY_TILE, KEY_TILE):
-        # One tile holds every score (CUT's 256 patches): fused library kernels beat the running sums.
-        scores = torch.bmm(q, k.transpose(1, 2))
-        lse = torch.logsumexp(scores, dim=-1)
-        attention = torch.bmm(scores.sub_(lse[..., None]).exp_(), k) if with_attention else None
-        return lse, attention
-    # |q_i . k_j| * scale <= bound. When exp(-2 * bound) cannot underflow, subtracting the fixed bound instead of a
-    # running row maximum is exact enough and skips the max and every rescale (unit rows, T = 0.07: bound 14.3).
-    bound = float(q.norm(dim=-1).amax() * k.norm(dim=-1).amax())
-    fixed_max = 2.0 * bound < _EXP_SAFE_RANGE
-    lse = torch.empty(batch, n, device=q.device, dtype=q.dtype)
-    attention = torch.empty_like(q) if with_attention else None
-    for i0 in range(0, n, QUERY_TILE):
-        q_tile = q[:, i0 : i0 + QUERY_TILE]
-        running_max = torch.full(q_tile.shape[:2], bound if fixed_max else float("-inf"), device=q.device, dtype=q.dtype)
-        running_sum = torch.zeros(q_tile.shape[:2], device=q.device, dtype=q.dtype)
-        running_values = torch.zeros_like(q_tile) if with_attention else None
-        for j0 in range(0, n, KEY_TILE):
-            k_tile = k[:, j0 : j0 + KEY_TILE]
-            scores = torch.bmm(q_tile, k_tile.transpose(1, 2))
-            if not fixed_max:
-                new_max = torch.maximum(running_max, scores.amax(-1))
-                rescale = torch.exp(running_max - new_max)
-                running_sum.mul_(rescale)
-                if running_values is not None:
-                    running_values.mul_(rescale[..., None])
-                running_max = new_max
-            probabilities = scores.sub_(running_max[..., None]).exp_()
-            running_sum.add_(probabilities.sum(-1))
-            if running_values is not None:
-                running_values.baddbmm_(probabilities, k_tile)
-        lse[:, i0 : i0 + QUERY_TILE] = running_max + torch.log(running_sum)
-        if attention is not None:
-            attention[:, i0 : i0 + QUERY_TILE] = running_values / running_sum[..., None]
-    return lse, attention
-
-
-def _gradients(q: Tensor, k: Tensor, lse: Tensor, row_grad: Tensor, scale: float, need_query: bool, need_key: bool):
-    r"""With :math:`p_{ij} = \mathrm{softmax}_j(s_{ij})` and :math:`g_i` the upstream gradient of row i:
-    :math:`dq_i = s\,g_i(\sum_j p_{ij} k_j - k_i)`, :math:`dk_j = s(\sum_i g_i p_{ij} q_i - g_j q_j)`."""
-    n = q.shape[1]
-    g = row_grad * scale  # (B, N)
-    # Scores rounded exactly as _row_logsumexp rounded them (scale folded into q first): with scores near 1/T the
-    # slightest difference would show in p_ij = exp(s_ij - lse_i).
-    scaled_q = q * scale
-    grad_query = torch.zeros_like(q) if need_query else None
-    grad_key = torch.zeros_like(k) if need_key else None
-    for i0 in range(0, n, QUERY_TILE):
-        rows = slice(i0, i0 + QUERY_TILE)
-        q_tile, g_tile = q[:, rows], g[:, rows, None]
-        for j0 in range(0, n, KEY_TILE):
-            cols = slice(j0, j0 + KEY_TILE)
-            # g_i * p_ij, built in place in the score buffer.
-            weights = torch.bmm(scaled_q[:, rows], k[:, cols].transpose(1, 2)).sub_(lse[:, rows, None]).exp_().mul_(g_tile)
-            if need_query:
-                grad_query[:, rows].baddbmm_(weights, k[:, cols])
-            if need_key:
-                grad_key[:, cols].baddbmm_(weights.transpose(1, 2), q_tile)
-    if need_query:
-        grad_query.sub_(g[..., None] * k)
-    if need_key:
-        grad_key.sub_(g[..., None] * q)
-    return grad_query, grad_key
 
 
 # ------------------------------------------------------------------------------------------- the custom op
@@ -262,9 +131,9 @@ def _patch_nce_rows(query: Tensor, key: Tensor, weight: Tensor | None, temperatu
         except ops.NoConfigLaunches as error:
             ops._warn_once((str(query.device), query.dtype, query.shape[2], "streaming"),
                            f"{error}; using the streaming torch path")
-    q, k = query.to(_accumulator(query)), key.to(_accumulator(key))
+    q, k = query.to(accumulator_dtype(query)), key.to(accumulator_dtype(key))
     scale = 1.0 / temperature
-    lse, _ = _row_logsumexp(q, k, scale)
+    lse, _ = row_logsumexp(q, k, scale)
     rows = lse - (q * k).sum(-1) * scale
     return (rows if weight is None else rows * weight.to(q.dtype)), lse
 
@@ -272,7 +141,7 @@ def _patch_nce_rows(query: Tensor, key: Tensor, weight: Tensor | None, temperatu
 @_patch_nce_rows.register_fake
 def _(query: Tensor, key: Tensor, weight: Tensor | None, temperature: float, backend: str) -> tuple[Tensor, Tensor]:
     shape = query.shape[:2]
-    dtype = _accumulator(query)
+    dtype = accumulator_dtype(query)
     return query.new_empty(shape, dtype=dtype), query.new_empty(shape, dtype=dtype)
 
 
@@ -288,8 +157,8 @@ def _patch_nce_rows_backward(grad_rows: Tensor, query: Tensor, key: Tensor, weig
         dq, dk = backward_rows(query.contiguous(), key.contiguous(), lse, row_grad.to(torch.float32), temperature,
                                need_query, need_key)
     else:
-        q, k = query.to(_accumulator(query)), key.to(_accumulator(key))
-        dq, dk = _gradients(q, k, lse.to(q.dtype), row_grad.to(q.dtype), 1.0 / temperature, need_query, need_key)
+        q, k = query.to(accumulator_dtype(query)), key.to(accumulator_dtype(key))
+        dq, dk = streaming_gradients(q, k, lse.to(q.dtype), row_grad.to(q.dtype), 1.0 / temperature, need_query, need_key)
     empty = query.new_empty(0)
     return (empty if dq is None else dq.to(query.dtype)), (empty if dk is None else dk.to(key.dtype))
 

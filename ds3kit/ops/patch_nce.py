@@ -55,6 +55,8 @@ from ds3kit.ops.configs import (
     padded_dim,
     smaller_configs,
 )
+from ds3kit.ops.interpreter import interpreter_on
+from ds3kit.ops.patch_nce_streaming import StreamingPatchNCE, streaming_gradients
 
 try:
     import triton
@@ -236,7 +238,7 @@ def _patch_nce_key_grad_kernel(
 
 
 KERNELS = {"forward": _patch_nce_forward_kernel, "dq": _patch_nce_query_grad_kernel, "dk": _patch_nce_key_grad_kernel}
-_INTERPRETED = type(_patch_nce_forward_kernel).__name__ == "InterpretedFunction"
+_INTERPRETED = interpreter_on()  # what triton.jit read when it decorated the kernels above
 
 
 # --------------------------------------------------------------------------------------------------------- config
@@ -443,10 +445,8 @@ def backward_rows(query: Tensor, key: Tensor, lse: Tensor, row_grad: Tensor, tem
 
 
 def _streaming_gradient(query: Tensor, key: Tensor, lse: Tensor, row_grad: Tensor, scale: float, name: str) -> Tensor:
-    from ds3kit.losses.patch_nce import _gradients  # the torch backend; imported late (it imports this lazily)
-
-    dq, dk = _gradients(query.float(), key.float(), lse, row_grad.to(torch.float32), scale, name == "dq",
-                        name == "dk")
+    dq, dk = streaming_gradients(query.float(), key.float(), lse, row_grad.to(torch.float32), scale,
+                                 name == "dq", name == "dk")
     return dq if name == "dq" else dk
 
 
@@ -541,6 +541,4 @@ def patch_nce_triton(
     except NoConfigLaunches as error:
         _warn_once((str(query.device), query.dtype, query.shape[2], "streaming"),
                    f"{error}; using the streaming torch path")
-    from ds3kit.losses.patch_nce import _StreamingPatchNCE
-
-    return _StreamingPatchNCE.apply(query, key, weight, float(temperature), reduction)
+    return StreamingPatchNCE.apply(query, key, weight, float(temperature), reduction)

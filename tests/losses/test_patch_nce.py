@@ -10,6 +10,8 @@ from ds3kit.losses import PatchNCELoss, patch_nce
 
 # The package re-exports the function under the submodule's name, so fetch the module itself.
 patch_nce_module = importlib.import_module("ds3kit.losses.patch_nce")
+# The streaming backend's tiles live beside its autograd Function.
+streaming_module = importlib.import_module("ds3kit.ops.patch_nce_streaming")
 
 
 def reference_fp64(query, key, temperature=0.07, weight=None):
@@ -38,8 +40,8 @@ def unit_rows(*shape, dtype=torch.float32, seed=0):
 @pytest.fixture
 def small_tiles(monkeypatch):
     # Tiles smaller than N so the streaming path really streams (several query and key tiles, ragged last tile).
-    monkeypatch.setattr(patch_nce_module, "QUERY_TILE", 64)
-    monkeypatch.setattr(patch_nce_module, "KEY_TILE", 48)
+    monkeypatch.setattr(streaming_module, "QUERY_TILE", 64)
+    monkeypatch.setattr(streaming_module, "KEY_TILE", 48)
 
 
 @pytest.mark.parametrize("backend", ["reference", "streaming"])
@@ -81,8 +83,8 @@ def test_half_precision_is_no_worse_than_eager_torch(dtype, small_tiles):
 
 
 def test_streaming_gradcheck_float64(small_tiles, monkeypatch):
-    monkeypatch.setattr(patch_nce_module, "QUERY_TILE", 5)
-    monkeypatch.setattr(patch_nce_module, "KEY_TILE", 4)
+    monkeypatch.setattr(streaming_module, "QUERY_TILE", 5)
+    monkeypatch.setattr(streaming_module, "KEY_TILE", 4)
     weight = torch.rand(2, 11, dtype=torch.float64)
     for reduction in ("mean", "sum", "none"):
         query = unit_rows(2, 11, 6, dtype=torch.float64, seed=8).requires_grad_()

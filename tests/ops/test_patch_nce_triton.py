@@ -246,6 +246,11 @@ def test_search_call_signature():
     assert query.grad is not None
 
 
+def test_interpreted_flag_is_how_the_kernels_were_decorated():
+    # ops._INTERPRETED comes from ds3kit.ops.interpreter.interpreter_on() at import; it must say what triton.jit did.
+    assert ops._INTERPRETED == (type(ops.KERNELS["forward"]).__name__ == "InterpretedFunction") == INTERPRETED
+
+
 @pytest.mark.skipif(DEVICE != "cpu", reason="the CPU guard only matters without CUDA")
 def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     query, key = unit_rows(1, 17, 16, seed=25), unit_rows(1, 17, 16, seed=26)
