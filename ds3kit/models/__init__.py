@@ -1,7 +1,8 @@
-"""Networks: the DS3-Net generator (built-in or timm modality encoders) and the PatchGAN discriminator."""
+"""Networks: the DS3-Net generator (built-in or timm modality encoders), its inference copy, the PatchGAN discriminator."""
 
 from ds3kit.models.discriminator import DISCRIMINATOR_PRESETS, PatchDiscriminator, build_discriminator
 from ds3kit.models.encoders import BuiltinEncoder, TimmEncoder, build_encoder
+from ds3kit.models.fusion import for_inference
 from ds3kit.models.generator import GENERATOR_PRESETS, FusionBlock, Generator, build_generator
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "build_discriminator",
     "build_encoder",
     "build_generator",
+    "for_inference",
 ]
