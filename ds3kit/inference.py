@@ -11,8 +11,8 @@ from ds3kit.checkpoint import load_generator, save_generator  # noqa: F401  (re-
 from ds3kit.models import Generator
 
 # A CPU forward pass is fastest when one batch holds about one 240 x 240 slice: its activations then stay in the
-# caches, and a batch of 4 such slices ran 1.4-1.9x slower per slice on 2 cores (docs/benchmarks.md). GPUs want
-# more work per launch: 16 slices of 240 x 240 (not yet measured on a GPU).
+# caches. GPUs want more work per launch: 16 slices of 240 x 240. The timings: docs/benchmarks.md, "Synthesis batch
+# size on the CPU".
 _CPU_PIXELS_PER_BATCH = 240 * 240
 _GPU_PIXELS_PER_BATCH = 16 * 240 * 240
 

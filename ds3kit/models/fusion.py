@@ -27,9 +27,9 @@ def for_inference(generator: Generator) -> Generator:
     """A copy for synthesis: eval mode, no gradients, builtin encoders grouped into one module.
 
     Instance norms become group norms with one channel per group, the same function, which PyTorch's CPU
-    kernels compute about 3x faster on small maps, and each decoder level sums two convolutions instead of
-    convolving a concatenation (:class:`SplitDecoderLevel`). The copy computes the same function (to float rounding)
-    faster, most on the CPU (docs/benchmarks.md). It shares nothing with ``generator``: train or load
+    kernels compute faster on small maps (docs/benchmarks.md, "Instance norm as group norm"), and each decoder level
+    sums two convolutions instead of convolving a concatenation (:class:`SplitDecoderLevel`). The copy computes the
+    same function (to float rounding) faster, most on the CPU (docs/benchmarks.md). It shares nothing with ``generator``: train or load
     ``generator`` and call this again. Timm encoders are left as they are.
     """
     clone = copy.deepcopy(generator)

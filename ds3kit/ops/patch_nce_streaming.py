@@ -16,8 +16,8 @@ from torch import Tensor
 __all__ = ["KEY_TILE", "QUERY_TILE", "StreamingPatchNCE", "accumulator_dtype", "reduce_losses", "row_logsumexp",
            "streaming_gradients"]
 
-# Tile sides of the streaming path: a (B, 4096, 1024) float32 score tile is 16 MiB per group (measured best of
-# 2048x2048, 4096x1024, 1024x4096, 8192x512 at N = 8192 on 2 cores).
+# Tile sides of the streaming path: a (B, 4096, 1024) float32 score tile is 16 MiB per group. Why these sides (the
+# timings): docs/benchmarks.md, "Streaming PatchNCE tile sides".
 QUERY_TILE = 4096
 KEY_TILE = 1024
 # float32 exp underflows below about -87; a fixed shift is used only when every score lies within this range of it.
