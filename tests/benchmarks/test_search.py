@@ -27,7 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 SEARCH = REPO / "benchmarks" / "search.py"
 
 
-import search  # noqa: E402  (benchmarks/ is on pytest's pythonpath)
+# benchmarks/ is on pytest's pythonpath: the command and its sibling modules import by name.
+import _search_objectives  # noqa: E402
+import _search_storage  # noqa: E402
+import _search_summary  # noqa: E402
+import search  # noqa: E402
 
 
 def _storage_spec(kind: str, tmp_path: Path) -> str:
@@ -54,7 +58,7 @@ def _finish(process: subprocess.Popen, timeout: float = 120) -> str:
 
 
 def _load(storage: str, study: str) -> optuna.Study:
-    return optuna.load_study(study_name=study, storage=search.open_storage(storage, heartbeat_interval=1,
+    return optuna.load_study(study_name=study, storage=_search_storage.open_storage(storage, heartbeat_interval=1,
                                                                             grace_period=5, max_retry=0))
 
 
@@ -125,7 +129,7 @@ def _frozen_running(number: int, beat: dict | None, started: float) -> optuna.tr
     return optuna.trial.FrozenTrial(
         number=number, state=TrialState.RUNNING, value=None, values=None,
         datetime_start=datetime.datetime.fromtimestamp(started), datetime_complete=None, params={},
-        distributions={}, user_attrs={}, system_attrs={} if beat is None else {search.HEARTBEAT_ATTR: beat},
+        distributions={}, user_attrs={}, system_attrs={} if beat is None else {_search_storage.HEARTBEAT_ATTR: beat},
         intermediate_values={}, trial_id=number,
     )
 
@@ -133,17 +137,17 @@ def _frozen_running(number: int, beat: dict | None, started: float) -> optuna.tr
 def test_stale_rule() -> None:
     now = time.time()
     other_host = {"trial": 3, "host": "elsewhere-" + socket.gethostname(), "pid": 1, "time": now - 2}
-    assert not search.is_stale(_frozen_running(3, other_host, now - 100), grace_period=10, now=now)
-    assert search.is_stale(_frozen_running(3, {**other_host, "time": now - 11}, now - 100), grace_period=10, now=now)
+    assert not _search_storage.is_stale(_frozen_running(3, other_host, now - 100), grace_period=10, now=now)
+    assert _search_storage.is_stale(_frozen_running(3, {**other_host, "time": now - 11}, now - 100), grace_period=10, now=now)
     # A dead process on this host is stale at once, whatever its last beat.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     here = {"trial": 3, "host": socket.gethostname(), "pid": dead.pid, "time": now}
-    assert search.is_stale(_frozen_running(3, here, now), grace_period=10, now=now)
-    assert not search.is_stale(_frozen_running(3, {**here, "pid": os.getpid()}, now), grace_period=10, now=now)
+    assert _search_storage.is_stale(_frozen_running(3, here, now), grace_period=10, now=now)
+    assert not _search_storage.is_stale(_frozen_running(3, {**here, "pid": os.getpid()}, now), grace_period=10, now=now)
     # A beat inherited from another trial (a retry) does not count: the start time decides.
-    assert not search.is_stale(_frozen_running(4, {**here, "pid": os.getpid()}, now - 5), grace_period=10, now=now)
-    assert search.is_stale(_frozen_running(4, {**here, "pid": os.getpid()}, now - 50), grace_period=10, now=now)
+    assert not _search_storage.is_stale(_frozen_running(4, {**here, "pid": os.getpid()}, now - 5), grace_period=10, now=now)
+    assert _search_storage.is_stale(_frozen_running(4, {**here, "pid": os.getpid()}, now - 50), grace_period=10, now=now)
 
 
 def test_failed_trials_are_marked_and_the_worker_goes_on(tmp_path: Path) -> None:
@@ -164,7 +168,7 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
         search.parse_args(["--storage", "x", "--study-name", "s", "--n-trials", "1", "--grace-period", "1",
                            "--heartbeat-interval", "2"])
     with pytest.raises(SystemExit, match="does not exist"):
-        search.open_storage(str(tmp_path / "missing" / "j.log"), heartbeat_interval=1, grace_period=5, max_retry=0)
+        _search_storage.open_storage(str(tmp_path / "missing" / "j.log"), heartbeat_interval=1, grace_period=5, max_retry=0)
 
 
 @pytest.mark.slow
@@ -186,8 +190,8 @@ def test_one_real_quality_trial(tmp_path: Path) -> None:
 def test_kernel_choices_cover_every_kernel_config_field() -> None:
     from ds3kit.ops.patch_nce import KernelConfig
 
-    assert set(search.KERNEL_CHOICES) == {field.name for field in dataclasses.fields(KernelConfig)}
-    for name, values in search.KERNEL_CHOICES.items():
+    assert set(_search_objectives.KERNEL_CHOICES) == {field.name for field in dataclasses.fields(KernelConfig)}
+    for name, values in _search_objectives.KERNEL_CHOICES.items():
         for value in values:
             KernelConfig(**{name: value})  # every candidate is a valid configuration
 
@@ -215,3 +219,19 @@ def test_kernel_search_writes_the_file_the_dispatcher_loads(tmp_path: Path, monk
         assert ops.get_kernel_config("cuda") == ops.KernelConfig(**study.best_trial.params)
     finally:
         ops.clear_kernel_config_cache()
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # Optuna's matplotlib plots
+def test_summary_lists_the_best_trial_and_every_trial(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="summary", direction="minimize")
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions={
+        "x": optuna.distributions.FloatDistribution(-1.0, 1.0)}, value=0.25, user_attrs={"note": "kept"}))
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=TrialState.FAIL))
+    path = _search_summary.write_summary(study, tmp_path / "out")
+    text = path.read_text()
+    assert path == tmp_path / "out" / "summary.md"
+    assert "2 trials: 1 complete, 1 fail." in text and "## Best trial: #0, value 0.25" in text
+    assert "| x | 0.5 |" in text and "| user attr note | kept |" in text
+    assert "| 1 | fail |" in text
+    assert "`importances.png`: not drawn (needs at least 2 completed trials" in text
+
