@@ -53,6 +53,23 @@ class DistillationOutput:
     difficulty: Tensor | None
 
 
+@dataclass
+class DistillationPass:
+    """Phase 1 of :class:`DualLevelDistillation`: both networks' outputs on one unpaired batch.
+
+    Attributes:
+        teacher_prediction: G^T(x_u), detached.
+        teacher_features: all of G^T's feature maps, detached.
+        student_prediction: G^S(x_u) (or of the student's own inputs), with grad.
+        student_features: all of G^S's feature maps, with grad.
+    """
+
+    teacher_prediction: Tensor
+    teacher_features: list[Tensor]
+    student_prediction: Tensor
+    student_features: list[Tensor]
+
+
 class DualLevelDistillation(nn.Module):
     r"""Feature-level (L_fd) and image-level (L_id) distillation from a teacher generator into a student.
 
@@ -115,25 +132,12 @@ class DualLevelDistillation(nn.Module):
     def teacher(self) -> nn.Module:
         return self._teacher  # type: ignore[attr-defined]
 
-    def forward(
-        self,
-        unpaired_inputs: Tensor,
-        difficulty: DifficultySource = None,
-        *,
-        mask: Tensor | None = None,
-        student_inputs: Tensor | None = None,
-    ) -> DistillationOutput:
-        """Distil on ``unpaired_inputs`` (B, C, H, W).
+    def run(self, unpaired_inputs: Tensor, *, student_inputs: Tensor | None = None) -> DistillationPass:
+        """Phase 1: the teacher (under ``no_grad``) and the student on ``unpaired_inputs`` (B, C, H, W).
 
-        Args:
-            unpaired_inputs: inputs of both generators (T1, T2, FLAIR).
-            difficulty: ``M^S`` weighting the image loss: a (B, 1, H, W) map, a function of the student's
-                prediction returning one (called once, with the prediction that carries grad: so a caller can compute
-                ``D^S`` scores, and its adversarial term, on the same forward pass), or None (ones). Always detached
-                before use.
-            mask: optional weights (e.g. brain mask) restricting the image loss's mean; features are not masked.
-            student_inputs: what the student sees instead of ``unpaired_inputs`` (same shape), e.g. a perturbed copy
-                for a noisy student; the teacher always sees ``unpaired_inputs``. Default: the same inputs.
+        ``student_inputs``: what the student sees instead (same shape), e.g. a perturbed copy for a noisy student;
+        the teacher always sees ``unpaired_inputs``. A caller can then compute the student's difficulty map (and,
+        on the same forward pass, its adversarial term) from ``pass_.student_prediction`` before :meth:`losses`.
         """
         check_ndim(unpaired_inputs, 4, "unpaired_inputs", "(B, C, H, W)")
         if student_inputs is None:
@@ -145,35 +149,63 @@ class DualLevelDistillation(nn.Module):
             )
         with torch.no_grad():
             teacher_prediction, teacher_features = self.teacher.forward_with_features(unpaired_inputs)
-        teacher_prediction = teacher_prediction.detach()
         student_prediction, student_features = self.student.forward_with_features(student_inputs)
-
-        layers = self._layers(len(teacher_features), len(student_features))
-        distilled_teacher = [teacher_features[k].detach() for k in layers]
-        per_layer = []
-        for position, k in enumerate(layers):
-            student_feature = student_features[k]
-            if self.adapters is not None:
-                student_feature = self.adapters[position](student_feature)
-            target = distilled_teacher[position]
-            if student_feature.shape != target.shape:
-                hint = "" if self.adapters is not None else " (adapters=True maps student channels to teacher channels)"
-                raise ValueError(
-                    f"feature layer {k}: student shape {tuple(student_feature.shape)} does not match teacher shape "
-                    f"{tuple(target.shape)}{hint}"
-                )
-            per_layer.append(F.mse_loss(student_feature, target.to(student_feature.dtype)))
-        feature_loss = torch.stack(per_layer).mean() if per_layer else student_prediction.new_zeros(())
-
         if teacher_prediction.shape != student_prediction.shape:
             raise ValueError(
                 f"teacher and student predictions differ in shape: {tuple(teacher_prediction.shape)} and "
                 f"{tuple(student_prediction.shape)}"
             )
-        weight_map = difficulty(student_prediction) if callable(difficulty) else difficulty
-        if weight_map is not None:
-            weight_map = weight_map.detach()
-        errors = student_prediction - teacher_prediction.to(student_prediction.dtype)
+        return DistillationPass(
+            teacher_prediction=teacher_prediction.detach(),
+            teacher_features=[feature.detach() for feature in teacher_features],
+            student_prediction=student_prediction,
+            student_features=list(student_features),
+        )
+
+    def losses(
+        self,
+        pass_: DistillationPass,
+        difficulty: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        target: Tensor | None = None,
+    ) -> DistillationOutput:
+        """Phase 2: L_fd and L_id of a :meth:`run`.
+
+        Args:
+            pass_: what :meth:`run` returned.
+            difficulty: ``M^S`` (B, 1, H, W) weighting the image loss, or None (ones); detached before use.
+            mask: optional weights (e.g. brain mask) restricting the image loss's mean; features are not masked.
+            target: the image-level target instead of the teacher's prediction (same shape), e.g. a pseudo-target
+                averaged over several teacher passes; None: ``pass_.teacher_prediction``.
+        """
+        student_prediction, student_features = pass_.student_prediction, pass_.student_features
+        layers = self._layers(len(pass_.teacher_features), len(student_features))
+        distilled_teacher = [pass_.teacher_features[k] for k in layers]
+        per_layer = []
+        for position, k in enumerate(layers):
+            student_feature = student_features[k]
+            if self.adapters is not None:
+                student_feature = self.adapters[position](student_feature)
+            reference = distilled_teacher[position]
+            if student_feature.shape != reference.shape:
+                hint = "" if self.adapters is not None else " (adapters=True maps student channels to teacher channels)"
+                raise ValueError(
+                    f"feature layer {k}: student shape {tuple(student_feature.shape)} does not match teacher shape "
+                    f"{tuple(reference.shape)}{hint}"
+                )
+            per_layer.append(F.mse_loss(student_feature, reference.to(student_feature.dtype)))
+        feature_loss = torch.stack(per_layer).mean() if per_layer else student_prediction.new_zeros(())
+
+        if target is None:
+            target = pass_.teacher_prediction
+        elif target.shape != student_prediction.shape:
+            raise ValueError(
+                f"target must have the student prediction's shape {tuple(student_prediction.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
+        weight_map = None if difficulty is None else difficulty.detach()
+        errors = student_prediction - target.detach().to(student_prediction.dtype)
         errors = errors.abs() if self.image_loss == "l1" else errors.square()
         image_loss = difficulty_weighted_mean(errors, weight_map, mask=mask)
 
@@ -181,12 +213,30 @@ class DualLevelDistillation(nn.Module):
             feature_loss=feature_loss,
             image_loss=image_loss,
             total=self.feature_weight * feature_loss + self.image_weight * image_loss,
-            teacher_prediction=teacher_prediction,
+            teacher_prediction=pass_.teacher_prediction,
             student_prediction=student_prediction,
-            student_features=list(student_features),
+            student_features=student_features,
             teacher_features=distilled_teacher,
             difficulty=weight_map,
         )
+
+    def forward(
+        self,
+        unpaired_inputs: Tensor,
+        difficulty: DifficultySource = None,
+        *,
+        mask: Tensor | None = None,
+        student_inputs: Tensor | None = None,
+    ) -> DistillationOutput:
+        """Both phases at once: :meth:`run`, then :meth:`losses`.
+
+        ``difficulty`` may also be a function of the student's prediction returning the map (called once, with the
+        prediction that carries grad). A caller that needs the map's discriminator scores for its own terms is
+        clearer with the two phases written out.
+        """
+        pass_ = self.run(unpaired_inputs, student_inputs=student_inputs)
+        weight_map = difficulty(pass_.student_prediction) if callable(difficulty) else difficulty
+        return self.losses(pass_, weight_map, mask=mask)
 
     def _layers(self, teacher_count: int, student_count: int) -> list[int]:
         if self.feature_layers is None:

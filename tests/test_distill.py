@@ -145,3 +145,25 @@ class _NoChannels(torch.nn.Module):
 
     def forward_with_features(self, x):
         return self.inner.forward_with_features(x)
+
+
+def test_the_two_phases_give_what_forward_gives():
+    teacher, student = generator(0), generator(1)
+    distillation = DualLevelDistillation(teacher, student, feature_weight=0.5, image_weight=2.0)
+    x = inputs()
+    weight = 1.0 + torch.rand(x.shape[0], 1, *x.shape[-2:])
+    whole = distillation(x, weight)
+    phases = distillation.losses(distillation.run(x), weight)
+    for name in ("feature_loss", "image_loss", "total"):
+        torch.testing.assert_close(getattr(phases, name), getattr(whole, name))
+
+
+def test_losses_take_another_image_target():
+    distillation = DualLevelDistillation(generator(0), generator(1))
+    forward = distillation.run(inputs())
+    target = torch.rand_like(forward.teacher_prediction)
+    out = distillation.losses(forward, target=target)
+    expected = (forward.student_prediction.detach().double() - target.double()).abs().mean()
+    torch.testing.assert_close(out.image_loss.detach().double(), expected)
+    with pytest.raises(ValueError, match="target must have"):
+        distillation.losses(forward, target=target[:, :, :-1])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from ds3kit.losses.adversarial import adversarial_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -24,6 +26,9 @@ class Method(nn.Module):
     uses_unpaired: bool = False
     #: True for unpaired translation (CUT): the "paired" stream only lends real T1ce slices of OTHER subjects.
     target_domain_only: bool = False
+    #: True when the method can use real T1ce of OTHER unpaired subjects (``unpaired["reference_target"]``); the
+    #: trainer then feeds them under ``RunConfig.unpaired_t1ce == "other-subjects"``.
+    uses_reference_t1ce: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -73,6 +78,28 @@ class Method(nn.Module):
         params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
         _average_gradients(params)
         opt.step()
+
+    def update_discriminator(
+        self,
+        optimizer: str,
+        discriminator: nn.Module,
+        real: Sequence[Tensor],
+        fake: Sequence[Tensor],
+        *,
+        mode: str,
+        prefix: str = "",
+    ) -> dict[str, float]:
+        """One discriminator step: ``0.5 * (l_adv(D(*real), real) + l_adv(D(*fake), fake))``, fakes detached.
+
+        ``real`` / ``fake`` are D's positional arguments: ``(inputs, t1ce)`` for a conditional PatchGAN, ``(t1ce,)``
+        for an unconditional one. Returns the two terms (``{prefix}d_real``, ``{prefix}d_fake``) for logging.
+        """
+        terms = {
+            f"{prefix}d_real": 0.5 * adversarial_loss(discriminator(*real), True, mode=mode),
+            f"{prefix}d_fake": 0.5 * adversarial_loss(discriminator(*(t.detach() for t in fake)), False, mode=mode),
+        }
+        self.update(optimizer, terms)
+        return {name: item(value) for name, value in terms.items()}
 
 
 def _average_gradients(params: list[nn.Parameter]) -> None:

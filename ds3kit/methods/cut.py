@@ -80,9 +80,6 @@ class CUT(Method):
             identity, target_features = self.generator.forward_with_features(real_target.expand(-1, inputs.shape[1], -1, -1))
             terms["nce_identity"] = o.lambda_nce * self.patch_nce(self.generator.encode(identity), target_features)
         self.update("generator", terms)
-        d_terms = {
-            "d_real": 0.5 * adversarial_loss(self.discriminator(real_target), True, mode=o.gan_mode),
-            "d_fake": 0.5 * adversarial_loss(self.discriminator(prediction.detach()), False, mode=o.gan_mode),
-        }
-        self.update("discriminator", d_terms)
-        return {name: item(value) for name, value in {**terms, **d_terms}.items()}
+        logs = {name: item(value) for name, value in terms.items()}
+        logs.update(self.update_discriminator("discriminator", self.discriminator, (real_target,), (prediction,), mode=o.gan_mode))
+        return logs
