@@ -30,7 +30,10 @@ def build(config: RunConfig, total_steps: int) -> DS3Net:
         teacher=build_generator(**generator),
         student=build_generator(**generator),
         teacher_discriminator=build_discriminator(config.preset),
-        student_discriminator=build_discriminator(config.preset),
+        # With real T1ce of other subjects (--unpaired-t1ce other-subjects), D^S judges T1ce alone, unaligned.
+        student_discriminator=build_discriminator(
+            config.preset, in_channels=1 if config.unpaired_t1ce == "other-subjects" else 4
+        ),
         options=options,
         total_steps=total_steps,
         lr=config.lr,

@@ -15,11 +15,18 @@ Student G^S, on unpaired data after the teacher's warm-up::
           + l_image * mean(M^S |G^S(x_u) - sg(G^T(x_u))|)                L_id
           + l_nce * PatchNCE(E^S(G^S(x_u)), sg(E^S(x_u)), weights M^S)   L_pad (option)
 
-Discriminators: D^T real (x_p, y_p) vs fake (x_p, G^T(x_p)); D^S real (x_p, y_p) vs fake (x_u, G^S(x_u)).
+Discriminators: D^T real (x_p, y_p) vs fake (x_p, G^T(x_p)); D^S real (x_p, y_p) vs fake (x_u, G^S(x_u)), or,
+where other unpaired subjects lend real T1ce (``--unpaired-t1ce other-subjects``), an unconditional D^S: real
+y_r (never aligned with x_u) vs fake G^S(x_u).
+
+Not in the paper (docs/method.md): ``teacher_ema`` gives the pseudo-targets sg(G^T(x_u)) from an exponential moving
+average of the teacher's weights (shipped as ``teacher_ema``); ``student_pixel`` adds L_pid on the paired batches to
+the student's loss.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -59,6 +66,7 @@ class DS3NetOptions:
     lambda_student_adv: float = 1.0  # the student's adversarial weight (lambda_adv is the teacher's)
     student_noise: bool = False  # noisy student: an intensity perturbation on the student's unpaired inputs only
     student_pixel: bool = False  # the student also gets L_pid on the paired batches (not in the figure)
+    teacher_ema: float = 0.0  # > 0: pseudo-targets from an exponential moving average of the teacher (this decay)
 
     #: One line per option for the recipes' --help (docs/method.md has the discussion).
     HELP: ClassVar[dict[str, str]] = {
@@ -83,6 +91,7 @@ class DS3NetOptions:
         "lambda_student_adv": "weight of the student's adversarial term",
         "student_noise": "noisy student: intensity augmentation on the student's unpaired inputs only",
         "student_pixel": "the student also learns L_pid from the paired subjects (not in the paper's figure)",
+        "teacher_ema": "decay of an exponential moving average of the teacher that gives the pseudo-targets (0: off)",
     }
 
 
@@ -143,11 +152,15 @@ class PairedTeacher(Method):
 
     def training_step(self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None) -> dict[str, float]:
         assert paired is not None
-        logs, prediction = self.generator_step(paired["inputs"], paired["target"], paired.get("brain_mask"))
-        logs.update(self.discriminator_step(paired["inputs"], paired["target"], paired["inputs"], prediction))
+        inputs, target = paired["inputs"], paired["target"]
+        logs, prediction = self.generator_step(inputs, target)
+        logs.update(self.update_discriminator(
+            f"{self.role}_discriminator", self.discriminator, (inputs, target), (inputs, prediction),
+            mode=self.options.gan_mode, prefix=f"{self.role}/",
+        ))
         return logs
 
-    def generator_step(self, inputs: Tensor, target: Tensor, mask: Tensor | None) -> tuple[dict[str, float], Tensor]:
+    def generator_step(self, inputs: Tensor, target: Tensor) -> tuple[dict[str, float], Tensor]:
         o = self.options
         prediction, input_features = self.generator.forward_with_features(inputs)
         scores = self.discriminator(inputs, prediction)
@@ -165,21 +178,20 @@ class PairedTeacher(Method):
         logs[f"{self.role}/beta"] = self.beta
         return logs, prediction.detach()
 
-    def discriminator_step(self, real_inputs: Tensor, real_target: Tensor, fake_inputs: Tensor, fake: Tensor) -> dict[str, float]:
-        mode = self.options.gan_mode
-        terms = {
-            f"{self.role}/d_real": 0.5 * adversarial_loss(self.discriminator(real_inputs, real_target), True, mode=mode),
-            f"{self.role}/d_fake": 0.5 * adversarial_loss(self.discriminator(fake_inputs, fake), False, mode=mode),
-        }
-        self.update(f"{self.role}_discriminator", terms)
-        return {name: item(value) for name, value in terms.items()}
-
 
 class DS3Net(Method):
-    """The semi-supervised method: a :class:`PairedTeacher` plus a student distilled on unpaired data."""
+    """The semi-supervised method: a :class:`PairedTeacher` plus a student distilled on unpaired data.
+
+    Two data settings (the trainer's ``unpaired_t1ce``): ``"none"``, the paper's, where no unpaired subject has a
+    T1ce and D^S is conditional, judging ``(x_p, y_p)`` against ``(x_u, G^S(x_u))``; and ``"other-subjects"``, where
+    the unpaired batch also carries ``reference_target``, real T1ce slices of OTHER unpaired subjects (never of those
+    whose inputs the student sees), and D^S is unconditional (build it with ``in_channels=1``), judging those against
+    ``G^S(x_u)``, as CUT and CycleGAN use unaligned target images.
+    """
 
     uses_paired = True
     uses_unpaired = True
+    uses_reference_t1ce = True
 
     def __init__(
         self,
@@ -212,9 +224,18 @@ class DS3Net(Method):
                 "the student has no loss term: enable feature or image distillation, the student's PatchNCE, "
                 "student_pixel or a non-zero lambda_student_adv"
             )
+        if not 0.0 <= options.teacher_ema < 1.0:
+            raise ValueError(f"teacher_ema must be in [0, 1) (0: off), got {options.teacher_ema}")
         self.student = student
         self.student_discriminator = student_discriminator
-        self.distillation = DualLevelDistillation(teacher, student)
+        # D^S judges T1ce alone when it was built for one channel: the "other-subjects" setting.
+        self.unconditional_student_discriminator = getattr(student_discriminator, "in_channels", 4) == 1
+        # The pseudo-targets' source: the teacher itself, or a moving average of its weights (a registered copy, so
+        # it moves with .to() and resumes from the checkpoint; it never gets gradients).
+        self.teacher_average: nn.Module | None = None
+        if options.teacher_ema:
+            self.teacher_average = copy.deepcopy(teacher).requires_grad_(False)
+        self.distillation = DualLevelDistillation(self.teacher_average or teacher, student)
         # Intensity only: the teacher's prediction stays aligned with the student's input voxel for voxel.
         self.student_noise = MRIAugmentation(geometric=False) if options.student_noise else None
         self.student_nce = self.teacher._make_patch_nce(student) if options.use_nce and options.student_nce else None
@@ -230,80 +251,107 @@ class DS3Net(Method):
         return round(self.options.teacher_warmup_fraction * self.total_steps)
 
     def generators(self) -> dict[str, nn.Module]:
-        return {"student": self.student, "teacher": self.teacher.generator}
+        roles = {"student": self.student, "teacher": self.teacher.generator}
+        if self.teacher_average is not None:
+            roles["teacher_ema"] = self.teacher_average
+        return roles
 
     def has_trained(self, role: str, step: int) -> bool:
         # The student's first step is the first after the teacher's warm-up; before it, a residual student is
         # copy-T1, which validation must not be allowed to pick as "the best student".
         return step > (self.warmup_steps if role == "student" else 0)
 
+    def _student_scores(self, inputs: Tensor, prediction: Tensor) -> Tensor:
+        if self.unconditional_student_discriminator:
+            return self.student_discriminator(prediction)
+        return self.student_discriminator(inputs, prediction)
+
     @torch.no_grad()
     def difficulty(self, inputs: Tensor, prediction: Tensor) -> Tensor:
-        scores = self.student_discriminator(inputs, prediction)
+        scores = self._student_scores(inputs, prediction)
         return difficulty_map(scores, prediction.shape[-2:], beta=max(self.teacher.beta, 1e-12), mode=self.options.gan_mode)
 
     def training_step(self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None) -> dict[str, float]:
         assert paired is not None and unpaired is not None
+        has_reference = "reference_target" in unpaired
+        if has_reference != self.unconditional_student_discriminator:
+            raise ValueError(
+                "unpaired batches with reference_target (real T1ce of other subjects) need an unconditional D^S "
+                "(in_channels=1), and an unconditional D^S needs them; got "
+                f"reference_target={has_reference}, D^S in_channels={self.student_discriminator.in_channels}"
+            )
         self.teacher.step = self.step
         logs = self.teacher.training_step(paired, None)
+        if self.teacher_average is not None:
+            self._update_teacher_average()
         if self.step < self.warmup_steps:
             return logs
         if self.step == self.warmup_steps and self.options.student_from_teacher:
-            # Joint training starts from what the teacher learned, not from scratch (a function of the step, so a
-            # resumed run does the same).
-            self.student.load_state_dict(self.teacher.generator.state_dict())
+            # Joint training starts from what the teacher learned (its average, when there is one), not from
+            # scratch (a function of the step, so a resumed run does the same).
+            self.student.load_state_dict((self.teacher_average or self.teacher.generator).state_dict())
         logs.update(self.student_step(paired, unpaired))
         return logs
 
+    @torch.no_grad()
+    def _update_teacher_average(self) -> None:
+        assert self.teacher_average is not None
+        decay = self.options.teacher_ema
+        averaged = list(self.teacher_average.parameters())
+        current = [param.detach() for param in self.teacher.generator.parameters()]
+        if self.step == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        for mine, theirs in zip(self.teacher_average.buffers(), self.teacher.generator.buffers()):
+            mine.copy_(theirs)
+
     def student_step(self, paired: Mapping[str, Tensor], unpaired: Mapping[str, Tensor]) -> dict[str, float]:
         o = self.options
-        beta = self.teacher.beta
-        teacher_inputs = unpaired["inputs"]
-        student_inputs = teacher_inputs
+        inputs = unpaired["inputs"]
+        student_inputs = inputs
         if self.student_noise is not None:
-            noisy = {"inputs": teacher_inputs}
+            noisy = {"inputs": inputs}
             if "brain_mask" in unpaired:
                 noisy["brain_mask"] = unpaired["brain_mask"]
             student_inputs = self.student_noise(noisy)["inputs"]
-        student_map: Tensor | None = None
 
-        def weigh_by_student_discriminator(prediction: Tensor) -> Tensor:
-            nonlocal student_map
-            # D^S is conditioned on the clean inputs: noise the student cannot undo must not tell fakes apart.
-            scores = self.student_discriminator(teacher_inputs, prediction)
-            student_map = difficulty_map(scores, prediction.shape[-2:], beta=beta, mode=o.gan_mode)
-            if o.lambda_student_adv:
-                terms["student/adv"] = o.lambda_student_adv * adversarial_loss(scores, True, mode=o.gan_mode)
-            return student_map
+        # Phase 1: teacher and student on the unpaired batch.
+        forward = self.distillation.run(inputs, student_inputs=student_inputs)
+        prediction = forward.student_prediction
+        # D^S on the student's synthesis, conditioned on the clean inputs (noise the student cannot undo must not
+        # tell fakes apart): its map M^S weights L_id and L_pad, its score is the student's adversarial term.
+        scores = self._student_scores(inputs, prediction)
+        student_map = difficulty_map(scores, prediction.shape[-2:], beta=self.teacher.beta, mode=o.gan_mode)
+        # Phase 2: the distillation losses under M^S.
+        out = self.distillation.losses(forward, student_map)
 
         terms: dict[str, Tensor] = {}
-        out = self.distillation(teacher_inputs, weigh_by_student_discriminator, student_inputs=student_inputs)
+        if o.lambda_student_adv:
+            terms["student/adv"] = o.lambda_student_adv * adversarial_loss(scores, True, mode=o.gan_mode)
         if o.use_feature_distillation:
             terms["student/feature"] = o.lambda_feature * out.feature_loss
         if o.use_image_distillation:
             terms["student/image"] = o.lambda_image * out.image_loss
         if self.student_nce is not None:
             terms["student/nce"] = o.lambda_nce * self.student_nce(
-                self.student.encode(out.student_prediction), out.student_features, student_map
+                self.student.encode(prediction), forward.student_features, student_map
             )
         if o.student_pixel:
             # Not in the figure: the student also learns from the paired subjects' real T1ce (L_pid, its own M^S).
-            prediction = self.student(paired["inputs"])
-            paired_map = self.difficulty(paired["inputs"], prediction)
-            terms["student/pixel"] = o.lambda_pixel * difficulty_l1(prediction, paired["target"], paired_map)
+            paired_prediction = self.student(paired["inputs"])
+            paired_map = self.difficulty(paired["inputs"], paired_prediction)
+            terms["student/pixel"] = o.lambda_pixel * difficulty_l1(paired_prediction, paired["target"], paired_map)
         self.update("student_generator", terms)
         logs = {name: item(value) for name, value in terms.items()}
 
-        d_terms = {
-            "student/d_real": 0.5 * adversarial_loss(
-                self.student_discriminator(paired["inputs"], paired["target"]), True, mode=o.gan_mode
-            ),
-            "student/d_fake": 0.5 * adversarial_loss(
-                self.student_discriminator(teacher_inputs, out.student_prediction.detach()), False, mode=o.gan_mode
-            ),
-        }
-        self.update("student_discriminator", d_terms)
-        logs.update({name: item(value) for name, value in d_terms.items()})
+        if self.unconditional_student_discriminator:
+            real, fake = (unpaired["reference_target"],), (prediction,)
+        else:
+            real, fake = (paired["inputs"], paired["target"]), (inputs, prediction)
+        logs.update(self.update_discriminator(
+            "student_discriminator", self.student_discriminator, real, fake, mode=o.gan_mode, prefix="student/"
+        ))
         return logs
 
 

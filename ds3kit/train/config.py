@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SELECTIONS = ("best-val", "last")
+#: The data settings of the unpaired pool: inputs only (the paper), or also real T1ce of other unpaired subjects.
+UNPAIRED_T1CE = ("none", "other-subjects")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class RunConfig:
     generator_output: str = "residual"  # "residual": a learned mix of the inputs plus a correction; or "sigmoid"
     augment: bool = True
     tumour_repeats: int = 0  # paired stream: each tumour slice listed 1 + N times per epoch
+    unpaired_t1ce: str = "none"  # "other-subjects": half the unpaired subjects lend real T1ce, the others inputs
     val_every: int = 100
     select: str = "best-val"  # which step's weights ship: "best-val" (validation brain PSNR) or "last"
     log_every: int = 10
@@ -61,6 +64,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {self.select!r}")
+        if self.unpaired_t1ce not in UNPAIRED_T1CE:
+            raise ValueError(f"unpaired_t1ce must be one of {UNPAIRED_T1CE}, got {self.unpaired_t1ce!r}")
         if self.generator_output not in ("residual", "sigmoid"):
             raise ValueError(f"generator_output must be 'residual' or 'sigmoid', got {self.generator_output!r}")
 
@@ -111,6 +116,9 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "encoder": ("--encoder", str, "modality encoders: 'builtin' or 'timm:<model name>'"),
     "generator_output": ("--generator-output", str,
                          "generator head: 'residual' (inputs' mix + correction) or 'sigmoid' (docs/models.md)"),
+    "unpaired_t1ce": ("--unpaired-t1ce", str,
+                      "what the unpaired pool holds: 'none' (inputs only, the paper) or 'other-subjects' (half of "
+                      "the unpaired subjects lend real T1ce, unaligned with the inputs of the other half)"),
     "tumour_repeats": ("--tumour-repeats", int, "paired stream: list each slice holding tumour 1 + N times per epoch"),
     "val_every": ("--val-every", int, "validate every N steps"),
     "select": ("--select", str, "weights that ship: 'best-val' (best validation brain PSNR) or 'last'"),

@@ -188,18 +188,33 @@ class Trainer:
         self.context.barrier()
         return preprocess_cases(cases, cache_dir=cfg.cache_dir, progress=False)
 
-    def _streams(self, split: CohortSplit, method: Method) -> tuple[StepBatches | None, StepBatches | None]:
+    def _streams(
+        self, split: CohortSplit, method: Method
+    ) -> tuple[StepBatches | None, StepBatches | None, StepBatches | None]:
+        """The paired, unpaired and reference (real T1ce of other unpaired subjects) streams the method consumes."""
         cfg = self.config
         train = split.train_paired + split.train_unpaired
+        reference_cases: list[Path] = []
         if method.target_domain_only:
             # Unpaired translation: inputs from one half of the subjects, real T1ce from the other half.
             paired_cases, unpaired_cases = train[1::2], train[0::2]
         else:
             paired_cases, unpaired_cases = split.train_paired, split.train_unpaired
+            if cfg.unpaired_t1ce == "other-subjects" and method.uses_unpaired and method.uses_reference_t1ce:
+                # No subject lends both: the student sees the inputs of one half, its D^S the T1ce of the other.
+                if len(unpaired_cases) < 2:
+                    raise InputError(
+                        f"--unpaired-t1ce other-subjects needs at least 2 unpaired training subjects, the split has "
+                        f"{len(unpaired_cases)}"
+                    )
+                unpaired_cases, reference_cases = unpaired_cases[0::2], unpaired_cases[1::2]
+        wanted = (
+            (method.uses_paired, paired_cases, True, "paired"),
+            (method.uses_unpaired, unpaired_cases, False, "unpaired"),
+            (bool(reference_cases), reference_cases, True, "reference"),
+        )
         streams: list[StepBatches | None] = []
-        for index, (used, cases, with_target, what) in enumerate(
-            ((method.uses_paired, paired_cases, True, "paired"), (method.uses_unpaired, unpaired_cases, False, "unpaired"))
-        ):
+        for index, (used, cases, with_target, what) in enumerate(wanted):
             if not used:
                 streams.append(None)
                 continue
@@ -209,10 +224,10 @@ class Trainer:
                     f"(paired_fraction={cfg.paired_fraction}, {len(train)} training subjects)"
                 )
             dataset = CachedSliceDataset(self.cache.select(cases), with_target=with_target, image_size=cfg.image_size)
-            repeats = cfg.tumour_repeats if with_target and not method.target_domain_only else 0
+            repeats = cfg.tumour_repeats if what == "paired" and not method.target_domain_only else 0
             streams.append(StepBatches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, stream=index,
                                        context=self.context, tumour_repeats=repeats))
-        return streams[0], streams[1]
+        return streams[0], streams[1], streams[2]
 
     def _total_steps(self, paired: StepBatches | None, unpaired: StepBatches | None) -> int:
         cfg = self.config
@@ -254,7 +269,7 @@ class Trainer:
         split = self._cohort()
         self.cache = self._preprocess(split)
         probe = self.build_method(cfg, 1)  # streams depend on what the method consumes
-        paired, unpaired = self._streams(split, probe)
+        paired, unpaired, reference = self._streams(split, probe)
         del probe
         total = self._total_steps(paired, unpaired)
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank and in every run
@@ -283,7 +298,7 @@ class Trainer:
         loaders = [
             None if stream is None else iter(step_loader(stream.dataset, stream.indices, start=start, stop=stop_at,
                                                          num_workers=workers, pin_memory=use_cuda))
-            for stream in (paired, unpaired)
+            for stream in (paired, unpaired, reference)
         ]
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda and cfg.amp else nullcontext()
         bar = tqdm(total=total, initial=start, desc=self.name, unit="step", disable=not (cfg.progress and ctx.is_main),
@@ -293,10 +308,16 @@ class Trainer:
         for step in range(start, stop_at):
             method.step = step
             schedule.apply(method.optimizers.values(), step, self.config.lr)
-            batches = [self._prepare(next(loader), augment) if loader is not None else None for loader in loaders]
+            paired_batch, unpaired_batch, reference_batch = (
+                self._prepare(next(loader), augment) if loader is not None else None for loader in loaders
+            )
+            if reference_batch is not None:
+                assert unpaired_batch is not None
+                unpaired_batch["reference_target"] = reference_batch["target"]
+                unpaired_batch["reference_brain_mask"] = reference_batch["brain_mask"]
             with autocast:
                 try:
-                    losses = method.training_step(*batches)
+                    losses = method.training_step(paired_batch, unpaired_batch)
                 except NonFiniteLossError as error:
                     bar.close()
                     raise NonFiniteLossError(f"{error}; training stopped, the last good checkpoint is {last}") from None
@@ -400,6 +421,7 @@ class Trainer:
             "method": self.name,
             "steps": total,
             "paired_fraction": cfg.paired_fraction,
+            "unpaired_t1ce": cfg.unpaired_t1ce if method.uses_reference_t1ce else None,
             "seed": cfg.seed,
             "shipped": method.shipped_generator(),
             "split": {key: [p.name for p in value] for key, value in vars(split).items()},
@@ -543,7 +565,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     width = max([10, *(len(name) + 2 for name in [*report["models"], *baselines])])
     header = f"{'model':<{width}}" + "".join(f"{c:>18}" for c in columns) + "   brain PSNR vs copy-T1"
     lines = [
-        f"{report['method']}: held-out subjects, {report['steps']} steps, paired fraction {report['paired_fraction']}",
+        f"{report['method']}: held-out subjects, {report['steps']} steps, paired fraction {report['paired_fraction']}"
+        + (f", unpaired T1ce: {report['unpaired_t1ce']}" if report.get("unpaired_t1ce") else ""),
         header,
         "-" * len(header),
     ]

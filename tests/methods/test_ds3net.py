@@ -304,3 +304,94 @@ def test_the_student_is_selectable_only_after_the_teachers_warm_up():
     teacher = PairedTeacher(build_generator("tiny"), build_discriminator("tiny"), DS3NetOptions(), total_steps=5,
                             lr=1e-3, betas=(0.5, 0.999))
     assert teacher.has_trained("teacher", 1) and not teacher.has_trained("teacher", 0)
+
+
+# -- the moving-average teacher ------------------------------------------------------------------------------------
+
+
+def test_teacher_average_is_an_exponential_moving_average_of_the_teachers_weights():
+    decay = 0.8
+    method = make_method(teacher_ema=decay)
+    expected = None
+    for step in range(method.warmup_steps):  # teacher-only steps: the average follows every teacher update
+        run_step(method, step)
+        current = {name: p.detach().double() for name, p in method.teacher.generator.named_parameters()}
+        if expected is None:
+            expected = current  # the first step starts the average at the teacher
+        else:
+            expected = {name: decay * expected[name] + (1 - decay) * current[name] for name in current}
+    averaged = dict(method.teacher_average.named_parameters())
+    for name, value in expected.items():
+        torch.testing.assert_close(averaged[name].double(), value, rtol=1e-5, atol=1e-6)
+    assert not any(p.requires_grad for p in method.teacher_average.parameters())
+    assert "teacher_ema" in method.generators()
+    optimised = {id(p) for opt in method.optimizers.values() for group in opt.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in method.teacher_average.parameters()}
+
+
+def test_pseudo_targets_and_the_students_start_come_from_the_average_when_it_is_on(monkeypatch):
+    method = make_method(teacher_ema=0.5)
+    for step in range(method.warmup_steps):
+        run_step(method, step)
+    average = snapshot(method.teacher_average)
+    assert not same_weights(average, snapshot(method.teacher.generator))
+    seen = record_student_step_start(method, monkeypatch)
+    run_step(method, method.warmup_steps)
+    # The teacher's own paired step runs first and updates the average once more before the copy.
+    assert same_weights(seen["student"], snapshot(method.teacher_average))
+    assert method.distillation.teacher is method.teacher_average
+
+
+def test_teacher_ema_must_be_a_decay_below_one():
+    with pytest.raises(ValueError, match="teacher_ema"):
+        make_method(teacher_ema=1.0)
+
+
+# -- real T1ce of other subjects ------------------------------------------------------------------------------------
+
+
+def make_reference_method(**options) -> DS3Net:
+    torch.manual_seed(0)
+    return DS3Net(
+        teacher=build_generator("tiny"),
+        student=build_generator("tiny"),
+        teacher_discriminator=build_discriminator("tiny"),
+        student_discriminator=build_discriminator("tiny", in_channels=1),
+        options=DS3NetOptions(nce_patches=16, **options),
+        total_steps=TOTAL_STEPS,
+        lr=1e-3,
+        betas=(0.5, 0.999),
+    )
+
+
+def test_an_unconditional_student_discriminator_judges_other_subjects_t1ce_against_the_synthesis(monkeypatch):
+    method = make_reference_method()
+    paired, unpaired = batches()
+    reference = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    unpaired = {**unpaired, "reference_target": reference, "reference_brain_mask": unpaired["brain_mask"]}
+    calls = []
+    original = method.student_discriminator.forward
+
+    def recording(x, y=None):
+        calls.append((x.detach().clone(), y))
+        return original(x, y)
+
+    monkeypatch.setattr(method.student_discriminator, "forward", recording)
+    method.step = method.warmup_steps
+    logs = method.training_step(paired, unpaired)
+    assert {"student/adv", "student/d_real", "student/d_fake"} <= logs.keys()
+    assert all(y is None and x.shape[1] == 1 for x, y in calls)  # T1ce alone, never the inputs
+    assert any(torch.equal(x, reference) for x, _ in calls)  # the real side is the other subjects' T1ce
+    assert not any(torch.equal(x, paired["target"]) for x, _ in calls)  # never the paired subjects'
+
+
+def test_reference_t1ce_and_the_student_discriminator_must_agree():
+    paired, unpaired = batches()
+    method = make_reference_method()
+    method.step = method.warmup_steps
+    with pytest.raises(ValueError, match="reference_target"):
+        method.training_step(paired, unpaired)  # unconditional D^S without the other subjects' T1ce
+    method = make_method()
+    method.step = method.warmup_steps
+    with pytest.raises(ValueError, match="reference_target"):
+        method.training_step(paired, {**unpaired, "reference_target": paired["target"]})

@@ -107,3 +107,38 @@ def test_segmenter_adds_dice_rows_to_the_report(small_cohort, tmp_path, capsys):
     save_segmenter(checkpoint, Segmenter(channels=(4, 8), strides=(2,), num_res_units=0), train_cases=test_cases)
     with pytest.raises(ValueError, match="trained on"):
         smoke("pix2pix", small_cohort, tmp_path / "again", "--steps", "4", "--segmenter", str(checkpoint))
+
+
+def test_other_subjects_t1ce_feeds_d_s_from_subjects_whose_inputs_the_student_never_sees(small_cohort, tmp_path, capsys,
+                                                                                          monkeypatch):
+    from ds3kit.train.trainer import Trainer
+
+    streams = {}
+    original = Trainer._streams
+
+    def recording(self, split, method):
+        found = original(self, split, method)
+        streams.update({name: None if s is None else {c.case_id for c in s.dataset.cases}
+                        for name, s in zip(("paired", "unpaired", "reference"), found)})
+        streams["split_unpaired"] = {p.name for p in split.train_unpaired}
+        return found
+
+    monkeypatch.setattr(Trainer, "_streams", recording)
+    out = tmp_path / "run"
+    assert smoke("ds3net", small_cohort, out, "--unpaired-t1ce", "other-subjects") == 0
+    assert streams["reference"] and streams["unpaired"]
+    assert not streams["reference"] & streams["unpaired"]  # no subject lends both inputs and T1ce
+    assert streams["reference"] | streams["unpaired"] == streams["split_unpaired"]
+    assert not streams["reference"] & streams["paired"]
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["unpaired_t1ce"] == "other-subjects"
+    assert "unpaired T1ce: other-subjects" in capsys.readouterr().out
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("student/d_real" in line for line in lines)
+
+
+def test_the_paper_setting_is_the_default_and_is_printed(small_cohort, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert smoke("ds3net", small_cohort, out, "--steps", "6") == 0
+    assert json.loads((out / "metrics.json").read_text())["unpaired_t1ce"] == "none"
+    assert "unpaired T1ce: none" in capsys.readouterr().out

@@ -84,6 +84,8 @@ def test_run_config_refuses_unknown_choices():
         RunConfig(select="first")
     with pytest.raises(ValueError, match="generator_output must be"):
         RunConfig(generator_output="tanh")
+    with pytest.raises(ValueError, match="unpaired_t1ce must be one of"):
+        RunConfig(unpaired_t1ce="same-subjects")
 
 
 @pytest.mark.parametrize("options", ["DS3NetOptions", "CUTOptions"])
