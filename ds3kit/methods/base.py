@@ -19,7 +19,8 @@ class Method(nn.Module):
     """A training method: networks, optimisers, and one optimisation step over a paired and an unpaired batch.
 
     Subclasses set ``uses_paired`` / ``uses_unpaired`` (which data streams the trainer feeds), build their
-    networks in ``__init__``, and implement :meth:`training_step` and :meth:`generators`.
+    networks in ``__init__``, and implement :meth:`training_step`, :meth:`generators` and, when they have any,
+    :meth:`discriminators`.
     """
 
     uses_paired: bool = True
@@ -45,6 +46,10 @@ class Method(nn.Module):
     def generators(self) -> dict[str, nn.Module]:
         """The generators to evaluate and ship, by role (e.g. ``{"student": ..., "teacher": ...}``)."""
         raise NotImplementedError
+
+    def discriminators(self) -> dict[str, nn.Module]:
+        """The discriminators, by the role of the generator each judges (``{}`` for a method without any)."""
+        return {}
 
     def shipped_generator(self) -> str:
         """The role of the model a user takes away (DS3-Net: the student)."""

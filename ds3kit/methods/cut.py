@@ -67,6 +67,9 @@ class CUT(Method):
     def generators(self) -> dict[str, nn.Module]:
         return {"generator": self.generator}
 
+    def discriminators(self) -> dict[str, nn.Module]:
+        return {"generator": self.discriminator}
+
     def training_step(self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None) -> dict[str, float]:
         assert paired is not None and unpaired is not None
         o = self.options
