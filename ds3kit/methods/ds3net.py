@@ -145,6 +145,9 @@ class PairedTeacher(Method):
     def generators(self) -> dict[str, nn.Module]:
         return {self.role: self.generator}
 
+    def discriminators(self) -> dict[str, nn.Module]:
+        return {self.role: self.discriminator}
+
     @torch.no_grad()
     def difficulty(self, inputs: Tensor, prediction: Tensor) -> Tensor:
         scores = self.discriminator(inputs, prediction)
@@ -255,6 +258,9 @@ class DS3Net(Method):
         if self.teacher_average is not None:
             roles["teacher_ema"] = self.teacher_average
         return roles
+
+    def discriminators(self) -> dict[str, nn.Module]:
+        return {**self.teacher.discriminators(), "student": self.student_discriminator}
 
     def has_trained(self, role: str, step: int) -> bool:
         # The student's first step is the first after the teacher's warm-up; before it, a residual student is
