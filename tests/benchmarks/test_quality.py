@@ -248,11 +248,17 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     references = [row.split(" | ")[0] for row in first_table if not row.startswith((f"| {PAIRED} ", f"| {DS3} "))]
     assert references[1:] == ["| *references (no training)*", "| copy-T1", "| linear (5% paired)",
                               "| ceiling: tissue map, paired levels (5% paired)", "| ceiling: tissue map",
-                              "| ceiling: noise-free T1ce"]
+                              "| ceiling: noise-free T1ce", "| real T1ce (segmenter)"]
+    columns = [*quality.METRICS, "dice_et", "dice_tc", "dice_wt"]  # the seed's segmenter adds Dice
+    assert _table_rows(text)[0] == "| arm | " + " | ".join(columns) + " |"
     for row in arm_rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
-        assert len(cells) == len(quality.METRICS) and "n/a" not in cells and "±" not in cells  # one seed: no std
+        assert len(cells) == len(columns) and "n/a" not in cells and "±" not in cells  # one seed: no std
         assert all(float(cell) == float(cell) for cell in cells)  # numbers, not NaN
+        assert all(0.0 <= float(cell) <= 1.0 for cell in cells[-3:])
+    real = next(row for row in first_table if row.startswith("| real T1ce (segmenter)"))
+    assert real.count("n/a") == len(quality.METRICS)  # Dice only: no image metric for the real T1ce itself
+    assert "\n6. Dice of the segmenter on the synthesis" in text
     assert "One seed: no spread" in text and "\n1. DS3-Net at 5 %" in text
 
     section = text.split("## Where the student's error comes from", 1)[1].split("\n## ", 1)[0]
@@ -265,8 +271,10 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     png = report.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    run_dirs = sorted(path for path in out.iterdir() if path.is_dir())
+    run_dirs = sorted(path for path in out.iterdir() if path.is_dir() and not path.name.startswith("segmenter-"))
     assert len(run_dirs) == 2 and all((path / "metrics.json").is_file() for path in run_dirs)
+    assert all((path / "dice.json").is_file() for path in run_dirs)
+    assert (out / "segmenter-seed0" / "checkpoints" / "segmenter.pt").is_file()
     ds3_dirs = [path for path in run_dirs if path.name.startswith("ds3net-")]
     assert len(ds3_dirs) == 1
     diagnostics = json.loads((ds3_dirs[0] / "diagnostics.json").read_text())

@@ -1,0 +1,153 @@
+"""The quality study's page and figure: docs/results/quality.md and quality.png."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from _quality_stats import DICE_METRICS, METRICS, Runs, claims, difference, flag_losers, summarise
+from scipy import stats
+
+from ds3kit.train import RunConfig
+from ds3kit.utils.atomic import atomic_path, atomic_write_text
+
+PAPER = """| paired | method | SSIM | PSNR | MSE |
+|---|---|---|---|---|
+| 0 % | CUT | 0.7982 | 17.63 | 0.020 |
+| 5 % | DS3-Net (paired only) | 0.8691 | 21.97 | 0.008 |
+| 5 % | DS3-Net | 0.8947 | 23.60 | 0.009 |
+| 100 % | pix2pix | 0.9007 | 25.02 | 0.004 |
+| 100 % | DS3-Net | 0.8959 | 24.26 | 0.005 |"""
+
+# The paper's segmentation rows: Dice (%) of a segmenter run with the synthesized T1ce.
+PAPER_DICE = """| paired | method | ET Dice | TC Dice |
+|---|---|---|---|
+| 5 % | DS3-Net (paired only) | 39.5 | 63.7 |
+| 5 % | DS3-Net | 43.3 | 66.0 |
+| 100 % | pix2pix | 41.7 | 65.0 |"""
+
+
+def diagnostics_table(diagnostics: list[dict[str, dict[str, float]]]) -> str:
+    """Markdown: brain and tumour PSNR of teacher and student per subset, mean ± std over seeds."""
+    lines = ["| model | subjects | brain_psnr | tumour_psnr | brain_ssim |", "|---|---|---|---|---|"]
+    for key in diagnostics[0] if diagnostics else []:
+        model, subset = key.split("/")
+        cells = []
+        for metric in ("brain_psnr", "tumour_psnr", "brain_ssim"):
+            values = [d[key][metric] for d in diagnostics if key in d and metric in d[key]]
+            digits = 4 if metric.endswith("ssim") else 2
+            cells.append(f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}" if values else "n/a")
+        lines.append(f"| {model} | {subset.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(
+    path: Path, results: Runs, seeds, base: RunConfig, wall: float, note: str, trained: int, reused: int,
+    diagnostics=None, references: Runs | None = None,
+) -> None:
+    table = summarise({**results, **(references or {})})
+    labels = flag_losers(table, set(results))
+    if trained:
+        cost = f"wall time {wall / 60:.1f} min for {trained} run(s) trained by this invocation ({reused} reused)"
+    else:
+        cost = f"all {reused} runs reused from earlier invocations (this page was regenerated from them)"
+    # The Dice columns appear when a segmenter scored the runs.
+    columns = METRICS + tuple(m for m in DICE_METRICS if any(m in values for values in table.values()))
+    header = "| arm | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns)
+    rows = []
+    for arm, values in table.items():
+        cells = [
+            ("n/a" if m not in values else f"{values[m][0]:.4f}" + (f" ± {values[m][1]:.4f}" if len(seeds) > 1 else ""))
+            for m in columns
+        ]
+        rows.append(f"| {labels[arm]} | " + " | ".join(cells) + " |")
+        if references and arm == list(results)[-1]:
+            rows.append("| *references (no training)* |" + " |" * len(columns))
+    text = f"""# Quality study
+
+`python benchmarks/quality.py {note}` — {time.strftime('%Y-%m-%d')}, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}),
+{base.steps} steps per run, batch {base.batch_size}, preset `{base.preset}`, image size {base.image_size},
+data: {base.data or f'phantom cohort ({base.phantom_cases} cases, {base.phantom_shape})'}; {cost}.
+Held-out subjects, whole 3-D volumes; each run's mean over its test subjects, then mean ± population std over seeds. Shipped models:
+DS3-Net's student, the paired-only teacher, pix2pix's and CUT's generator. Below them, on the same subjects, the
+references of docs/baselines.md: copy-T1 (the floor), the linear fit on the paired subjects, and the phantom's
+ceilings; a trained arm that does not beat copy-T1 is marked. Dice (ET, TC, WT; docs/metrics.md) is that of a
+segmenter trained per seed on the seed's training subjects (`recipes/segmenter.py`), run with each synthesis in place
+of the real T1ce; `real T1ce (segmenter)` is its ceiling, copy-T1 its floor.
+
+{header}
+{chr(10).join(rows)}
+
+![quality]({path.with_suffix('.png').name})
+
+## What the numbers say
+
+{chr(10).join(claims(results))}
+
+## Where the student's error comes from
+
+DS3-Net 5 %'s two generators, each evaluated on the subjects it trained on (the teacher: the paired ones; the
+student: up to 4 of the unpaired ones, whose T1ce it never saw) and on the test subjects; mean ± std over seeds.
+A teacher far better on its paired subjects than on the test ones has overfitted, which is the room unpaired data
+has to help; a student below the teacher on its own unpaired subjects is not yet reproducing its target there.
+
+{diagnostics_table(diagnostics) if diagnostics else "(not run: no DS3-Net 5% arm in this study)"}
+
+## The paper (BraTS2020, whole image)
+
+{PAPER}
+
+{PAPER_DICE}
+
+The phantom is not BraTS: absolute values are not comparable, the ordering and the gaps are what to compare.
+"""
+    atomic_write_text(path, text)
+
+
+def plot(path: Path, results: Runs) -> None:
+    """Brain and tumour PSNR per arm (mean ± std over seeds), and each arm's brain PSNR against DS3-Net 5 % paired
+    by seed (per-seed differences as dots, their mean with a 95 % t interval) when there are several seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summarise(results)
+    arms = list(table)
+    reference = "DS3-Net 5%"
+    paired = reference in results and max(len(runs) for runs in results.values()) > 1
+    figure, axes = plt.subplots(1, 3 if paired else 2, figsize=(18 if paired else 12, 0.45 * len(arms) + 1.5),
+                                sharey=True)
+    for axis, metric in zip(axes, ("brain_psnr", "tumour_psnr")):
+        means = [table[a].get(metric, (np.nan, 0))[0] for a in arms]
+        stds = [table[a].get(metric, (np.nan, 0))[1] for a in arms]
+        axis.barh(arms, means, xerr=stds, color=["#4c72b0" if "DS3" in a else "#999999" for a in arms])
+        axis.set_xlabel(f"{metric.replace('_', ' ')} (dB), mean ± std over seeds")
+        finite = [m for m in means if np.isfinite(m)]
+        if finite:
+            axis.set_xlim(min(finite) - 2, max(finite) + 1)
+    if paired:
+        axis, limit = axes[2], 1.5  # dB: the small effects are the ones to see; larger ones are written at the edge
+        for row, arm in enumerate(arms):
+            if arm == reference:
+                continue
+            d = difference(results[arm], results[reference], "brain_psnr")
+            if abs(d.mean) > limit:
+                side = np.sign(d.mean) * limit
+                axis.text(side * 0.98, row, f"{d.mean:+.2f} dB", va="center", ha="right" if side > 0 else "left")
+                continue
+            axis.scatter(d.deltas, [row] * len(d.deltas), s=12, color="#999999", zorder=2)
+            if len(d.deltas) > 1:
+                half = stats.t.ppf(0.975, len(d.deltas) - 1) * d.spread / np.sqrt(len(d.deltas))
+                color = {"better": "#2ca02c", "worse": "#d62728"}.get(d.verdict, "#4c72b0")
+                axis.errorbar(d.mean, row, xerr=half, fmt="o", color=color, capsize=3, zorder=3)
+        axis.axvline(0.0, color="black", linewidth=0.8)
+        axis.set_xlim(-limit, limit)
+        axis.set_xlabel(f"brain PSNR minus {reference}, per seed (dB)\ndots: seeds; mean and 95 % interval")
+    axes[0].invert_yaxis()
+    figure.suptitle("Held-out phantom subjects")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
