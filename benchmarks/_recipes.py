@@ -131,10 +131,10 @@ class TrainStep:
         return 2 * self.config.batch_size
 
     def batch(self, stream: Any, step: int) -> dict[str, torch.Tensor]:
-        batch = {key: value.to(self.device, non_blocking=True) for key, value in stream(step).items()}
-        if self.channels_last:
-            batch = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in batch.items()}
-        return batch
+        """Step ``step``'s batch of ``stream`` as the trainer prepares it (no augmentation: the step is timed alone)."""
+        from ds3kit.train import prepare_batch
+
+        return prepare_batch(stream(step), self.device, channels_last=self.channels_last)
 
     def __call__(self) -> dict[str, float]:
         context = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else nullcontext()

@@ -1,4 +1,4 @@
-"""The training engine every recipe shares: data streams, the step loop, validation, checkpoints, the final report.
+"""The training loop every recipe shares: data streams, the step loop, validation, checkpoints, then the report.
 
 A recipe supplies a factory ``build_method(config, total_steps) -> Method``; the trainer owns everything else:
 
@@ -10,35 +10,28 @@ A recipe supplies a factory ``build_method(config, total_steps) -> Method``; the
 - checkpoints: ``checkpoints/last.pt`` (everything to resume, written atomically), and at the end one generator
   checkpoint per role (``student.pt``, ``teacher.pt``...);
 - the report: ``metrics.json`` on held-out subjects (whole image, brain, tumour), predictions as NIfTI, PNG panels.
+
+The pieces live beside this module: :mod:`ds3kit.train.batches` (step-indexed batches, :func:`prepare_batch`),
+:mod:`ds3kit.train.schedule` (the learning-rate decay), :mod:`ds3kit.train.report` (the final report and table).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ds3kit.augment import MRIAugmentation
-from ds3kit.baselines import COPY_T1, LINEAR, ceiling_predictors, reference_predictors
-from ds3kit.checkpoint import (
-    TRAINING_FORMAT,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-    save_generator,
-)
+from ds3kit.baselines import reference_predictors
+from ds3kit.checkpoint import TRAINING_FORMAT, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from ds3kit.data import (
     CachedSessions,
     CachedSliceDataset,
@@ -48,24 +41,18 @@ from ds3kit.data import (
     default_cohort,
     list_cases,
     preprocess_cases,
-    save_volume,
     split_cohort,
     step_loader,
 )
 from ds3kit.errors import InputError
-from ds3kit.evaluation import Evaluation, evaluate_generator, evaluate_predictor
+from ds3kit.evaluation import evaluate_generator, evaluate_predictor
 from ds3kit.methods.base import Method, NonFiniteLossError
+from ds3kit.train.batches import StepBatches, prepare_batch
 from ds3kit.train.config import RunConfig
-from ds3kit.train.distributed import DistributedContext, init_distributed, shutdown_distributed
-from ds3kit.train.figures import save_learning_curves, save_panel
+from ds3kit.train.distributed import init_distributed, shutdown_distributed
 from ds3kit.train.logging import RunLogger
-from ds3kit.utils.atomic import atomic_write_text
-
-# The report row of the segmenter run on the real T1ce (the Dice ceiling).
-REAL_T1CE_ROW = "real T1ce (segmenter)"
-
-# Test subjects drawn in the PNG panels.
-_FIGURE_SUBJECTS = 4
+from ds3kit.train.report import format_table, write_final_report
+from ds3kit.train.schedule import LinearDecay
 
 # What validation ranks checkpoints by (``--select best-val``).
 SELECTION_METRIC = "brain_psnr"
@@ -84,60 +71,6 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine")
     return device
-
-
-class StepBatches:
-    """Batches of a slice dataset indexed by the optimiser step: epoch-wise permutations seeded by (seed, epoch).
-
-    Position ``p = step * global_batch + i`` is entry ``p mod n`` of the permutation of epoch ``p // n``; rank r takes
-    ``i`` in ``[r * batch, (r + 1) * batch)``. No iterator state: resuming at step s needs only s.
-
-    ``tumour_repeats`` > 0 lists every slice holding tumour ``1 + tumour_repeats`` times in each epoch (the
-    permutation runs over the longer list), so the few tumour slices of a few paired subjects, where the enhancing
-    rim is, come round more often. It is still a pure function of (seed, step).
-    """
-
-    def __init__(
-        self,
-        dataset: CachedSliceDataset,
-        *,
-        batch_size: int,
-        seed: int,
-        stream: int,
-        context: DistributedContext,
-        tumour_repeats: int = 0,
-    ) -> None:
-        if len(dataset) == 0:
-            raise InputError("a training stream has no slices with brain tissue")
-        if tumour_repeats < 0:
-            raise ValueError(f"tumour_repeats must be >= 0, got {tumour_repeats}")
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.seed = seed
-        self.stream = stream
-        self.context = context
-        self.entries = torch.arange(len(dataset))
-        if tumour_repeats:
-            tumour = [index for index in range(len(dataset)) if bool(dataset[index]["tumour_mask"].any())]
-            extra = torch.tensor(tumour, dtype=torch.long).repeat(tumour_repeats)
-            self.entries = torch.cat([self.entries, extra])
-        self._permutations: dict[int, torch.Tensor] = {}
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._permutations:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream * 10_007 + epoch)
-            self._permutations = {epoch: self.entries[torch.randperm(len(self.entries), generator=generator)]}
-        return self._permutations[epoch]
-
-    def indices(self, step: int) -> list[int]:
-        """The dataset indices of this rank's batch for ``step``."""
-        n = len(self.entries)
-        first = step * self.batch_size * self.context.world_size + self.context.rank * self.batch_size
-        return [int(self._permutation(p // n)[p % n]) for p in range(first, first + self.batch_size)]
-
-    def __call__(self, step: int) -> dict[str, torch.Tensor]:
-        items = [self.dataset[index] for index in self.indices(step)]
-        return {key: torch.stack([item[key] for item in items]) for key in items[0] if isinstance(items[0][key], torch.Tensor)}
 
 
 class Trainer:
@@ -309,7 +242,8 @@ class Trainer:
             method.step = step
             schedule.apply(method.optimizers.values(), step, self.config.lr)
             paired_batch, unpaired_batch, reference_batch = (
-                self._prepare(next(loader), augment) if loader is not None else None for loader in loaders
+                prepare_batch(next(loader), self.device, augment=augment, channels_last=use_cuda and cfg.channels_last)
+                if loader is not None else None for loader in loaders
             )
             if reference_batch is not None:
                 assert unpaired_batch is not None
@@ -339,14 +273,6 @@ class Trainer:
             return None
         ctx.barrier()
         return self._finish(method, split, run_dir, total) if ctx.is_main else None
-
-    def _prepare(self, batch: dict[str, torch.Tensor], augment: MRIAugmentation | None) -> dict[str, torch.Tensor]:
-        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-        if augment is not None:
-            batch = augment(batch)
-        if self.device.type == "cuda" and self.config.channels_last:
-            batch = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in batch.items()}
-        return batch
 
     # ----------------------------------------------------------------------------------------------- state
     def _save(self, path: Path, step: int, method: Method, schedule: LinearDecay) -> None:
@@ -414,184 +340,8 @@ class Trainer:
         self.log.log(0, "val_baselines", summary)
 
     def _finish(self, method: Method, split: CohortSplit, run_dir: Path, total: int) -> dict[str, Any]:
-        cfg = self.config
-        cases = split.test[: cfg.max_test_subjects] if cfg.max_test_subjects else split.test
-        sessions = CachedSessions(self.cache.select(cases))  # built one at a time, when used
-        report: dict[str, Any] = {
-            "method": self.name,
-            "steps": total,
-            "paired_fraction": cfg.paired_fraction,
-            "unpaired_t1ce": cfg.unpaired_t1ce if method.uses_reference_t1ce else None,
-            "seed": cfg.seed,
-            "shipped": method.shipped_generator(),
-            "split": {key: [p.name for p in value] for key, value in vars(split).items()},
-            "models": {},
-        }
-        references = reference_predictors(CachedSessions(self.cache.select(split.train_paired)))
-        linear = references.get(LINEAR)
-        provenance = {} if linear is None else {"linear_baseline": dataclasses.asdict(linear)}
-        segmenter = self._segmenter(cases)
-        if segmenter is not None:
-            from ds3kit.segment import dice_by_subject, reference_t1ce, session_dice  # MONAI: only when asked
-        evaluations: dict[str, Evaluation] = {}
-        report["selected_step"] = {}
-        for role, generator in method.generators().items():
-            if cfg.select == "best-val" and role in self.best:
-                # The validation subjects chose the step: a model past its best (over-training on few paired
-                # subjects) ships as it was at its best, and the report says which step that was.
-                generator.load_state_dict(self.best[role]["state"])
-            report["selected_step"][role] = self.best[role]["step"] if cfg.select == "best-val" and role in self.best else total
-            save_generator(run_dir / "checkpoints" / f"{role}.pt", generator, method=self.name, role=role,
-                           step=report["selected_step"][role],
-                           image_size=cfg.image_size, intensity="per-modality robust percentiles in the brain -> [0, 1]",
-                           **provenance)
-            folder = run_dir / "predictions" / role
-            folder.mkdir(parents=True, exist_ok=True)
-            shown: dict[str, np.ndarray] = {}
-            dice: dict[str, dict[str, float]] = {}
-
-            def write(session: Session, prediction: np.ndarray, folder: Path = folder, shown: dict = shown,
-                      dice: dict = dice) -> None:
-                # Written as made: a BraTS test set's predictions never sit in memory together.
-                save_volume(folder / f"{session.case_id}_t1ce.nii.gz", prediction, session.affine, session.header)
-                if len(shown) < _FIGURE_SUBJECTS:
-                    shown[session.case_id] = prediction
-                if segmenter is not None:
-                    dice[session.case_id] = session_dice(segmenter, session, prediction, device=self.device)
-
-            evaluation = evaluate_generator(generator, sessions, device=self.device, batch_size=cfg.eval_batch_size,
-                                            on_prediction=write)
-            evaluation.predictions = shown
-            for case_id, scores in dice.items():
-                evaluation.subjects[case_id].update(scores)
-            evaluations[role] = evaluation
-            report["models"][role] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": evaluation.subjects}
-        report["baselines"] = {}
-        ceilings = ceiling_predictors(cases, split.train_paired) or {}
-        if segmenter is not None:
-            # The segmenter's own ceiling: the real T1ce in place of a synthesis (Dice only: its image metrics are
-            # perfect by definition).
-            real = dice_by_subject(segmenter, sessions, lambda s: reference_t1ce(s, "real_t1ce"), device=self.device)
-            evaluation = Evaluation(subjects=real)
-            report["baselines"][REAL_T1CE_ROW] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": real}
-        for name, predictor in {**references, **ceilings}.items():
-            evaluation = evaluate_predictor(predictor, sessions)
-            if segmenter is not None and name == COPY_T1:
-                for case_id, scores in dice_by_subject(segmenter, sessions, predictor, device=self.device).items():
-                    evaluation.subjects[case_id].update(scores)
-            report["baselines"][name] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": evaluation.subjects}
-        atomic_write_text(run_dir / "metrics.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
-        self._figures(method, sessions, evaluations, run_dir / "figures")
-        save_learning_curves(run_dir / "figures" / "learning_curves.png", run_dir / "metrics.jsonl", title=self.name)
+        report = write_final_report(method, name=self.name, config=self.config, cache=self.cache, split=split,
+                                    best=self.best, device=self.device, run_dir=run_dir, total=total)
         self.log.close()
         print(format_table(report), file=sys.stdout)
         return report
-
-    def _segmenter(self, cases: Sequence[Path]):
-        """The ``--segmenter`` checkpoint, checked never to have seen the test subjects; None without one."""
-        if self.config.segmenter is None:
-            return None
-        from ds3kit.segment import check_held_out, load_segmenter
-
-        segmenter, metadata = load_segmenter(self.config.segmenter, device=self.device)
-        check_held_out(metadata, [Path(case).name for case in cases])
-        return segmenter
-
-    def _figures(self, method: Method, sessions: Sequence[Session], evaluations: Mapping[str, Evaluation], folder: Path) -> None:
-        role = method.shipped_generator()
-        rows = []
-        for session in sessions[:_FIGURE_SUBJECTS]:
-            prediction = evaluations[role].predictions[session.case_id]
-            z = _most_tumour_slice(session)
-            inputs = torch.from_numpy(session.inputs[..., z][None]).to(self.device)
-            difficulty = method.difficulty(inputs, torch.from_numpy(prediction[..., z][None, None]).to(self.device))
-            rows.append({
-                "label": f"{session.case_id} z={z}",
-                "T1": session.inputs[0, ..., z], "T2": session.inputs[1, ..., z], "FLAIR": session.inputs[2, ..., z],
-                "real T1ce": session.target[..., z], "synthesis": prediction[..., z],
-                "difficulty": None if difficulty is None else difficulty[0, 0].float().cpu().numpy(),
-                "|error|": np.abs(prediction[..., z] - session.target[..., z]),
-            })
-        if rows:
-            save_panel(folder / f"test_{role}.png", rows, title=f"{self.name}: {role} on held-out subjects")
-
-
-def _most_tumour_slice(session: Session) -> int:
-    if session.seg is not None and session.seg.any():
-        return int(np.argmax((session.seg > 0).sum(axis=(0, 1))))
-    return int(np.argmax(session.brain_mask.sum(axis=(0, 1))))
-
-
-class LinearDecay:
-    """pix2pix's schedule: the base rate, then a linear decay to zero over the last ``fraction`` of the steps.
-
-    A pure function of the step, applied to every optimiser before each step (the student's optimiser, idle
-    during the teacher's warm-up, follows the same clock), so resuming needs nothing but the step.
-    """
-
-    def __init__(self, total: int, fraction: float) -> None:
-        self.total = total
-        self.decay_start = total - max(1, round(fraction * total))
-
-    def factor(self, step: int) -> float:
-        if step < self.decay_start:
-            return 1.0
-        return max(0.0, (self.total - step) / (self.total - self.decay_start))
-
-    def apply(self, optimizers: Iterable[torch.optim.Optimizer], step: int, base_lr: float) -> None:
-        for optimizer in optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = base_lr * self.factor(step)
-
-    def state_dict(self) -> dict[str, int | str]:
-        return {"kind": "linear_decay", "total": self.total, "decay_start": self.decay_start}
-
-
-_TABLE_COLUMNS = ("brain_ssim", "brain_psnr", "brain_mse", "tumour_ssim", "tumour_psnr", "tumour_mse")
-_DICE_COLUMNS = ("dice_et", "dice_tc", "dice_wt")
-
-
-def format_table(report: Mapping[str, Any]) -> str:
-    """The held-out results as a fixed-width table: mean ± std over subjects, brain and tumour.
-
-    One row per trained model, then the references of ``report["baselines"]`` (copy-T1, linear, and on phantom data
-    the ceilings). A model whose brain PSNR does not beat copy-T1 is flagged; the last column gives each model's
-    brain PSNR relative to copy-T1, and a footer how far the shipped model is from each ceiling.
-    """
-    baselines = report.get("baselines", {})
-    rows_means = [r["mean"] for r in [*report["models"].values(), *baselines.values()]]
-    columns = _TABLE_COLUMNS + tuple(c for c in _DICE_COLUMNS if any(c in mean for mean in rows_means))
-    floor = baselines.get(COPY_T1, {}).get("mean", {}).get("brain_psnr")
-    width = max([10, *(len(name) + 2 for name in [*report["models"], *baselines])])
-    header = f"{'model':<{width}}" + "".join(f"{c:>18}" for c in columns) + "   brain PSNR vs copy-T1"
-    lines = [
-        f"{report['method']}: held-out subjects, {report['steps']} steps, paired fraction {report['paired_fraction']}"
-        + (f", unpaired T1ce: {report['unpaired_t1ce']}" if report.get("unpaired_t1ce") else ""),
-        header,
-        "-" * len(header),
-    ]
-
-    def row(name: str, result: Mapping[str, Any], trained: bool) -> str:
-        mean, std = result["mean"], result["std"]
-        cells = [f"{mean[c]:.4f} ± {std.get(c, 0.0):.4f}" if c in mean else "n/a" for c in columns]
-        relative = ""
-        if floor is not None and "brain_psnr" in mean and name != COPY_T1:
-            gain = mean["brain_psnr"] - floor
-            relative = f"{gain:+.2f} dB" + ("  LOSES TO COPY-T1" if trained and gain <= 0 else "")
-        return f"{name:<{width}}" + "".join(f"{cell:>18}" for cell in cells) + f"   {relative}".rstrip()
-
-    for role, result in report["models"].items():
-        lines.append(row(role, result, trained=True))
-    if baselines:
-        lines.append("-" * len(header))
-        for name, result in baselines.items():
-            lines.append(row(name, result, trained=False))
-    shipped = report["models"].get(report.get("shipped", ""), {}).get("mean", {})
-    gaps = [
-        f"{name[len('ceiling: '):]} {result['mean']['brain_psnr'] - shipped['brain_psnr']:.2f} dB"
-        for name, result in baselines.items()
-        if name.startswith("ceiling") and "brain_psnr" in result["mean"] and "brain_psnr" in shipped
-    ]
-    if gaps:
-        lines.append(f"{report.get('shipped')}: brain PSNR below the ceilings by " + ", ".join(gaps))
-    return "\n".join(lines)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ds3kit.train import RunConfig
-from ds3kit.train.trainer import LinearDecay, StepBatches
+from ds3kit.train.batches import StepBatches
+from ds3kit.train.schedule import LinearDecay
 
 
 class _Context:
@@ -103,3 +104,39 @@ def test_every_method_option_has_a_help_line(options):
     text = parser.format_help()
     assert "METHOD__" not in text  # a readable metavar, not the dest
     assert options_type.HELP["nce_patches"].split()[0] in text
+
+
+# ------------------------------------------------------------------------------------------- the batch seam
+def test_prepare_batch_moves_augments_then_sets_the_layout():
+    from ds3kit.train import prepare_batch
+
+    batch = {"inputs": torch.rand(2, 3, 4, 5), "case_index": torch.tensor([0, 1])}
+    seen = []
+
+    def augment(b):
+        seen.append({k: v.clone() for k, v in b.items()})
+        return {**b, "inputs": b["inputs"] + 1.0}
+
+    out = prepare_batch(batch, torch.device("cpu"), augment=augment, channels_last=True)
+    assert len(seen) == 1 and torch.equal(seen[0]["inputs"], batch["inputs"])  # augmented once, after the move
+    torch.testing.assert_close(out["inputs"], batch["inputs"] + 1.0)
+    assert out["inputs"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out["case_index"], batch["case_index"])  # not 4-D: left as it is
+    plain = prepare_batch(batch, torch.device("cpu"))
+    assert set(plain) == set(batch) and plain is not batch
+    assert plain["inputs"].is_contiguous()
+
+
+def test_the_benchmark_step_prepares_batches_as_the_trainer_does():
+    from _recipes import TrainStep
+
+    from ds3kit.train import prepare_batch
+
+    step = TrainStep.__new__(TrainStep)  # only the batch preparation: no method, no cohort
+    step.device, step.channels_last = torch.device("cpu"), True
+    stream = StepBatches(_Slices(), batch_size=3, seed=0, stream=0, context=_Context())
+    got = step.batch(stream, 2)
+    expected = prepare_batch(stream(2), torch.device("cpu"), channels_last=True)
+    assert set(got) == set(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]) and got[key].stride() == expected[key].stride()
