@@ -1,6 +1,8 @@
 """The training loop every recipe shares: data streams, the step loop, validation, checkpoints, then the report.
 
-A recipe supplies a factory ``build_method(config, total_steps) -> Method``; the trainer owns everything else:
+A recipe supplies a factory ``build_method(config, total_steps) -> Method`` whose return annotation names the
+method's class (the trainer reads which streams it consumes from the class, before building it once); the trainer
+owns everything else:
 
 - data: the cohort (BraTS root or the built-in phantom), a subject-level split, paired and unpaired slice streams
   whose batch for step ``s`` is a pure function of ``(seed, s)`` (so a resumed run sees the batches a straight run
@@ -17,6 +19,7 @@ The pieces live beside this module: :mod:`ds3kit.train.batches` (step-indexed ba
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -49,7 +52,7 @@ from ds3kit.evaluation import evaluate_generator, evaluate_predictor
 from ds3kit.methods.base import Method, NonFiniteLossError
 from ds3kit.train.batches import StepBatches, prepare_batch
 from ds3kit.train.config import RunConfig
-from ds3kit.train.distributed import init_distributed, shutdown_distributed
+from ds3kit.train.distributed import DistributedContext, init_distributed, shutdown_distributed
 from ds3kit.train.logging import RunLogger
 from ds3kit.train.report import format_table, write_final_report
 from ds3kit.train.schedule import LinearDecay
@@ -62,6 +65,25 @@ _QUIET_TERMS = ("beta", "d_real", "d_fake")
 
 MethodFactory = Callable[[RunConfig, int], Method]
 ValidationCallback = Callable[[int, dict[str, float]], None]
+
+
+def method_type(build_method: MethodFactory) -> type[Method]:
+    """The :class:`Method` subclass ``build_method`` builds, from its return annotation (``-> DS3Net``).
+
+    The data streams depend on what the method consumes (its class attributes ``uses_paired``, ``uses_unpaired``,
+    ``target_domain_only``, ``uses_reference_t1ce``), and the step count it is built for depends on the streams:
+    so the class is read before anything is built, and the method is built once.
+    """
+    try:
+        annotation = inspect.signature(build_method, eval_str=True).return_annotation
+    except NameError as error:
+        raise TypeError(f"the method factory's return annotation does not resolve: {error}") from None
+    if not (isinstance(annotation, type) and issubclass(annotation, Method)):
+        raise TypeError(
+            "the method factory must annotate the Method subclass it returns, as in "
+            f"`def build(config, total_steps) -> DS3Net`; {build_method!r} declares {annotation!r}"
+        )
+    return annotation
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -86,10 +108,17 @@ class Trainer:
     ) -> None:
         self.config = config
         self.build_method = build_method
+        self.method_type = method_type(build_method)
         self.name = name
         self.on_validation = on_validation
         # role -> {"step", SELECTION_METRIC, "state"}: each generator at its best validation score so far.
         self.best: dict[str, dict[str, Any]] = {}
+        # What fit() sets up for the run: the device (``config.device`` resolved, then this rank's GPU), the process
+        # group, the run's logger (rank 0 writes) and the preprocessed cache. Until then: one CPU process, no logs.
+        self.device = torch.device("cpu")
+        self.context = DistributedContext()
+        self.log = RunLogger(Path(config.out), enabled=False)
+        self.cache: PreprocessResult | None = None
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _cohort(self) -> CohortSplit:
@@ -122,9 +151,10 @@ class Trainer:
         return preprocess_cases(cases, cache_dir=cfg.cache_dir, progress=False)
 
     def _streams(
-        self, split: CohortSplit, method: Method
+        self, split: CohortSplit, method: type[Method]
     ) -> tuple[StepBatches | None, StepBatches | None, StepBatches | None]:
-        """The paired, unpaired and reference (real T1ce of other unpaired subjects) streams the method consumes."""
+        """The paired, unpaired and reference (real T1ce of other unpaired subjects) streams ``method`` (the class)
+        consumes."""
         cfg = self.config
         train = split.train_paired + split.train_unpaired
         reference_cases: list[Path] = []
@@ -201,17 +231,19 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         split = self._cohort()
         self.cache = self._preprocess(split)
-        probe = self.build_method(cfg, 1)  # streams depend on what the method consumes
-        paired, unpaired, reference = self._streams(split, probe)
-        del probe
+        paired, unpaired, reference = self._streams(split, self.method_type)
         total = self._total_steps(paired, unpaired)
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank and in every run
-        method = self.build_method(cfg, total).to(self.device)
+        method = self.build_method(cfg, total)
+        if not isinstance(method, self.method_type):
+            raise TypeError(f"{self.name}: the method factory declares {self.method_type.__name__} but built "
+                            f"{type(method).__name__}")
+        method = method.to(self.device)
         use_cuda = self.device.type == "cuda"
         if use_cuda and cfg.channels_last:
             method = method.to(memory_format=torch.channels_last)
         if cfg.compile:
-            for module in {*method.generators().values(), *(m for m in method.modules() if "Discriminator" in type(m).__name__)}:
+            for module in {*method.generators().values(), *method.discriminators().values()}:
                 module.compile()
         schedule = LinearDecay(total, cfg.lr_decay_fraction)
         augment = MRIAugmentation().to(self.device) if cfg.augment else None
@@ -340,6 +372,7 @@ class Trainer:
         self.log.log(0, "val_baselines", summary)
 
     def _finish(self, method: Method, split: CohortSplit, run_dir: Path, total: int) -> dict[str, Any]:
+        assert self.cache is not None
         report = write_final_report(method, name=self.name, config=self.config, cache=self.cache, split=split,
                                     best=self.best, device=self.device, run_dir=run_dir, total=total)
         self.log.close()

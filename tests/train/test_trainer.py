@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
+from ds3kit.methods.base import Method
 from ds3kit.train import RunConfig
 from ds3kit.train.batches import StepBatches
 from ds3kit.train.schedule import LinearDecay
@@ -140,3 +142,76 @@ def test_the_benchmark_step_prepares_batches_as_the_trainer_does():
     assert set(got) == set(expected)
     for key in expected:
         assert torch.equal(got[key], expected[key]) and got[key].stride() == expected[key].stride()
+
+
+# ------------------------------------------------------------------------------------- the method it builds
+class _Tiny(Method):
+    """The smallest method a trainer takes: one generator, one optimiser, the unpaired stream."""
+
+    uses_unpaired = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generator = nn.Conv2d(3, 1, 1)
+        self.add_optimizer("generator", self.generator.parameters(), lr=1e-3, betas=(0.5, 0.999))
+
+    def generators(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator}
+
+
+def _build(config: RunConfig, total_steps: int) -> _Tiny:
+    return _Tiny()
+
+
+def test_the_trainer_reads_the_method_class_from_the_factory_without_building_it():
+    from ds3kit.train import Trainer
+    from ds3kit.train.trainer import method_type
+
+    built = []
+
+    def unannotated(config, total_steps):
+        built.append(total_steps)
+        return _Tiny()
+
+    with pytest.raises(TypeError, match="must annotate the Method subclass"):
+        Trainer(RunConfig(), unannotated, name="tiny")
+
+    def counting(config: RunConfig, total_steps: int) -> _Tiny:
+        built.append(total_steps)
+        return _Tiny()
+
+    trainer = Trainer(RunConfig(), counting, name="tiny")
+    assert trainer.method_type is _Tiny and method_type(_build) is _Tiny and not built
+
+
+@pytest.mark.parametrize("recipe", ["ds3net", "cut", "pix2pix", "paired_only"])
+def test_recipes_declare_their_method_class_and_name_their_discriminators(recipe):
+    from _recipes import load_recipe
+
+    from ds3kit.models import PatchDiscriminator
+    from ds3kit.train.trainer import method_type
+
+    build = load_recipe(recipe).build
+    method = build(RunConfig(preset="tiny"), 10)
+    assert type(method) is method_type(build)
+    found = {id(m) for m in method.modules() if isinstance(m, PatchDiscriminator)}
+    assert found and {id(m) for m in method.discriminators().values()} == found
+    assert set(method.discriminators()) <= set(method.generators())  # keyed by the role each one judges
+
+
+def test_every_trainer_attribute_is_set_in_init():
+    import ast
+    import inspect
+
+    from ds3kit.train import Trainer
+    from ds3kit.train import trainer as trainer_module
+
+    made = set(vars(Trainer(RunConfig(), _build, name="tiny")))
+    tree = ast.parse(inspect.getsource(trainer_module.Trainer))
+    assigned = {
+        target.attr
+        for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
+    }
+    assert assigned <= made, f"set outside __init__: {sorted(assigned - made)}"
