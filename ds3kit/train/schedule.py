@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -11,7 +12,8 @@ class LinearDecay:
     """pix2pix's schedule: the base rate, then a linear decay to zero over the last ``fraction`` of the steps.
 
     A pure function of the step, applied to every optimiser before each step (the student's optimiser, idle
-    during the teacher's warm-up, follows the same clock), so resuming needs nothing but the step.
+    during the teacher's warm-up, follows the same clock). Its state (the step count and where the decay starts)
+    goes into the training checkpoint, and a resumed run restores it, so it continues the decay it started with.
     """
 
     KIND = "linear_decay"
@@ -32,3 +34,10 @@ class LinearDecay:
 
     def state_dict(self) -> dict[str, int | str]:
         return {"kind": self.KIND, "total": self.total, "decay_start": self.decay_start}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take over the step count and decay start of :meth:`state_dict`'s output; ``ValueError`` for another kind."""
+        if state.get("kind") != self.KIND:
+            raise ValueError(f"expected a {self.KIND} schedule state, got kind {state.get('kind')!r}")
+        self.total = int(state["total"])
+        self.decay_start = int(state["decay_start"])

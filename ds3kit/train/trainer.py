@@ -251,7 +251,7 @@ class Trainer:
         stop_at = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
         start = 0
         if cfg.resume and last.exists():
-            start = self._restore(last, method)
+            start = self._restore(last, method, schedule)
         else:
             torch.manual_seed(cfg.seed + 7919 * ctx.rank)
         val_sessions = CachedSessions(self.cache.select(split.val)) if ctx.is_main else []
@@ -322,7 +322,7 @@ class Trainer:
         }
         save_checkpoint(path, payload, kind=TRAINING_FORMAT)
 
-    def _restore(self, path: Path, method: Method) -> int:
+    def _restore(self, path: Path, method: Method, schedule: LinearDecay) -> int:
         payload = load_checkpoint(path, kind=TRAINING_FORMAT, map_location=self.device)
         if payload["method"] != self.name:
             raise InputError(f"{path}: a checkpoint of {payload['method']!r}, not {self.name!r}")
@@ -333,6 +333,10 @@ class Trainer:
                              f"{str(error).splitlines()[0]}") from None
         for name, opt in method.optimizers.items():
             opt.load_state_dict(payload["optimizers"][name])
+        try:  # the decay the run started with, even if --steps or --lr-decay-fraction changed since
+            schedule.load_state_dict(payload["schedule"])
+        except ValueError as error:
+            raise InputError(f"{path}: {error}") from None
         self.best = dict(payload.get("best", {}))
         if self.context.is_main:
             restore_rng_state(payload["rng"])

@@ -144,7 +144,16 @@ def test_the_benchmark_step_prepares_batches_as_the_trainer_does():
         assert torch.equal(got[key], expected[key]) and got[key].stride() == expected[key].stride()
 
 
-# ------------------------------------------------------------------------------------- the method it builds
+# --------------------------------------------------------------------------------------------- the schedule
+def test_linear_decay_state_restores_the_same_decay():
+    first = LinearDecay(total=10, fraction=0.5)
+    other = LinearDecay(total=40, fraction=0.1)
+    other.load_state_dict(first.state_dict())
+    assert [other.factor(s) for s in range(12)] == [first.factor(s) for s in range(12)]
+    with pytest.raises(ValueError, match="linear_decay"):
+        other.load_state_dict({"kind": "cosine", "total": 10, "decay_start": 5})
+
+
 class _Tiny(Method):
     """The smallest method a trainer takes: one generator, one optimiser, the unpaired stream."""
 
@@ -163,6 +172,21 @@ def _build(config: RunConfig, total_steps: int) -> _Tiny:
     return _Tiny()
 
 
+def test_a_resumed_trainer_continues_the_checkpoints_decay(tmp_path):
+    from ds3kit.train import Trainer
+
+    trainer = Trainer(RunConfig(out=str(tmp_path), steps=20, lr_decay_fraction=0.5), _build, name="tiny")
+    method = _Tiny()
+    saved = LinearDecay(total=20, fraction=0.5)
+    path = tmp_path / "last.pt"
+    trainer._save(path, 7, method, saved)
+    # The run is resumed with other --steps / --lr-decay-fraction: the decay it started with goes on.
+    resumed = LinearDecay(total=60, fraction=0.9)
+    assert trainer._restore(path, method, resumed) == 7
+    assert [resumed.factor(s) for s in range(7, 21)] == [saved.factor(s) for s in range(7, 21)]
+
+
+# ------------------------------------------------------------------------------------- the method it builds
 def test_the_trainer_reads_the_method_class_from_the_factory_without_building_it():
     from ds3kit.train import Trainer
     from ds3kit.train.trainer import method_type
