@@ -100,10 +100,10 @@ def test_roofline_counts():
 
 
 def test_kernel_search_keeps_only_configs_that_fit(tmp_path):
-    # benchmarks/search.py's filter, in a fresh process (compiled kernels): HEAD's old 64 x 64 whole-D tiles do not
-    # fit a T4 at D = 256, the table's row does.
+    # benchmarks/search.py's filter (benchmarks/_search_objectives.py), in a fresh process (compiled kernels): HEAD's
+    # old 64 x 64 whole-D tiles do not fit a T4 at D = 256, the table's row does.
     script = (
-        "import search\n"
+        "import _search_objectives as search\n"
         "from ds3kit.ops.configs import KernelConfig, default_config\n"
         "import torch\n"
         "old = KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)\n"
