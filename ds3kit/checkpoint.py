@@ -3,7 +3,10 @@
 Two kinds share one envelope ``{"format": ..., "version": ..., ...}``:
 
 - ``ds3kit.generator``: one generator, enough to synthesize (``config`` rebuilds the architecture);
-  :func:`save_generator` / :func:`load_generator`.
+  :func:`save_generator` / :func:`load_generator`. It may also carry the discriminator that judged that
+  generator (key ``"discriminator"``: ``config``, ``state_dict`` and the ``gan_mode`` its scores are read in), the
+  source of the reliability map (:mod:`ds3kit.reliability`); :func:`load_discriminator` rebuilds it. Checkpoints
+  written before that key existed load as before, with no discriminator.
 - ``ds3kit.training``: everything needed to resume a run exactly (models, optimisers, schedulers,
   RNG states, step, run configuration).
 
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 
 from ds3kit.errors import CheckpointError
-from ds3kit.models import Generator
+from ds3kit.models import Generator, PatchDiscriminator
 from ds3kit.utils.atomic import atomic_path
 
 FORMAT_VERSION = 1
@@ -119,10 +122,40 @@ def _as_tuple(value: Any) -> Any:
     return value
 
 
-def save_generator(path: str | Path, generator: Generator, **metadata: Any) -> None:
-    """Write a generator checkpoint (architecture config + weights + ``metadata``) atomically."""
-    state = {name: tensor.detach().cpu() for name, tensor in generator.state_dict().items()}
-    save_checkpoint(path, {"config": generator.config(), "state_dict": state, "metadata": metadata}, kind=GENERATOR_FORMAT)
+def save_generator(
+    path: str | Path,
+    generator: Generator,
+    *,
+    discriminator: PatchDiscriminator | None = None,
+    gan_mode: str = "lsgan",
+    **metadata: Any,
+) -> None:
+    """Write a generator checkpoint (architecture config + weights + ``metadata``) atomically.
+
+    Args:
+        discriminator: the :class:`~ds3kit.models.PatchDiscriminator` that judged this generator in training
+            (DS3-Net's student: D^S), stored beside it (config + weights) so the checkpoint can draw the
+            reliability map; None stores none.
+        gan_mode: the GAN objective that discriminator was trained with (``"lsgan"``, ``"bce"``, ``"hinge"``):
+            how its raw scores are read as realness. Stored only with a discriminator.
+        metadata: plain values (str/int/float/bool/None and containers of them), returned by :func:`load_generator`.
+    """
+    payload: dict[str, Any] = {"config": generator.config(), "state_dict": _cpu_state(generator), "metadata": metadata}
+    if discriminator is not None:
+        from ds3kit.losses.adversarial import GAN_MODES  # here: the losses package is not needed to synthesize
+
+        if not isinstance(discriminator, PatchDiscriminator):
+            raise ValueError(f"discriminator must be a PatchDiscriminator (or None), got {type(discriminator).__name__}")
+        if gan_mode not in GAN_MODES:
+            raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {gan_mode!r}")
+        payload["discriminator"] = {
+            "config": discriminator.config(), "state_dict": _cpu_state(discriminator), "gan_mode": gan_mode,
+        }
+    save_checkpoint(path, payload, kind=GENERATOR_FORMAT)
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
 
 
 def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
@@ -137,9 +170,66 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> t
         generator = Generator(**{"output": "sigmoid", **payload["config"]})
     except (TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path}: cannot rebuild the generator from its config: {error}") from None
-    try:
-        generator.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
-        summary = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the generator architecture: {summary}") from None
+    _load_weights(path, generator, payload["state_dict"], "weights do not fit the generator architecture")
     return generator.to(device).eval(), dict(payload.get("metadata", {}))
+
+
+def _load_weights(path: str | Path, module: torch.nn.Module, state: Any, problem: str) -> None:
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        summary = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: {problem}: {summary}") from None
+
+
+def load_discriminator(path: str | Path, *, device: str | torch.device = "cpu") -> PatchDiscriminator | None:
+    """The discriminator stored beside the generator by :func:`save_generator` (eval mode), or None when the
+    checkpoint holds none (written before ds3kit stored one, or by a run without a discriminator).
+
+    Its GAN mode: :func:`discriminator_gan_mode`.
+
+    Raises:
+        CheckpointError: not a ds3kit generator checkpoint, or a ``"discriminator"`` entry that is malformed (not a
+            mapping of ``config``, ``state_dict`` and ``gan_mode``) or whose weights do not fit its config.
+    """
+    entry = _discriminator_entry(path, load_checkpoint(path, kind=GENERATOR_FORMAT))
+    if entry is None:
+        return None
+    try:
+        discriminator = PatchDiscriminator(**entry["config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot rebuild the discriminator from its config: {error}") from None
+    _load_weights(path, discriminator, entry["state_dict"], "discriminator weights do not fit its architecture")
+    return discriminator.to(device).eval()
+
+
+def discriminator_gan_mode(path: str | Path) -> str | None:
+    """The GAN mode (``"lsgan"``, ``"bce"``, ``"hinge"``) of the stored discriminator's scores; None without one.
+
+    Raises:
+        CheckpointError: as :func:`load_discriminator`.
+    """
+    entry = _discriminator_entry(path, load_checkpoint(path, kind=GENERATOR_FORMAT))
+    return None if entry is None else entry["gan_mode"]
+
+
+def _discriminator_entry(path: str | Path, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The checked ``"discriminator"`` entry of a generator checkpoint's payload, or None."""
+    from ds3kit.losses.adversarial import GAN_MODES
+
+    entry = payload.get("discriminator")
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{path}: malformed discriminator entry: expected a mapping, got {type(entry).__name__}")
+    missing = [key for key in ("config", "state_dict", "gan_mode") if key not in entry]
+    if missing:
+        raise CheckpointError(f"{path}: malformed discriminator entry: missing {', '.join(missing)}")
+    if not isinstance(entry["config"], dict) or not isinstance(entry["state_dict"], dict):
+        raise CheckpointError(f"{path}: malformed discriminator entry: config and state_dict must be mappings, got "
+                              f"{type(entry['config']).__name__} and {type(entry['state_dict']).__name__}")
+    if entry["gan_mode"] not in GAN_MODES:
+        raise CheckpointError(
+            f"{path}: malformed discriminator entry: gan_mode must be one of {GAN_MODES}, got {entry['gan_mode']!r}"
+        )
+    return entry

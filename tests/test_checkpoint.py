@@ -101,3 +101,92 @@ def test_rng_state_round_trip_through_a_safe_checkpoint(tmp_path):
     torch.manual_seed(100)
     restore_rng_state(load_checkpoint(path, kind=TRAINING_FORMAT)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+# ----------------------------------------------------------------------------- the discriminator beside the generator
+def _generator_and_discriminator(in_channels: int):
+    from ds3kit.models import build_discriminator, build_generator
+
+    torch.manual_seed(0)
+    return build_generator("tiny"), build_discriminator("tiny", in_channels=in_channels, norm="batch")
+
+
+@pytest.mark.parametrize("in_channels, gan_mode", [(4, "lsgan"), (1, "hinge")])
+def test_discriminator_round_trip_with_weights_only(tmp_path, in_channels, gan_mode):
+    from ds3kit.checkpoint import discriminator_gan_mode, load_discriminator, load_generator, save_generator
+    from ds3kit.models import PatchDiscriminator
+
+    generator, discriminator = _generator_and_discriminator(in_channels)
+    with torch.no_grad():  # batch norm running statistics are buffers: they must travel too
+        discriminator.model[3].running_mean.uniform_(-1, 1)
+    path = tmp_path / "student.pt"
+    save_generator(path, generator, discriminator=discriminator, gan_mode=gan_mode, method="test", role="student")
+    payload = torch.load(path, weights_only=True)  # what any user can do
+    assert payload["discriminator"]["config"] == discriminator.config()
+    assert payload["discriminator"]["gan_mode"] == gan_mode and "gan_mode" not in payload["metadata"]
+    loaded = load_discriminator(path)
+    assert isinstance(loaded, PatchDiscriminator) and not loaded.training and loaded.in_channels == in_channels
+    assert discriminator_gan_mode(path) == gan_mode
+    expected = discriminator.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in loaded.state_dict().items())
+    discriminator.eval()
+    x = torch.rand(2, in_channels, 24, 24)
+    torch.testing.assert_close(loaded(x), discriminator(x), rtol=0, atol=0)
+    _, metadata = load_generator(path)
+    assert metadata == {"method": "test", "role": "student"}
+
+
+def test_checkpoint_without_a_discriminator_still_loads(tmp_path):
+    from ds3kit.checkpoint import discriminator_gan_mode, load_discriminator, load_generator, save_generator
+
+    generator, _ = _generator_and_discriminator(4)
+    path = tmp_path / "g.pt"
+    save_generator(path, generator, role="student")
+    assert load_discriminator(path) is None and discriminator_gan_mode(path) is None
+    # As an older ds3kit wrote it: the envelope, config, weights and metadata, no "discriminator" key at all.
+    old = tmp_path / "old.pt"
+    payload = torch.load(path, weights_only=True)
+    assert "discriminator" not in payload
+    torch.save(payload, old)
+    assert load_discriminator(old) is None
+    assert load_generator(old)[1] == {"role": "student"}
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("weights", "malformed discriminator entry: expected a mapping, got str"),
+        ({"config": {}, "gan_mode": "lsgan"}, "malformed discriminator entry: missing state_dict"),
+        ({"config": [], "state_dict": {}, "gan_mode": "lsgan"}, "config and state_dict must be mappings"),
+        ({"config": {}, "state_dict": {}, "gan_mode": "wgan"}, "gan_mode must be one of"),
+        ({"config": {"widht": 3}, "state_dict": {}, "gan_mode": "lsgan"}, "cannot rebuild the discriminator"),
+        ({"config": {"num_layers": 0}, "state_dict": {}, "gan_mode": "lsgan"}, "cannot rebuild the discriminator"),
+        ("OTHER_WIDTH", "discriminator weights do not fit its architecture"),
+    ],
+)
+def test_malformed_discriminator_entry(tmp_path, entry, message):
+    from ds3kit.checkpoint import load_discriminator, load_generator, save_generator
+
+    generator, discriminator = _generator_and_discriminator(4)
+    path = tmp_path / "g.pt"
+    save_generator(path, generator, discriminator=discriminator)
+    payload = torch.load(path, weights_only=True)
+    if entry == "OTHER_WIDTH":
+        payload["discriminator"]["config"]["base_channels"] *= 2
+    else:
+        payload["discriminator"] = entry
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=message):
+        load_discriminator(path)
+    load_generator(path)  # synthesis alone never reads the entry
+
+
+def test_save_generator_checks_the_discriminator(tmp_path):
+    from ds3kit.checkpoint import save_generator
+
+    generator, discriminator = _generator_and_discriminator(4)
+    with pytest.raises(ValueError, match="must be a PatchDiscriminator"):
+        save_generator(tmp_path / "g.pt", generator, discriminator=torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="gan_mode must be one of"):
+        save_generator(tmp_path / "g.pt", generator, discriminator=discriminator, gan_mode="wgan")
+    assert not (tmp_path / "g.pt").exists()
