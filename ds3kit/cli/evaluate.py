@@ -7,6 +7,10 @@ same units, so ONE map is used for both. By default (``auto``) the real T1ce is 
 ``ds3kit synthesize`` writes) and used as is, any other prediction is taken to be in the target's scanner units and
 gets the target's map. The prediction never gets a map fitted on itself: that would hide a global intensity error.
 When both files already lie in [0, 1], both are used as they are.
+
+With a ``--checkpoint`` that stores its discriminator, the report also holds ``reliability``: the Pearson correlation
+of the reliability map (``ds3kit.reliability``) and of the edge-map baseline with the absolute error, in the brain
+and the tumour.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "[0, 1] is used as is (ds3kit synthesize writes that scale), any other gets the target's map; when both "
         "files are already in [0, 1] both are used as is. --scaling target: the target's map for both (both in "
         "scanner units). --scaling none: both as is (set --data-range). An infinite PSNR (identical volumes) is "
-        "written as null.",
+        "written as null. With a --checkpoint that stores its discriminator (and --t1, --t2, --flair), 'reliability' "
+        "gives the Pearson correlation of its reliability map and of the edge-map baseline with |pred - target| in "
+        "the brain and the tumour.",
     )
     parser.add_argument("--pred", required=True, type=Path, help="synthesized T1ce (NIfTI)")
     parser.add_argument("--target", required=True, type=Path, help="real T1ce (NIfTI), the reference grid")
@@ -52,7 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     baselines.add_argument("--t2", type=Path, default=None, help="its T2 (with --flair and --checkpoint: adds linear)")
     baselines.add_argument("--flair", type=Path, default=None, help="its FLAIR")
     baselines.add_argument("--checkpoint", type=Path, default=None,
-                           help="the generator checkpoint whose run fitted the linear baseline (its metadata holds it)")
+                           help="the generator checkpoint whose run fitted the linear baseline (its metadata holds it); "
+                                "when it stores its discriminator, the reliability map's correlation with |error| "
+                                "is reported too (docs/metrics.md, 'Reliability map')")
     baselines.add_argument("--segmenter", type=Path, default=None,
                            help="a recipes/segmenter.py checkpoint: adds dice_et/dice_tc/dice_wt for the prediction, "
                                 "copy-T1 (floor) and the real T1ce (ceiling); needs --seg, --t1, --t2, --flair")
@@ -72,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     target = load_volume(args.target)
     pred = load_volume(args.pred, allow_constant=True)  # an all-zero prediction is bad, not unreadable
+    as_given = pred
     resampled = not same_grid(pred, target)
     if resampled:
         print(
@@ -138,13 +147,16 @@ def run(args: argparse.Namespace) -> int:
         floor = baselines["copy-T1"].get("brain_psnr")
         if floor is not None and metrics.get("brain_psnr") is not None:
             report["beats_copy_t1"] = bool(metrics["brain_psnr"] > floor)
+    reliability = _reliability_rows(args, as_given, target, prediction, truth, brain, tumour)
+    if reliability is not None:
+        report["reliability"] = reliability
     print(json.dumps(report, allow_nan=False))
     return 0
 
 
 def _dice_rows(args: argparse.Namespace, pred) -> dict[str, dict[str, float]]:
     """Dice of the segmenter run with the prediction, with T1 (copy-T1) and with the real T1ce in place of T1ce."""
-    from ds3kit.data import Volume, load_session, resample_to_reference, same_grid
+    from ds3kit.data import load_session
     from ds3kit.errors import InputError
     from ds3kit.segment import load_segmenter, reference_t1ce, session_dice
 
@@ -153,18 +165,73 @@ def _dice_rows(args: argparse.Namespace, pred) -> dict[str, dict[str, float]]:
         raise InputError(f"--segmenter needs --{', --'.join(missing)} (it segments T1, T1ce, T2, FLAIR against --seg)")
     segmenter, _ = load_segmenter(args.segmenter)
     session = load_session(args.t1, args.t2, args.flair, t1ce=args.target, seg=args.seg)
-    reference = Volume(session.inputs[0], session.affine, session.header)
-    on_t1_grid = pred if same_grid(pred, reference) else resample_to_reference(pred, reference, order=1)
-    synthesis = on_t1_grid.data
-    if synthesis.min() < 0 or synthesis.max() > 1:
+    synthesis, (low, high) = _synthesis_on_t1_grid(pred, session)
+    if synthesis is None:
         raise InputError(f"{args.pred}: --segmenter needs the prediction in ds3kit's [0, 1] scale (what ds3kit "
-                         f"synthesize writes), got values in [{synthesis.min():.3g}, {synthesis.max():.3g}]")
-    synthesis = np.where(session.brain_mask, synthesis, np.float32(0.0))
+                         f"synthesize writes), got values in [{low:.3g}, {high:.3g}]")
     return {
         "prediction": session_dice(segmenter, session, synthesis),
         "copy-T1": session_dice(segmenter, session, reference_t1ce(session, "copy_t1")),
         "real T1ce (segmenter)": session_dice(segmenter, session, reference_t1ce(session, "real_t1ce")),
     }
+
+
+def _synthesis_on_t1_grid(pred, session) -> tuple[np.ndarray | None, tuple[float, float]]:
+    """The prediction on the session's T1 grid, 0 outside its brain, and its value range; None (with the range) when
+    it is not in ds3kit's [0, 1] scale (what ds3kit synthesize writes, and what the networks were trained on)."""
+    from ds3kit.data import Volume, resample_to_reference, same_grid
+
+    reference = Volume(session.inputs[0], session.affine, session.header)
+    on_t1_grid = pred if same_grid(pred, reference) else resample_to_reference(pred, reference, order=1)
+    synthesis = on_t1_grid.data
+    low, high = float(synthesis.min()), float(synthesis.max())
+    if low < 0 or high > 1:
+        return None, (low, high)
+    return np.where(session.brain_mask, synthesis, np.float32(0.0)), (low, high)
+
+
+def _reliability_rows(args: argparse.Namespace, pred, target, prediction: np.ndarray, truth: np.ndarray,
+                      brain: np.ndarray, tumour: np.ndarray | None) -> dict | None:
+    """The reliability map's and the edge map's Pearson correlation with |error| in the brain (and the tumour).
+
+    None when there is no ``--checkpoint`` or it stores no discriminator. ``pred`` is the prediction as read; ``prediction``
+    and ``truth`` are on the target's grid in the units the metrics use. Both maps are made on the T1 grid (the
+    discriminator judges slices of the session, as in training) and brought onto the target's grid like the
+    prediction.
+    """
+    if args.checkpoint is None:
+        return None
+    from ds3kit.checkpoint import discriminator_gan_mode, load_discriminator
+
+    discriminator = load_discriminator(args.checkpoint)
+    if discriminator is None:
+        return None
+    from ds3kit.data import Volume, load_session, resample_to_reference, same_grid
+    from ds3kit.reliability import edge_map, error_correlation, reliability_volume
+
+    session = load_session(args.t1, args.t2, args.flair)
+    synthesis, (low, high) = _synthesis_on_t1_grid(pred, session)
+    if synthesis is None:
+        print(f"ds3kit evaluate: {args.pred} holds values in [{low:.3g}, {high:.3g}], not ds3kit's [0, 1] scale that "
+              "the discriminator judges; the reliability map is left out", file=sys.stderr)
+        return None
+    maps = {
+        "discriminator": reliability_volume(synthesis, discriminator, session.inputs, session.brain_mask,
+                                            gan_mode=discriminator_gan_mode(args.checkpoint)),
+        "edge_map": edge_map(synthesis, session.brain_mask),
+    }
+    regions = {"brain": brain}
+    if tumour is not None and tumour.any():
+        regions["tumour"] = tumour
+    rows: dict = {}
+    for name, volume in maps.items():
+        on_target = Volume(volume, session.affine, session.header)
+        if not same_grid(on_target, target):
+            on_target = resample_to_reference(on_target, target, order=1)
+        rows[name] = {region: error_correlation(on_target.data, prediction, truth, mask)
+                      for region, mask in regions.items()}
+    rows["beats_edge_map"] = bool(rows["discriminator"]["brain"] > rows["edge_map"]["brain"])
+    return rows
 
 
 def _baseline_volumes(args: argparse.Namespace) -> dict:
@@ -184,14 +251,18 @@ def _baseline_volumes(args: argparse.Namespace) -> dict:
         raise InputError("--checkpoint (the linear baseline) needs --t2 and --flair as well")
     linear = None
     if "checkpoint" in given:
+        from ds3kit.checkpoint import load_discriminator
         from ds3kit.inference import load_generator
 
         _, metadata = load_generator(args.checkpoint)
         fitted = metadata.get("linear_baseline")
-        if fitted is None:
+        if fitted is None and load_discriminator(args.checkpoint) is None:
             raise InputError(f"{args.checkpoint}: the checkpoint records no linear baseline (written by an older ds3kit, "
-                             "or by a run without paired subjects)")
-        linear = LinearBaseline(weights=tuple(fitted["weights"]), intercept=float(fitted["intercept"]))
+                             "or by a run without paired subjects) and no discriminator")
+        if fitted is None:  # the checkpoint still serves: its discriminator draws the reliability map
+            print(f"ds3kit evaluate: {args.checkpoint} records no linear baseline; that row is left out", file=sys.stderr)
+        else:
+            linear = LinearBaseline(weights=tuple(fitted["weights"]), intercept=float(fitted["intercept"]))
     t1 = load_volume(args.t1)
     others = (args.t2, args.flair) if "t2" in given else (t1, t1)  # copy-T1 alone needs only T1
     session = load_session(t1, *others)

@@ -24,6 +24,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="a ds3kit generator checkpoint (e.g. student.pt)")
     parser.add_argument("--out", required=True, type=Path, help="output NIfTI path (.nii or .nii.gz)")
     parser.add_argument("--mask", type=Path, default=None, help="brain mask on the T1 grid (default: estimated)")
+    parser.add_argument(
+        "--difficulty", type=Path, default=None, metavar="OUT",
+        help="also write the reliability map (.nii or .nii.gz) on the T1 grid: per voxel 1 - realness of the "
+        "checkpoint's discriminator on the synthesis, in [0, 1] (1 = looks unlike real T1ce), 0 outside the brain; "
+        "needs a checkpoint that stores its discriminator (docs/metrics.md, 'Reliability map')",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA when present)")
     parser.add_argument(
         "--batch-size", type=int, default=None,
@@ -40,10 +46,15 @@ def run(args: argparse.Namespace) -> int:
     from ds3kit.data import load_session, save_volume
     from ds3kit.inference import load_generator, synthesize_volume
 
-    if not str(args.out).endswith((".nii", ".nii.gz")):
-        raise InputError(f"--out {args.out}: expected a .nii or .nii.gz path")
-    if not args.out.parent.is_dir():
-        raise InputError(f"--out {args.out}: output directory {args.out.parent} does not exist")
+    for flag, path in (("--out", args.out), ("--difficulty", args.difficulty)):
+        if path is None:
+            continue
+        if not str(path).endswith((".nii", ".nii.gz")):
+            raise InputError(f"{flag} {path}: expected a .nii or .nii.gz path")
+        if not path.parent.is_dir():
+            raise InputError(f"{flag} {path}: output directory {path.parent} does not exist")
+    if args.difficulty is not None and args.difficulty.resolve() == args.out.resolve():
+        raise InputError(f"--difficulty {args.difficulty}: the same path as --out")
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -52,12 +63,34 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     generator, metadata = load_generator(args.checkpoint, device=device)
+    discriminator = None
+    if args.difficulty is not None:  # checked before any synthesis: a checkpoint without D^S writes nothing
+        from ds3kit.checkpoint import discriminator_gan_mode, load_discriminator
+
+        discriminator = load_discriminator(args.checkpoint, device=device)
+        if discriminator is None:
+            raise InputError(
+                f"--difficulty: {args.checkpoint} holds no discriminator, so it cannot draw the reliability map "
+                "(the checkpoint predates ds3kit storing one, or its run was not trained with one); nothing written"
+            )
+        gan_mode = discriminator_gan_mode(args.checkpoint)
     session = load_session(args.t1, args.t2, args.flair, mask=args.mask)
     prediction = synthesize_volume(
         generator, session.inputs, brain_mask=session.brain_mask, batch_size=args.batch_size, device=device,
         progress=args.progress,
     )
+    reliability = None
+    if discriminator is not None:
+        from ds3kit.reliability import reliability_volume
+
+        # Computed before either file is written: a failure here leaves no half of the output behind.
+        reliability = reliability_volume(
+            prediction, discriminator, session.inputs, session.brain_mask, gan_mode=gan_mode,
+            batch_size=args.batch_size, device=device,
+        )
     save_volume(args.out, prediction, session.affine, session.header)
+    if reliability is not None:
+        save_volume(args.difficulty, reliability, session.affine, session.header)
     elapsed = time.perf_counter() - started
     slices = prediction.shape[-1]
     print(
@@ -65,4 +98,6 @@ def run(args: argparse.Namespace) -> int:
         f"({slices / elapsed:.1f} slices/s) with {metadata.get('method', '?')}/{metadata.get('role', '?')}",
         file=sys.stderr,
     )
+    if reliability is not None:
+        print(f"wrote {args.difficulty}: the reliability map (1 - realness of the discriminator, [0, 1])", file=sys.stderr)
     return 0

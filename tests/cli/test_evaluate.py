@@ -254,3 +254,119 @@ def test_segmenter_adds_dice_for_the_prediction_and_both_reference_rows(tmp_path
         assert result[key] == pytest.approx(expected_pred[key], abs=1e-6)
         assert result["baselines"]["real T1ce (segmenter)"][key] == pytest.approx(expected_real[key], abs=1e-6)
         assert key in result["baselines"]["copy-T1"]
+
+
+# ------------------------------------------------------------------------------------------------ the reliability map
+def _checkpoint_with_discriminator(path, *, linear: bool = True, in_channels: int = 4):
+    import torch
+
+    from ds3kit.checkpoint import save_generator
+    from ds3kit.models import build_discriminator, build_generator
+
+    torch.manual_seed(0)
+    discriminator = build_discriminator("tiny", in_channels=in_channels)
+    with torch.no_grad():
+        discriminator.model[-1].bias.add_(0.5)
+    extra = {"linear_baseline": {"weights": [0.5, -0.1, 0.2], "intercept": 0.1}} if linear else {}
+    save_generator(path, build_generator("tiny"), discriminator=discriminator, gan_mode="bce", **extra)
+    return discriminator.eval()
+
+
+@pytest.mark.parametrize("in_channels", [4, 1])
+def test_reliability_correlations_match_an_independent_computation(tmp_path, capsys, in_channels):
+    from ds3kit.data import brain_mask, load_session
+    from ds3kit.reliability import edge_map, reliability_volume
+
+    paths = _phantom_case(tmp_path)
+    session = load_session(paths["t1"], paths["t2"], paths["flair"], t1ce=paths["t1ce"])
+    rng = np.random.default_rng(2)
+    pred = np.clip(session.target + 0.1 * rng.standard_normal(session.shape), 0, 1) * session.brain_mask
+    write(tmp_path / "pred.nii.gz", pred, session.affine)
+    discriminator = _checkpoint_with_discriminator(tmp_path / "g.pt", in_channels=in_channels)
+    result, _ = run_json(capsys, "--pred", tmp_path / "pred.nii.gz", "--target", paths["t1ce"], "--seg", paths["seg"],
+                         "--t1", paths["t1"], "--t2", paths["t2"], "--flair", paths["flair"],
+                         "--checkpoint", tmp_path / "g.pt")
+    assert set(result["baselines"]) == {"copy-T1", "linear"}  # the existing report is all still there
+    reliability = result["reliability"]
+    assert set(reliability) == {"discriminator", "edge_map", "beats_edge_map"}
+
+    # Independent: the target normalised by its percentiles in its own brain, numpy's Pearson correlation.
+    target = np.asarray(nib.load(paths["t1ce"]).dataobj, dtype=np.float64)
+    brain = brain_mask([target])
+    low, high = np.percentile(target[brain], [0.5, 99.5])
+    truth = np.where(brain, np.clip((target - low) / (high - low), 0, 1), 0)
+    error = np.abs(np.asarray(nib.load(tmp_path / "pred.nii.gz").dataobj, dtype=np.float64) - truth)
+    tumour = np.asarray(nib.load(paths["seg"]).dataobj) > 0
+    inputs = load_session(paths["t1"], paths["t2"], paths["flair"])
+    maps = {
+        "discriminator": reliability_volume(pred.astype(np.float32), discriminator, inputs.inputs, inputs.brain_mask,
+                                            gan_mode="bce"),
+        "edge_map": edge_map(pred.astype(np.float32), inputs.brain_mask),
+    }
+    for name, volume in maps.items():
+        for region, mask in (("brain", brain), ("tumour", tumour)):
+            expected = np.corrcoef(volume[mask].astype(np.float64), error[mask])[0, 1]
+            assert reliability[name][region] == pytest.approx(expected, abs=1e-5), (name, region)
+    assert reliability["beats_edge_map"] == (reliability["discriminator"]["brain"] > reliability["edge_map"]["brain"])
+
+
+def test_reliability_without_linear_baseline_or_tumour(tmp_path, capsys):
+    from ds3kit.data import load_session
+
+    paths = _phantom_case(tmp_path)
+    session = load_session(paths["t1"], paths["t2"], paths["flair"])
+    write(tmp_path / "pred.nii.gz", session.inputs[0], session.affine)  # copy-T1 as the prediction, in [0, 1]
+    _checkpoint_with_discriminator(tmp_path / "g.pt", linear=False)
+    result, err = run_json(capsys, "--pred", tmp_path / "pred.nii.gz", "--target", paths["t1ce"], "--t1", paths["t1"],
+                           "--t2", paths["t2"], "--flair", paths["flair"], "--checkpoint", tmp_path / "g.pt")
+    assert "records no linear baseline; that row is left out" in err
+    assert set(result["baselines"]) == {"copy-T1"}
+    assert set(result["reliability"]["discriminator"]) == {"brain"} == set(result["reliability"]["edge_map"])
+
+
+def test_no_reliability_without_a_discriminator_or_with_scanner_units(tmp_path, capsys):
+    from ds3kit.checkpoint import save_generator
+    from ds3kit.models import build_generator
+
+    paths = _phantom_case(tmp_path)
+    argv = ["--target", paths["t1ce"], "--t1", paths["t1"], "--t2", paths["t2"], "--flair", paths["flair"]]
+    save_generator(tmp_path / "old.pt", build_generator("tiny"),
+                   linear_baseline={"weights": [0.5, -0.1, 0.2], "intercept": 0.1})
+    result, _ = run_json(capsys, "--pred", paths["t1"], *argv, "--checkpoint", tmp_path / "old.pt")
+    assert "reliability" not in result and set(result["baselines"]) == {"copy-T1", "linear"}
+    _checkpoint_with_discriminator(tmp_path / "g.pt")
+    scanner = np.asarray(nib.load(paths["t1ce"]).dataobj)
+    assert scanner.max() > 1
+    result, err = run_json(capsys, "--pred", paths["t1ce"], *argv, "--checkpoint", tmp_path / "g.pt")
+    assert "reliability" not in result and "the reliability map is left out" in err
+    save_generator(tmp_path / "bare.pt", build_generator("tiny"))
+    assert main(["evaluate", "--pred", str(paths["t1"]), *map(str, argv), "--checkpoint", str(tmp_path / "bare.pt")]) == 2
+    assert "records no linear baseline" in capsys.readouterr().err
+
+
+def test_reliability_on_a_target_grid_other_than_the_t1_grid(tmp_path, capsys):
+    from ds3kit.data import load_session
+
+    paths = _phantom_case(tmp_path)
+    session = load_session(paths["t1"], paths["t2"], paths["flair"])
+    rng = np.random.default_rng(3)
+    write(tmp_path / "pred.nii.gz", np.clip(session.inputs[0] + 0.1 * rng.random(session.shape), 0, 1)
+          * session.brain_mask, session.affine)
+    _checkpoint_with_discriminator(tmp_path / "g.pt")
+    argv = ["--pred", tmp_path / "pred.nii.gz", "--seg", paths["seg"], "--t1", paths["t1"], "--t2", paths["t2"],
+            "--flair", paths["flair"], "--checkpoint", tmp_path / "g.pt"]
+    reference, _ = run_json(capsys, *argv, "--target", paths["t1ce"])
+    # The same target, world placement and segmentation, on a grid padded by two voxels before y = 0.
+    image = nib.load(paths["t1ce"])
+    affine = image.affine.copy()
+    affine[:3, 3] -= 2 * affine[:3, 1]
+    padded = write(tmp_path / "t1ce_big.nii.gz", np.pad(np.asarray(image.dataobj), ((0, 0), (2, 0), (0, 0))), affine)
+    seg = write(tmp_path / "seg_big.nii.gz", np.pad(np.asarray(nib.load(paths["seg"]).dataobj), ((0, 0), (2, 0), (0, 0))),
+                affine)
+    argv[argv.index(paths["seg"])] = seg
+    result, err = run_json(capsys, *argv, "--target", padded)
+    assert "resampled onto the target's grid" in err
+    for name in ("discriminator", "edge_map"):
+        for region in ("brain", "tumour"):
+            assert result["reliability"][name][region] == pytest.approx(reference["reliability"][name][region],
+                                                                        abs=1e-5), (name, region)

@@ -105,3 +105,81 @@ def test_output_directory_must_exist(checkpoint, tmp_path, capsys):
     code = main(["synthesize", "--t1", "a.nii.gz", "--t2", "b.nii.gz", "--flair", "c.nii.gz", "--checkpoint",
                  str(checkpoint), "--out", str(tmp_path / "missing" / "t1ce.nii.gz")])
     assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- --difficulty: the reliability map
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> dict[str, Path]:
+    from ds3kit.data.phantom import make_phantom_case, phantom_affine
+
+    shape = (30, 27, 9)  # odd in-plane sides
+    case = make_phantom_case(shape, seed=2)
+    folder = tmp_path_factory.mktemp("phantom")
+    paths = {name: folder / f"{name}.nii.gz" for name in ("t1", "t2", "flair")}
+    for name, path in paths.items():
+        nib.save(nib.Nifti1Image(case[name].astype(np.float32), phantom_affine(shape)), str(path))
+    return paths
+
+
+def synthesize_phantom(phantom: dict[str, Path], checkpoint: Path, out: Path, *extra: str) -> int:
+    return main([
+        "synthesize", "--t1", str(phantom["t1"]), "--t2", str(phantom["t2"]), "--flair", str(phantom["flair"]),
+        "--checkpoint", str(checkpoint), "--out", str(out), "--no-progress", *extra,
+    ])
+
+
+@pytest.mark.parametrize("in_channels", [4, 1])
+def test_difficulty_writes_the_reliability_map_on_the_t1_grid(phantom, tmp_path, capsys, in_channels):
+    from ds3kit.checkpoint import load_discriminator
+    from ds3kit.data import load_session
+    from ds3kit.models import build_discriminator
+    from ds3kit.reliability import reliability_volume
+
+    torch.manual_seed(0)
+    discriminator = build_discriminator("tiny", in_channels=in_channels)
+    with torch.no_grad():
+        discriminator.model[-1].bias.add_(0.5)  # scores around 0.5: a map that is not all 1
+    path = tmp_path / "student.pt"
+    save_generator(path, build_generator("tiny"), discriminator=discriminator, gan_mode="lsgan", role="student")
+    out, difficulty = tmp_path / "t1ce.nii.gz", tmp_path / "difficulty.nii.gz"
+    assert synthesize_phantom(phantom, path, out, "--difficulty", str(difficulty)) == 0, capsys.readouterr().err
+    assert "reliability map" in capsys.readouterr().err
+    written, t1 = nib.load(difficulty), nib.load(phantom["t1"])
+    assert written.shape == t1.shape and written.get_data_dtype() == np.float32
+    np.testing.assert_allclose(written.affine, t1.affine, atol=1e-6)
+    data = np.asarray(written.dataobj)
+    session = load_session(phantom["t1"], phantom["t2"], phantom["flair"])
+    prediction = np.asarray(nib.load(out).dataobj)
+    expected = reliability_volume(prediction, load_discriminator(path), session.inputs, session.brain_mask)
+    np.testing.assert_allclose(data, expected, atol=1e-6)
+    assert not data[~session.brain_mask].any() and 0.0 <= data.min() and data.max() <= 1.0
+    assert data[session.brain_mask].std() > 0.01
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["difficulty.nii.gz", "student.pt", "t1ce.nii.gz"]
+
+
+def test_difficulty_without_a_discriminator_writes_nothing(phantom, checkpoint, tmp_path, capsys, monkeypatch):
+    import ds3kit.inference
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("synthesized before checking the checkpoint")
+
+    monkeypatch.setattr(ds3kit.inference, "synthesize_volume", must_not_run)
+    out, difficulty = tmp_path / "t1ce.nii.gz", tmp_path / "difficulty.nii.gz"
+    assert synthesize_phantom(phantom, checkpoint, out, "--difficulty", str(difficulty)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ds3kit synthesize: error: --difficulty:")
+    assert "holds no discriminator" in err and "predates" in err and "not trained with one" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("difficulty.png", "expected a .nii or .nii.gz path"), ("missing/d.nii.gz", "does not exist"),
+     ("t1ce.nii.gz", "the same path as --out")],
+)
+def test_difficulty_path_is_checked(phantom, checkpoint, tmp_path, capsys, name, message):
+    out = tmp_path / "t1ce.nii.gz"
+    assert synthesize_phantom(phantom, checkpoint, out, "--difficulty", str(tmp_path / name)) == 2
+    err = capsys.readouterr().err
+    assert "--difficulty" in err and message in err
+    assert list(tmp_path.iterdir()) == []
