@@ -333,7 +333,13 @@ class Trainer:
                              f"{str(error).splitlines()[0]}") from None
         for name, opt in method.optimizers.items():
             opt.load_state_dict(payload["optimizers"][name])
-        try:  # the decay the run started with, even if --steps or --lr-decay-fraction changed since
+        saved_total = payload.get("schedule", {}).get("total")
+        if saved_total is not None and saved_total != schedule.total:
+            # The warm-up, the difficulty ramp, the decay and the batches all depend on the run's length: a longer
+            # run cannot continue this one's, it would train its last steps at a decayed-to-zero rate.
+            raise InputError(f"{path}: the run was started for {saved_total} steps, this one asks for {schedule.total}; "
+                             f"resume with the same --steps / --epochs, or start a new run in another --out")
+        try:  # the decay the run started with, even if --lr-decay-fraction changed since
             schedule.load_state_dict(payload["schedule"])
         except ValueError as error:
             raise InputError(f"{path}: {error}") from None

@@ -180,10 +180,21 @@ def test_a_resumed_trainer_continues_the_checkpoints_decay(tmp_path):
     saved = LinearDecay(total=20, fraction=0.5)
     path = tmp_path / "last.pt"
     trainer._save(path, 7, method, saved)
-    # The run is resumed with other --steps / --lr-decay-fraction: the decay it started with goes on.
-    resumed = LinearDecay(total=60, fraction=0.9)
+    # Resumed with another --lr-decay-fraction: the decay it started with goes on.
+    resumed = LinearDecay(total=20, fraction=0.9)
     assert trainer._restore(path, method, resumed) == 7
     assert [resumed.factor(s) for s in range(7, 21)] == [saved.factor(s) for s in range(7, 21)]
+
+
+def test_resuming_with_another_length_is_refused_by_name(tmp_path):
+    from ds3kit.errors import InputError
+    from ds3kit.train import Trainer
+
+    trainer = Trainer(RunConfig(out=str(tmp_path), steps=20), _build, name="tiny")
+    path = tmp_path / "last.pt"
+    trainer._save(path, 7, _Tiny(), LinearDecay(total=20, fraction=0.5))
+    with pytest.raises(InputError, match="started for 20 steps, this one asks for 60"):
+        trainer._restore(path, _Tiny(), LinearDecay(total=60, fraction=0.5))
 
 
 # ------------------------------------------------------------------------------------- the method it builds
