@@ -20,6 +20,7 @@ from ds3kit.checkpoint import save_generator
 from ds3kit.data import CachedSessions, CohortSplit, PreprocessResult, Session, save_volume
 from ds3kit.evaluation import Evaluation, evaluate_generator, evaluate_predictor
 from ds3kit.methods.base import Method
+from ds3kit.reliability import edge_map, error_correlation, reliability_volume
 from ds3kit.train.config import RunConfig
 from ds3kit.train.figures import save_learning_curves, save_panel
 from ds3kit.utils.atomic import atomic_write_text
@@ -73,12 +74,18 @@ def write_final_report(
     evaluations: dict[str, Evaluation] = {}
     report["selected_step"] = {}
     for role, generator in method.generators().items():
+        judge = method.discriminators().get(role)
         if cfg.select == "best-val" and role in best:
             # The validation subjects chose the step: a model past its best (over-training on few paired
             # subjects) ships as it was at its best, and the report says which step that was.
             generator.load_state_dict(best[role]["state"])
+            if judge is not None and "discriminator_state" in best[role]:
+                judge.load_state_dict(best[role]["discriminator_state"])
         report["selected_step"][role] = best[role]["step"] if cfg.select == "best-val" and role in best else total
-        save_generator(run_dir / "checkpoints" / f"{role}.pt", generator, method=name, role=role,
+        # The discriminator that judged this generator ships with it: `ds3kit synthesize --difficulty` draws the
+        # reliability map from it (docs/metrics.md).
+        save_generator(run_dir / "checkpoints" / f"{role}.pt", generator, discriminator=judge,
+                       gan_mode=gan_mode_of(method), method=name, role=role,
                        step=report["selected_step"][role],
                        image_size=cfg.image_size, intensity="per-modality robust percentiles in the brain -> [0, 1]",
                        **provenance)
@@ -87,14 +94,18 @@ def write_final_report(
         shown: dict[str, np.ndarray] = {}
         dice: dict[str, dict[str, float]] = {}
 
+        reliability: dict[str, dict[str, float]] = {}
+
         def write(session: Session, prediction: np.ndarray, folder: Path = folder, shown: dict = shown,
-                  dice: dict = dice) -> None:
+                  dice: dict = dice, judge: torch.nn.Module | None = judge, reliability: dict = reliability) -> None:
             # Written as made: a BraTS test set's predictions never sit in memory together.
             save_volume(folder / f"{session.case_id}_t1ce.nii.gz", prediction, session.affine, session.header)
             if len(shown) < _FIGURE_SUBJECTS:
                 shown[session.case_id] = prediction
             if segmenter is not None:
                 dice[session.case_id] = session_dice(segmenter, session, prediction, device=device)
+            if judge is not None:
+                reliability[session.case_id] = reliability_scores(judge, session, prediction, gan_mode_of(method), device)
 
         evaluation = evaluate_generator(generator, sessions, device=device, batch_size=cfg.eval_batch_size,
                                         on_prediction=write)
@@ -103,6 +114,13 @@ def write_final_report(
             evaluation.subjects[case_id].update(scores)
         evaluations[role] = evaluation
         report["models"][role] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": evaluation.subjects}
+        if reliability:
+            # Does the map earn its place: its correlation with |error| on the test voxels, beside a constant map's
+            # (0 by definition) and the non-learned edge map's (docs/metrics.md, "Reliability map").
+            keys = sorted({key for scores in reliability.values() for key in scores})
+            report["models"][role]["reliability"] = {
+                key: float(np.mean([scores[key] for scores in reliability.values() if key in scores])) for key in keys
+            }
     report["baselines"] = {}
     ceilings = ceiling_predictors(cases, split.train_paired) or {}
     if segmenter is not None:
@@ -122,6 +140,29 @@ def write_final_report(
     _save_test_panel(method, sessions, evaluations, run_dir / "figures", name=name, device=device)
     save_learning_curves(run_dir / "figures" / "learning_curves.png", run_dir / "metrics.jsonl", title=name)
     return report
+
+
+def gan_mode_of(method: Method) -> str:
+    """The GAN loss a method's discriminators were trained with (their realness depends on it)."""
+    return getattr(getattr(method, "options", None), "gan_mode", "lsgan")
+
+
+def reliability_scores(
+    judge: torch.nn.Module, session: Session, prediction: np.ndarray, gan_mode: str, device: torch.device
+) -> dict[str, float]:
+    """Pearson correlation with ``|prediction - target|`` of the discriminator's reliability map and of the edge map,
+    over the brain and (when the subject has one) the tumour: ``{"map/brain", "edge/brain", "map/tumour", ...}``."""
+    unreliability = reliability_volume(prediction, judge, session.inputs, session.brain_mask, gan_mode=gan_mode,
+                                       device=device)
+    edges = edge_map(prediction, session.brain_mask)
+    regions = {"brain": session.brain_mask}
+    if session.seg is not None and bool((session.seg > 0).any()):
+        regions["tumour"] = session.brain_mask & (session.seg > 0)
+    scores = {}
+    for region, mask in regions.items():
+        scores[f"map/{region}"] = error_correlation(unreliability, prediction, session.target, mask)
+        scores[f"edge/{region}"] = error_correlation(edges, prediction, session.target, mask)
+    return scores
 
 
 def _segmenter(checkpoint: str | None, cases: Sequence[Path], device: torch.device):
@@ -209,4 +250,10 @@ def format_table(report: Mapping[str, Any]) -> str:
     ]
     if gaps:
         lines.append(f"{report.get('shipped')}: brain PSNR below the ceilings by " + ", ".join(gaps))
+    reliability = report["models"].get(report.get("shipped", ""), {}).get("reliability", {})
+    if reliability:
+        regions = [r for r in ("brain", "tumour") if f"map/{r}" in reliability]
+        lines.append(f"{report.get('shipped')}: reliability map's correlation with |error| (constant map: 0) "
+                     + ", ".join(f"{r} {reliability[f'map/{r}']:+.3f} (edge map {reliability[f'edge/{r}']:+.3f})"
+                                 for r in regions))
     return "\n".join(lines)

@@ -364,8 +364,10 @@ class Trainer:
             score = result.mean.get(SELECTION_METRIC)
             selectable = method.has_trained(role, step)
             if selectable and score is not None and score > self.best.get(role, {}).get(SELECTION_METRIC, -math.inf):
-                state = {name: tensor.detach().cpu().clone() for name, tensor in generator.state_dict().items()}
-                self.best[role] = {"step": step, SELECTION_METRIC: score, "state": state}
+                self.best[role] = {"step": step, SELECTION_METRIC: score, "state": _cpu_state(generator)}
+                judge = method.discriminators().get(role)
+                if judge is not None:  # shipped with its generator, for the reliability map: the same step's
+                    self.best[role]["discriminator_state"] = _cpu_state(judge)
             if role == method.shipped_generator() and self.on_validation is not None:
                 self.on_validation(step, result.mean)
         method.train()
@@ -388,3 +390,7 @@ class Trainer:
         self.log.close()
         print(format_table(report), file=sys.stdout)
         return report
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}

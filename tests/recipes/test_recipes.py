@@ -142,3 +142,28 @@ def test_the_paper_setting_is_the_default_and_is_printed(small_cohort, tmp_path,
     assert smoke("ds3net", small_cohort, out, "--steps", "6") == 0
     assert json.loads((out / "metrics.json").read_text())["unpaired_t1ce"] == "none"
     assert "unpaired T1ce: none" in capsys.readouterr().out
+
+
+def test_a_recipe_checkpoint_draws_its_reliability_map(small_cohort, tmp_path, capsys):
+    """The student ships with D^S: `ds3kit synthesize --difficulty` works on it, and the report measures the map."""
+    from ds3kit.checkpoint import load_discriminator
+    from ds3kit.cli import main as cli
+    from ds3kit.data import load_volume
+
+    out = tmp_path / "run"
+    assert smoke("ds3net", small_cohort, out) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    correlations = report["models"]["student"]["reliability"]
+    assert {"map/brain", "edge/brain"} <= correlations.keys()
+    assert all(-1.0 <= value <= 1.0 for value in correlations.values())
+    assert "reliability map's correlation with |error|" in capsys.readouterr().out
+    assert load_discriminator(out / "checkpoints" / "student.pt").in_channels == 4  # D^S, conditional by default
+    case = small_cohort / report["split"]["test"][0]
+    modality = {m: next(case.glob(f"*_{m}.nii.gz")) for m in ("t1", "t2", "flair")}
+    synthesis, difficulty = tmp_path / "t1ce.nii.gz", tmp_path / "difficulty.nii.gz"
+    argv = ["synthesize", "--t1", str(modality["t1"]), "--t2", str(modality["t2"]), "--flair", str(modality["flair"]),
+            "--checkpoint", str(out / "checkpoints" / "student.pt"), "--out", str(synthesis),
+            "--difficulty", str(difficulty), "--no-progress"]
+    assert cli(argv) == 0
+    volume = load_volume(difficulty, allow_constant=True).data
+    assert volume.shape == load_volume(synthesis).data.shape and 0.0 <= volume.min() and volume.max() <= 1.0
