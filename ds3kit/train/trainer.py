@@ -357,6 +357,14 @@ class Trainer:
         if not self.context.is_main or not sessions:
             self.context.barrier()
             return
+        # Scoring must not move the training's random stream: building a generator's inference copy initialises
+        # new layers, so without the fork each extra model validated (DS3-Net's teacher_ema, say) would change the
+        # augmentation every later step draws, and the run's trajectory with it.
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            self._score_validation(step, method, sessions)
+
+    def _score_validation(self, step: int, method: Method, sessions: Sequence[Session]) -> None:
         summary: dict[str, float] = {}
         for role, generator in method.generators().items():
             result = evaluate_generator(generator, sessions, device=self.device, batch_size=self.config.eval_batch_size)

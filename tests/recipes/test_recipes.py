@@ -167,3 +167,16 @@ def test_a_recipe_checkpoint_draws_its_reliability_map(small_cohort, tmp_path, c
     assert cli(argv) == 0
     volume = load_volume(difficulty, allow_constant=True).data
     assert volume.shape == load_volume(synthesis).data.shape and 0.0 <= volume.min() and volume.max() <= 1.0
+
+
+def test_validation_does_not_move_the_training_random_stream(small_cohort, tmp_path):
+    """Scoring builds inference copies (new layers, random init): it must not change what later steps draw."""
+
+    def train_losses(out, *extra):
+        assert smoke("paired_only", small_cohort, out, *extra) == 0
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(line["step"], line["teacher/pixel"]) for line in lines if line["split"] == "train"]
+
+    often = train_losses(tmp_path / "often", "--val-every", "2")
+    rarely = train_losses(tmp_path / "rarely", "--val-every", "1000")
+    assert len(often) == 4 and often == rarely  # the smoke run logs every 2 of its 8 steps
