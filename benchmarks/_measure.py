@@ -93,7 +93,9 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def _best_rate(fn: Callable[[], Any], flops: float, device: torch.device, *, min_time: float, min_repeats: int) -> float:
+def _best_rate(
+    fn: Callable[[], Any], flops: float, device: torch.device, *, min_time: float, min_repeats: int
+) -> float:
     fn()  # warm-up: allocator, oneDNN primitive / cuDNN algorithm selection
     synchronize(device)
     best = float("inf")
@@ -252,8 +254,11 @@ def throughput_info(
         "load_average_1min": os.getloadavg()[0],
     }
     if memory is not None:
-        info.update(peak_memory_bytes=memory.peak_bytes, baseline_memory_bytes=memory.baseline_bytes,
-                    peak_memory_kind=memory.kind)
+        info.update(
+            peak_memory_bytes=memory.peak_bytes,
+            baseline_memory_bytes=memory.baseline_bytes,
+            peak_memory_kind=memory.kind,
+        )
     info.update(extra)
     return info
 
@@ -265,8 +270,15 @@ def profile_dir() -> Path | None:
     return Path(value) if value else None
 
 
-def write_profile(name: str, fn: Callable[[], Any], device: torch.device | str, *, steps: int = 2,
-                  folder: Path | None = None, row_limit: int = 30) -> Path | None:
+def write_profile(
+    name: str,
+    fn: Callable[[], Any],
+    device: torch.device | str,
+    *,
+    steps: int = 2,
+    folder: Path | None = None,
+    row_limit: int = 30,
+) -> Path | None:
     """Run ``fn`` ``steps`` times (after one warm-up) under torch.profiler; write a Chrome trace and a table.
 
     Writes ``<folder>/<name>.trace.json`` (open in chrome://tracing or https://ui.perfetto.dev) and
@@ -293,4 +305,3 @@ def write_profile(name: str, fn: Callable[[], Any], device: torch.device | str, 
     table = prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
     (folder / f"{name}.txt").write_text(table + "\n")
     return trace
-

@@ -43,8 +43,16 @@ def diagnostics_table(diagnostics: list[dict[str, dict[str, float]]]) -> str:
 
 
 def write_report(
-    path: Path, results: Runs, seeds, base: RunConfig, wall: float, note: str, trained: int, reused: int,
-    diagnostics=None, references: Runs | None = None,
+    path: Path,
+    results: Runs,
+    seeds,
+    base: RunConfig,
+    wall: float,
+    note: str,
+    trained: int,
+    reused: int,
+    diagnostics=None,
+    references: Runs | None = None,
 ) -> None:
     table = summarise({**results, **(references or {})})
     labels = flag_losers(table, set(results))
@@ -66,9 +74,9 @@ def write_report(
             rows.append("| *references (no training)* |" + " |" * len(columns))
     text = f"""# Quality study
 
-`python benchmarks/quality.py {note}` — {time.strftime('%Y-%m-%d')}, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}),
+`python benchmarks/quality.py {note}` — {time.strftime("%Y-%m-%d")}, {len(seeds)} seed(s) ({", ".join(map(str, seeds))}),
 {base.steps} steps per run, batch {base.batch_size}, preset `{base.preset}`, image size {base.image_size},
-data: {base.data or f'phantom cohort ({base.phantom_cases} cases, {base.phantom_shape})'}; {cost}.
+data: {base.data or f"phantom cohort ({base.phantom_cases} cases, {base.phantom_shape})"}; {cost}.
 Held-out subjects, whole 3-D volumes; each run's mean over its test subjects, then mean ± population std over seeds. Shipped models:
 DS3-Net's student, the paired-only teacher, pix2pix's and CUT's generator. Below them, on the same subjects, the
 references of docs/baselines.md: copy-T1 (the floor), the linear fit on the paired subjects, and the phantom's
@@ -79,7 +87,7 @@ of the real T1ce; `real T1ce (segmenter)` is its ceiling, copy-T1 its floor.
 {header}
 {chr(10).join(rows)}
 
-![quality]({path.with_suffix('.png').name})
+![quality]({path.with_suffix(".png").name})
 
 ## What the numbers say
 
@@ -117,8 +125,9 @@ def plot(path: Path, results: Runs) -> None:
     arms = list(table)
     reference = "DS3-Net 5%"
     paired = reference in results and max(len(runs) for runs in results.values()) > 1
-    figure, axes = plt.subplots(1, 3 if paired else 2, figsize=(18 if paired else 12, 0.45 * len(arms) + 1.5),
-                                sharey=True)
+    figure, axes = plt.subplots(
+        1, 3 if paired else 2, figsize=(18 if paired else 12, 0.45 * len(arms) + 1.5), sharey=True
+    )
     for axis, metric in zip(axes, ("brain_psnr", "tumour_psnr")):
         means = [table[a].get(metric, (np.nan, 0))[0] for a in arms]
         stds = [table[a].get(metric, (np.nan, 0))[1] for a in arms]

@@ -48,8 +48,9 @@ ARMS = (
     Arm("DS3-Net 5% (student also on paired)", "ds3net", 0.05, {"student_pixel": True}),
     # Ours, for the semi-supervision issue (docs/method.md): pseudo-targets from a moving average of the teacher, the
     # student also on the paired subjects; and the data setting where other unpaired subjects lend real T1ce to D^S.
-    Arm("DS3-Net 5% (EMA teacher, student also on paired)", "ds3net", 0.05,
-        {"teacher_ema": 0.99, "student_pixel": True}),
+    Arm(
+        "DS3-Net 5% (EMA teacher, student also on paired)", "ds3net", 0.05, {"teacher_ema": 0.99, "student_pixel": True}
+    ),
     Arm("DS3-Net 5% (unpaired T1ce of other subjects)", "ds3net", 0.05, run={"unpaired_t1ce": "other-subjects"}),
 )
 
@@ -78,7 +79,12 @@ def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any
         # Each arm starts from its recipe's own defaults (learning rate, method options), then the arm's changes.
         defaults = getattr(load_recipe(arm.recipe), "DEFAULTS", base)
         config = dataclasses.replace(
-            base, **arm.run, out=str(run_dir), seed=seed, paired_fraction=arm.paired_fraction, lr=defaults.lr,
+            base,
+            **arm.run,
+            out=str(run_dir),
+            seed=seed,
+            paired_fraction=arm.paired_fraction,
+            lr=defaults.lr,
             method_options={**defaults.method_options, **arm.options},
             resume=(run_dir / "checkpoints" / "last.pt").exists(),
         )
@@ -132,7 +138,9 @@ def diagnose(arm: Arm, seed: int, base: RunConfig, out: Path, *, max_subjects: i
     # Every paired and every test subject (the test row is then the main table's own); at most max_subjects of
     # the unpaired ones.
     limits = {"train_paired": None, "train_unpaired": max_subjects, "test": None}
-    sessions = {name: [load_brats_case(root / case) for case in split[name][: limits[name]]] for name in DIAGNOSTIC_SUBSETS}
+    sessions = {
+        name: [load_brats_case(root / case) for case in split[name][: limits[name]]] for name in DIAGNOSTIC_SUBSETS
+    }
     device = base.device or ("cuda" if torch.cuda.is_available() else "cpu")
     result = {}
     for model in ("teacher", "student"):
@@ -202,6 +210,8 @@ def run_dice(arm: Arm, seed: int, base: RunConfig, out: Path, segmenter: Path) -
         per_row["__shipped__"].append(session_dice(model, session, prediction, device=device))
         per_row[REAL_T1CE].append(session_dice(model, session, reference_t1ce(session, "real_t1ce"), device=device))
         per_row[COPY_T1].append(session_dice(model, session, reference_t1ce(session, "copy_t1"), device=device))
-    rows = {row: {key: float(np.mean([s[key] for s in scores])) for key in scores[0]} for row, scores in per_row.items()}
+    rows = {
+        row: {key: float(np.mean([s[key] for s in scores])) for key in scores[0]} for row, scores in per_row.items()
+    }
     atomic_write_text(cache, json.dumps({"segmenter": str(segmenter), "rows": rows}, indent=2))
     return rows

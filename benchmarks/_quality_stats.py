@@ -123,34 +123,49 @@ def claims(results: Runs) -> list[str]:
         brain = psnr(ds3, paired)
         d_ssim = mean(ds3, "brain_ssim") - mean(paired, "brain_ssim")
         holds = d_ssim > 0 and brain.verdict == "better"
-        lines.append(f"1. DS3-Net at 5 % vs paired-only at 5 % (brain): SSIM {d_ssim:+.4f}, PSNR {brain}: "
-                     f"the claim {'holds' if holds else 'is not reproduced'} here.")
-        lines.append(f"2. Tumour region: SSIM {mean(ds3, 'tumour_ssim') - mean(paired, 'tumour_ssim'):+.4f}, "
-                     f"PSNR {psnr(ds3, paired, 'tumour')}, against {brain.mean:+.2f} dB in the brain.")
+        lines.append(
+            f"1. DS3-Net at 5 % vs paired-only at 5 % (brain): SSIM {d_ssim:+.4f}, PSNR {brain}: "
+            f"the claim {'holds' if holds else 'is not reproduced'} here."
+        )
+        lines.append(
+            f"2. Tumour region: SSIM {mean(ds3, 'tumour_ssim') - mean(paired, 'tumour_ssim'):+.4f}, "
+            f"PSNR {psnr(ds3, paired, 'tumour')}, against {brain.mean:+.2f} dB in the brain."
+        )
     if {ds3, paired, pix} <= set(results):
         gap = mean(pix, "brain_psnr") - mean(paired, "brain_psnr")
         closed = (mean(ds3, "brain_psnr") - mean(paired, "brain_psnr")) / gap if abs(gap) > 1e-9 else float("nan")
-        lines.append(f"3. pix2pix at 100 % against DS3-Net at 5 %: brain PSNR {psnr(pix, ds3)}; paired-only to "
-                     f"pix2pix spans {gap:+.2f} dB, of which DS3-Net covers {100 * closed:.0f} %.")
+        lines.append(
+            f"3. pix2pix at 100 % against DS3-Net at 5 %: brain PSNR {psnr(pix, ds3)}; paired-only to "
+            f"pix2pix spans {gap:+.2f} dB, of which DS3-Net covers {100 * closed:.0f} %."
+        )
     if {ds3, paired} <= set(results) and "dice_et" in table.get(ds3, {}):
         et, tc = (difference(results[ds3], results[paired], f"dice_{region}") for region in ("et", "tc"))
-        lines.append(f"6. Dice of the segmenter on the synthesis, DS3-Net 5 % minus paired-only 5 %: ET "
-                     f"{et.plain()}, TC {tc.plain()} (the paper: ET +3.8 points, TC +2.3).")
+        lines.append(
+            f"6. Dice of the segmenter on the synthesis, DS3-Net 5 % minus paired-only 5 %: ET "
+            f"{et.plain()}, TC {tc.plain()} (the paper: ET +3.8 points, TC +2.3)."
+        )
     for arm in results:
         if arm.startswith("DS3-Net 5% - ") and ds3 in results:
-            lines.append(f"4. Removing the {arm.removeprefix('DS3-Net 5% - ')}: brain PSNR {psnr(arm, ds3)}; "
-                         f"tumour PSNR {psnr(arm, ds3, 'tumour')}.")
+            lines.append(
+                f"4. Removing the {arm.removeprefix('DS3-Net 5% - ')}: brain PSNR {psnr(arm, ds3)}; "
+                f"tumour PSNR {psnr(arm, ds3, 'tumour')}."
+            )
         elif arm.startswith("DS3-Net 5% (") and {ds3, paired} <= set(results):
-            lines.append(f"5. {arm}: brain PSNR {psnr(arm, ds3)} against DS3-Net 5 %; {psnr(arm, paired)} against "
-                         f"paired-only.")
+            lines.append(
+                f"5. {arm}: brain PSNR {psnr(arm, ds3)} against DS3-Net 5 %; {psnr(arm, paired)} against paired-only."
+            )
     if not lines:
         return []
     seeds = max(len(runs) for runs in results.values())
     if seeds > 1:
-        preamble = (f"Differences are paired by seed (each seed is one subject split): mean ± std of the {seeds} "
-                    f"per-seed differences, p from a paired t-test (not corrected for the number of comparisons "
-                    f"on this page). One counts as better or worse when p < 0.05 and it exceeds {NOISE_FLOOR_DB} dB.")
+        preamble = (
+            f"Differences are paired by seed (each seed is one subject split): mean ± std of the {seeds} "
+            f"per-seed differences, p from a paired t-test (not corrected for the number of comparisons "
+            f"on this page). One counts as better or worse when p < 0.05 and it exceeds {NOISE_FLOOR_DB} dB."
+        )
     else:
-        preamble = (f"One seed: no spread was measured; a difference counts as better or worse when it exceeds "
-                    f"{NOISE_FLOOR_DB} dB.")
+        preamble = (
+            f"One seed: no spread was measured; a difference counts as better or worse when it exceeds "
+            f"{NOISE_FLOOR_DB} dB."
+        )
     return [preamble, "", *lines]

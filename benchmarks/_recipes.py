@@ -98,15 +98,25 @@ class TrainStep:
     difficulty ramp) so the student runs as well.
     """
 
-    def __init__(self, device: torch.device, profile: StepProfile, *, total_steps: int = 100,
-                 method_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        profile: StepProfile,
+        *,
+        total_steps: int = 100,
+        method_options: Mapping[str, Any] | None = None,
+    ) -> None:
         from ds3kit.train import RunConfig
 
         self.device = device
         self.profile = profile
         self.config = RunConfig(
-            preset=profile.preset, image_size=profile.image_size, batch_size=profile.batch_size, device=str(device),
-            steps=total_steps, method_options=dict(method_options or {}),
+            preset=profile.preset,
+            image_size=profile.image_size,
+            batch_size=profile.batch_size,
+            device=str(device),
+            steps=total_steps,
+            method_options=dict(method_options or {}),
         )
         self.streams = slice_streams(phantom_cohort(profile), self.config)
         torch.manual_seed(0)

@@ -48,8 +48,15 @@ def quality_objective(args: argparse.Namespace, out: Path) -> Objective:
     from ds3kit.train import SMOKE_OVERRIDES, RunConfig, Trainer
 
     build = _load_recipe("ds3net").build
-    base = RunConfig(progress=False, device=args.device, num_threads=args.threads, paired_fraction=args.paired_fraction,
-                     val_every=args.val_every, steps=args.steps, checkpoint_every=10**9)
+    base = RunConfig(
+        progress=False,
+        device=args.device,
+        num_threads=args.threads,
+        paired_fraction=args.paired_fraction,
+        val_every=args.val_every,
+        steps=args.steps,
+        checkpoint_every=10**9,
+    )
     if args.smoke:
         base = dataclasses.replace(base, **{**SMOKE_OVERRIDES, "progress": False, "checkpoint_every": 10**9})
 
@@ -87,7 +94,10 @@ def quality_objective(args: argparse.Namespace, out: Path) -> Objective:
 
 # Candidate values for every KernelConfig field (tests/benchmarks/test_search.py checks that they match).
 KERNEL_CHOICES = {
-    "block_m": [16, 32, 64, 128], "block_n": [16, 32, 64, 128], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4],
+    "block_m": [16, 32, 64, 128],
+    "block_n": [16, 32, 64, 128],
+    "num_warps": [2, 4, 8],
+    "num_stages": [1, 2, 3, 4],
     "block_d": [None, 32, 64, 128, 256],
 }
 
@@ -114,8 +124,10 @@ def kernel_objective(args: argparse.Namespace) -> Objective:
 
     interpret = interpreter_on()
     if not torch.cuda.is_available() and not interpret:
-        raise SystemExit("search: --objective kernel tunes Triton kernels on a CUDA GPU; this machine has none "
-                         "(set TRITON_INTERPRET=1 to smoke-test the search on the CPU)")
+        raise SystemExit(
+            "search: --objective kernel tunes Triton kernels on a CUDA GPU; this machine has none "
+            "(set TRITON_INTERPRET=1 to smoke-test the search on the CPU)"
+        )
     from ds3kit.ops import patch_nce as ops
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -176,11 +188,17 @@ def save_kernel_config(study: optuna.Study, objective: Objective) -> Path | None
     path = kernel_cache_path(objective.device_name)  # type: ignore[attr-defined]
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "kernel": "patch_nce", "device": objective.device_name, "config": best.params,  # type: ignore[attr-defined]
+        "kernel": "patch_nce",
+        "device": objective.device_name,
+        "config": best.params,  # type: ignore[attr-defined]
         # The dispatcher uses the file for this dtype and (padded) D only; the per-GPU table elsewhere.
-        "dtype": "fp32", "dim": objective.shape[2],  # type: ignore[attr-defined]
-        "median_ms": best.value, "shape": list(objective.shape), "study": study.study_name,  # type: ignore[attr-defined]
-        "trial": best.number, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dtype": "fp32",
+        "dim": objective.shape[2],  # type: ignore[attr-defined]
+        "median_ms": best.value,
+        "shape": list(objective.shape),
+        "study": study.study_name,  # type: ignore[attr-defined]
+        "trial": best.number,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     return path

@@ -36,7 +36,10 @@ def open_storage(spec: str, *, heartbeat_interval: int, grace_period: int, max_r
         for attempt in range(6):
             try:
                 return RDBStorage(
-                    spec, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                    spec,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
                     failed_trial_callback=RetryFailedTrialCallback(max_retry=max_retry) if max_retry > 0 else None,
                 )
             except sqlalchemy.exc.SQLAlchemyError:
@@ -55,8 +58,11 @@ def _with_available_driver(url: str) -> str:
     what is installed."""
     import importlib.util
 
-    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
+    if (
+        url.startswith(("postgresql://", "postgres://"))
+        and importlib.util.find_spec("psycopg") is None
+        and importlib.util.find_spec("psycopg2") is not None
+    ):
         return "postgresql+psycopg2://" + url.split("://", 1)[1]
     return url
 

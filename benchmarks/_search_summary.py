@@ -25,9 +25,13 @@ def write_summary(study: optuna.Study, folder: Path) -> Path:
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     direction = study.direction.name.lower()
-    lines = [f"# Study `{study.study_name}`", "",
-             f"{len(trials)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) + ".",
-             f"Direction: {direction}. Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.", ""]
+    lines = [
+        f"# Study `{study.study_name}`",
+        "",
+        f"{len(trials)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) + ".",
+        f"Direction: {direction}. Written {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.",
+        "",
+    ]
     if complete:
         best = study.best_trial
         lines += [f"## Best trial: #{best.number}, value {best.value:.6g}", "", "| parameter | value |", "|---|---|"]
@@ -37,8 +41,12 @@ def write_summary(study: optuna.Study, folder: Path) -> Path:
     else:
         lines += ["No completed trial yet.", ""]
     names = sorted({name for t in trials for name in t.params})
-    lines += ["## Trials", "", "| # | state | value | seconds | " + " | ".join(names) + " |",
-              "|---|---|---|---|" + "---|" * len(names)]
+    lines += [
+        "## Trials",
+        "",
+        "| # | state | value | seconds | " + " | ".join(names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
     for t in trials:
         seconds = t.duration.total_seconds() if t.duration is not None else None
         cells = [str(t.number), t.state.name.lower(), _format(t.value), _format(seconds)]
@@ -79,8 +87,11 @@ def _plot_history(study: optuna.Study, complete: list[FrozenTrial]) -> Any:
 
 
 def _plot_importances(study: optuna.Study, complete: list[FrozenTrial]) -> Any:
-    varying = [name for name in {n for t in complete for n in t.params}
-               if len({repr(t.params.get(name)) for t in complete}) > 1]
+    varying = [
+        name
+        for name in {n for t in complete for n in t.params}
+        if len({repr(t.params.get(name)) for t in complete}) > 1
+    ]
     if len(complete) < 2 or not varying:
         return None
     import matplotlib

@@ -5,8 +5,12 @@ from pathlib import Path
 
 
 def pytest_addoption(parser):
-    parser.addoption("--profile", metavar="DIR", default=None,
-                     help="write torch.profiler Chrome traces (train step, patch_nce, synthesis) to DIR")
+    parser.addoption(
+        "--profile",
+        metavar="DIR",
+        default=None,
+        help="write torch.profiler Chrome traces (train step, patch_nce, synthesis) to DIR",
+    )
 
 
 def pytest_configure(config):

@@ -51,9 +51,27 @@ from ds3kit.baselines import COPY_T1
 from ds3kit.train import SMOKE_OVERRIDES, RunConfig
 
 __all__ = [
-    "ARMS", "DIAGNOSED_ARM", "DIAGNOSTIC_SUBSETS", "METRICS", "NOISE_FLOOR_DB", "PAPER", "Arm", "Difference", "Runs",
-    "claims", "diagnose", "diagnostics_table", "difference", "flag_losers", "main", "plot", "reference_rows",
-    "run_arm", "run_report", "summarise", "write_report",
+    "ARMS",
+    "DIAGNOSED_ARM",
+    "DIAGNOSTIC_SUBSETS",
+    "METRICS",
+    "NOISE_FLOOR_DB",
+    "PAPER",
+    "Arm",
+    "Difference",
+    "Runs",
+    "claims",
+    "diagnose",
+    "diagnostics_table",
+    "difference",
+    "flag_losers",
+    "main",
+    "plot",
+    "reference_rows",
+    "run_arm",
+    "run_report",
+    "summarise",
+    "write_report",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,14 +90,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--arms", nargs="+", default=None, help="a subset of the arms, by name")
     parser.add_argument("--smoke", action="store_true", help="CI: one seed, tiny networks, a few steps")
-    parser.add_argument("--no-dice", dest="dice", action="store_false",
-                        help="skip the segmenter per seed and the ET/TC/WT Dice columns")
-    parser.add_argument("--segmenter-steps", type=int, default=None,
-                        help="steps of each seed's segmenter (default: recipes/segmenter.py's)")
+    parser.add_argument(
+        "--no-dice", dest="dice", action="store_false", help="skip the segmenter per seed and the ET/TC/WT Dice columns"
+    )
+    parser.add_argument(
+        "--segmenter-steps",
+        type=int,
+        default=None,
+        help="steps of each seed's segmenter (default: recipes/segmenter.py's)",
+    )
     args = parser.parse_args(argv)
 
-    base = RunConfig(data=args.data, steps=args.steps, batch_size=args.batch_size, image_size=args.image_size,
-                     preset=args.preset, device=args.device, progress=False)
+    base = RunConfig(
+        data=args.data,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        preset=args.preset,
+        device=args.device,
+        progress=False,
+    )
     seeds = args.seeds
     if args.smoke:
         base = dataclasses.replace(base, **{**SMOKE_OVERRIDES, "val_every": 10**9, "checkpoint_every": 10**9})
@@ -105,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             shipped = dict(report_of_run["models"]["__shipped__"])
             rows = reference_rows(report_of_run, arm.paired_fraction)
             if args.dice:
-                dice = run_dice(arm, seed, base, out, segmenter_for(seed, base, out, steps=args.segmenter_steps,
-                                                                    smoke=args.smoke))
+                dice = run_dice(
+                    arm, seed, base, out, segmenter_for(seed, base, out, steps=args.segmenter_steps, smoke=args.smoke)
+                )
                 shipped.update(dice["__shipped__"])
                 rows[COPY_T1] = {**rows.get(COPY_T1, {}), **dice[COPY_T1]}
                 rows[REAL_T1CE] = dice[REAL_T1CE]
@@ -118,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                     seen.add(label)
                     references.setdefault(label, []).append(means)
             brain = results[arm.name][-1].get("brain_psnr", float("nan"))
-            print(f"[{time.perf_counter() - started:7.0f} s] seed {seed} {arm.name:<36} brain PSNR {brain:6.2f} dB "
-                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"[{time.perf_counter() - started:7.0f} s] seed {seed} {arm.name:<36} brain PSNR {brain:6.2f} dB "
+                f"({time.perf_counter() - t0:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     diagnostics = []
     diagnosed = next((arm for arm in arms if arm.name == DIAGNOSED_ARM), None)
     if diagnosed is not None:
@@ -128,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     note = " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(report, results, seeds, base, time.perf_counter() - started, note, trained, reused, diagnostics,
-                 references)
+    write_report(
+        report, results, seeds, base, time.perf_counter() - started, note, trained, reused, diagnostics, references
+    )
     plot(report.with_suffix(".png"), results)
     print(report.read_text())
     return 0

@@ -54,11 +54,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--storage", required=True, help="RDB URL (sqlite:///f.db, postgresql://...) or journal file path")
+    parser.add_argument(
+        "--storage", required=True, help="RDB URL (sqlite:///f.db, postgresql://...) or journal file path"
+    )
     parser.add_argument("--study-name", required=True)
     parser.add_argument("--n-trials", type=int, required=True, help="trials this worker runs")
-    parser.add_argument("--objective", choices=sorted(DIRECTIONS), default="quality",
-                        help="quality: DS3-Net weights; kernel: patch_nce tiles; toy: harness self-test")
+    parser.add_argument(
+        "--objective",
+        choices=sorted(DIRECTIONS),
+        default="quality",
+        help="quality: DS3-Net weights; kernel: patch_nce tiles; toy: harness self-test",
+    )
     parser.add_argument("--out", type=Path, default=None, help="search folder (default: runs/search/<study-name>)")
     parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
     parser.add_argument("--sampler-seed", type=int, default=None, help="TPE seed (leave unset with several workers)")
@@ -71,8 +77,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nce-patches", type=int, default=256, help="kernel: patches per image of the timed problem")
     parser.add_argument("--kernel-batch", type=int, default=8, help="kernel: images of the timed problem")
     parser.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between a trial's heartbeats")
-    parser.add_argument("--grace-period", type=int, default=60,
-                        help="a RUNNING trial without a heartbeat for this long is failed by the next worker")
+    parser.add_argument(
+        "--grace-period",
+        type=int,
+        default=60,
+        help="a RUNNING trial without a heartbeat for this long is failed by the next worker",
+    )
     parser.add_argument("--max-retry", type=int, default=1, help="re-enqueue a stale trial's parameters this often")
     parser.add_argument("--toy-seconds", type=float, default=0.2, help=argparse.SUPPRESS)
     parser.add_argument("--toy-fail-above", type=float, default=None, help=argparse.SUPPRESS)
@@ -96,16 +106,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out or REPO / "runs" / "search" / args.study_name
     out.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(args.storage, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
-                           max_retry=args.max_retry)
+    storage = open_storage(
+        args.storage,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+        max_retry=args.max_retry,
+    )
     study = optuna.create_study(
-        storage=storage, study_name=args.study_name, direction=DIRECTIONS[args.objective], load_if_exists=True,
+        storage=storage,
+        study_name=args.study_name,
+        direction=DIRECTIONS[args.objective],
+        load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=args.sampler_seed, n_startup_trials=5),
         pruner=make_pruner(args.pruner),
     )
     if study.direction.name.lower() != DIRECTIONS[args.objective]:
-        raise SystemExit(f"search: study {args.study_name!r} exists with direction {study.direction.name.lower()}, "
-                         f"but --objective {args.objective} {DIRECTIONS[args.objective]}s")
+        raise SystemExit(
+            f"search: study {args.study_name!r} exists with direction {study.direction.name.lower()}, "
+            f"but --objective {args.objective} {DIRECTIONS[args.objective]}s"
+        )
     study.set_user_attr("objective", args.objective)
     if isinstance(storage, RDBStorage):
         optuna.storages.fail_stale_trials(study)

@@ -108,17 +108,19 @@ def test_step_batches(benchmark, device: str) -> None:
         train()
     loader_slices_per_s = steps_per_round * step.images_per_step / timed.best
     step_slices_per_s = step.images_per_step / (train.durations[-1] if benchmark.disabled else min(train.durations[1:]))
-    benchmark.extra_info.update({
-        "device": device_name(dev),
-        "dtype": "float32",
-        "shapes": {"batch": list(batch["inputs"].shape), "preset": step.profile.preset},
-        "loader_slices_per_s": loader_slices_per_s,
-        "train_step_slices_per_s": step_slices_per_s,
-        "loader_to_step_ratio": loader_slices_per_s / step_slices_per_s,
-        "flops": 0,  # indexing and copies: nothing a FLOP counter counts
-        "peak_memory_bytes": memory.peak_bytes,
-        "peak_memory_kind": memory.kind,
-    })
+    benchmark.extra_info.update(
+        {
+            "device": device_name(dev),
+            "dtype": "float32",
+            "shapes": {"batch": list(batch["inputs"].shape), "preset": step.profile.preset},
+            "loader_slices_per_s": loader_slices_per_s,
+            "train_step_slices_per_s": step_slices_per_s,
+            "loader_to_step_ratio": loader_slices_per_s / step_slices_per_s,
+            "flops": 0,  # indexing and copies: nothing a FLOP counter counts
+            "peak_memory_bytes": memory.peak_bytes,
+            "peak_memory_kind": memory.kind,
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------------- the cache
@@ -138,13 +140,15 @@ def test_preprocess(benchmark, cache_dir: Path) -> None:
             assert sorted(result.built) == sorted(cases)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
-    benchmark.extra_info.update({
-        "device": device_name("cpu"),
-        "shapes": {"case": list(_scale(benchmark.disabled)["shape"]), "cases": len(cases)},
-        "cases_per_s": rates,
-        "flops": 0,
-        "load_average_1min": os.getloadavg()[0],
-    })
+    benchmark.extra_info.update(
+        {
+            "device": device_name("cpu"),
+            "shapes": {"case": list(_scale(benchmark.disabled)["shape"]), "cases": len(cases)},
+            "cases_per_s": rates,
+            "flops": 0,
+            "load_average_1min": os.getloadavg()[0],
+        }
+    )
 
 
 @pytest.mark.benchmark(group="data")
@@ -158,15 +162,26 @@ def test_cached_loader(benchmark, preset: str, cache_dir: Path) -> None:
     cases = _cohort(benchmark.disabled)[: min(_scale(benchmark.disabled)["sizes"])]
     entries = preprocess_cases(cases, cache_dir=cache_dir / "shared", progress=False).cases
     half = len(entries) // 2
-    datasets = [CachedSliceDataset(entries[:half], with_target=True, image_size=profile.image_size),
-                CachedSliceDataset(entries[half:], with_target=False, image_size=profile.image_size)]
+    datasets = [
+        CachedSliceDataset(entries[:half], with_target=True, image_size=profile.image_size),
+        CachedSliceDataset(entries[half:], with_target=False, image_size=profile.image_size),
+    ]
     steps = 4 if benchmark.disabled else 40
     rates: dict[str, float] = {}
 
     def deliver(workers: int) -> dict[str, torch.Tensor]:
-        loaders = [iter(step_loader(dataset, _epoch_rule(len(dataset), profile.batch_size, 0, stream),
-                                    start=0, stop=steps, num_workers=workers))
-                   for stream, dataset in enumerate(datasets)]
+        loaders = [
+            iter(
+                step_loader(
+                    dataset,
+                    _epoch_rule(len(dataset), profile.batch_size, 0, stream),
+                    start=0,
+                    stop=steps,
+                    num_workers=workers,
+                )
+            )
+            for stream, dataset in enumerate(datasets)
+        ]
         next(loaders[0]), next(loaders[1])  # worker start-up is paid once per run, not per step
         started = time.perf_counter()
         for _ in range(steps - 1):
@@ -189,17 +204,22 @@ def test_cached_loader(benchmark, preset: str, cache_dir: Path) -> None:
         train()
     step_slices_per_s = step.images_per_step / train.durations[-1]
     best = max(rates.values())
-    benchmark.extra_info.update({
-        "device": device_name(dev),
-        "dtype": "float16 on disk, float32 batches",
-        "shapes": {"batch": list(batch["inputs"].shape), "preset": profile.preset,
-                   "case": list(_scale(benchmark.disabled)["shape"])},
-        "loader_slices_per_s": rates,
-        "train_step_slices_per_s": step_slices_per_s,
-        "loader_to_step_ratio": best / step_slices_per_s,
-        "flops": 0,
-        "load_average_1min": os.getloadavg()[0],
-    })
+    benchmark.extra_info.update(
+        {
+            "device": device_name(dev),
+            "dtype": "float16 on disk, float32 batches",
+            "shapes": {
+                "batch": list(batch["inputs"].shape),
+                "preset": profile.preset,
+                "case": list(_scale(benchmark.disabled)["shape"]),
+            },
+            "loader_slices_per_s": rates,
+            "train_step_slices_per_s": step_slices_per_s,
+            "loader_to_step_ratio": best / step_slices_per_s,
+            "flops": 0,
+            "load_average_1min": os.getloadavg()[0],
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------------- memory
@@ -217,12 +237,22 @@ def test_rss_against_cohort_size(benchmark, path: str, cache_dir: Path) -> None:
 
     def run() -> None:
         for count in scale["sizes"]:
-            spec = {"path": path, "cases": [str(case) for case in cohort[:count]], "cache_dir": str(cache_dir / "shared"),
-                    "image_size": profile.image_size, "batch_size": profile.batch_size,
-                    "steps": 4 if benchmark.disabled else RSS_STEPS}
-            child = subprocess.run([sys.executable, str(Path(__file__)), "--rss-child", json.dumps(spec)],
-                                   capture_output=True, text=True, check=False, cwd=HERE,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+            spec = {
+                "path": path,
+                "cases": [str(case) for case in cohort[:count]],
+                "cache_dir": str(cache_dir / "shared"),
+                "image_size": profile.image_size,
+                "batch_size": profile.batch_size,
+                "steps": 4 if benchmark.disabled else RSS_STEPS,
+            }
+            child = subprocess.run(
+                [sys.executable, str(Path(__file__)), "--rss-child", json.dumps(spec)],
+                capture_output=True,
+                text=True,
+                check=False,
+                cwd=HERE,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
             assert child.returncode == 0, child.stderr[-2000:]
             rows[count] = json.loads(child.stdout.strip().splitlines()[-1])
 
@@ -230,16 +260,22 @@ def test_rss_against_cohort_size(benchmark, path: str, cache_dir: Path) -> None:
     small, large = scale["sizes"]
     growth = (rows[large]["peak_rss_bytes"] - rows[small]["peak_rss_bytes"]) / (large - small)
     anon_growth = (rows[large]["peak_anon_bytes"] - rows[small]["peak_anon_bytes"]) / (large - small)
-    benchmark.extra_info.update({
-        "device": device_name("cpu"),
-        "shapes": {"case": list(scale["shape"]), "cases": list(scale["sizes"]), "batch": profile.batch_size,
-                   "image_size": profile.image_size},
-        "rows": {str(count): row for count, row in rows.items()},
-        "rss_growth_per_case_bytes": growth,
-        "anon_rss_growth_per_case_bytes": anon_growth,
-        "flops": 0,
-        "peak_memory_kind": "cpu_peak_rss of a fresh subprocess",
-    })
+    benchmark.extra_info.update(
+        {
+            "device": device_name("cpu"),
+            "shapes": {
+                "case": list(scale["shape"]),
+                "cases": list(scale["sizes"]),
+                "batch": profile.batch_size,
+                "image_size": profile.image_size,
+            },
+            "rows": {str(count): row for count, row in rows.items()},
+            "rss_growth_per_case_bytes": growth,
+            "anon_rss_growth_per_case_bytes": anon_growth,
+            "flops": 0,
+            "peak_memory_kind": "cpu_peak_rss of a fresh subprocess",
+        }
+    )
 
 
 def _status_bytes(field: str) -> int:
@@ -280,8 +316,10 @@ def _rss_child(spec: dict) -> dict:
         sampler.start()
         streams = []
         if spec["path"] == "in_memory":
-            datasets = [SliceDataset(split.train_paired, with_target=True, image_size=spec["image_size"]),
-                        SliceDataset(split.train_unpaired, with_target=False, image_size=spec["image_size"])]
+            datasets = [
+                SliceDataset(split.train_paired, with_target=True, image_size=spec["image_size"]),
+                SliceDataset(split.train_unpaired, with_target=False, image_size=spec["image_size"]),
+            ]
             val = [load_brats_case(case) for case in split.val]
             for stream, dataset in enumerate(datasets):
                 rule = _epoch_rule(len(dataset), spec["batch_size"], 0, stream)
@@ -289,9 +327,12 @@ def _rss_child(spec: dict) -> dict:
         else:
             cached = preprocess_cases(cases, cache_dir=spec["cache_dir"], progress=False)
             assert not cached.built, "the cache is built ahead of the measured run"
-            datasets = [CachedSliceDataset(cached.select(split.train_paired), with_target=True, image_size=spec["image_size"]),
-                        CachedSliceDataset(cached.select(split.train_unpaired), with_target=False,
-                                           image_size=spec["image_size"])]
+            datasets = [
+                CachedSliceDataset(cached.select(split.train_paired), with_target=True, image_size=spec["image_size"]),
+                CachedSliceDataset(
+                    cached.select(split.train_unpaired), with_target=False, image_size=spec["image_size"]
+                ),
+            ]
             val = CachedSessions(cached.select(split.val))
             for stream, dataset in enumerate(datasets):
                 rule = _epoch_rule(len(dataset), spec["batch_size"], 0, stream)
@@ -303,9 +344,14 @@ def _rss_child(spec: dict) -> dict:
     stop.set()
     sampler.join()
     return {
-        "cases": len(cases), "slices": sum(len(dataset) for dataset in datasets), "slices_read": slices,
-        "peak_rss_bytes": memory.peak_bytes, "baseline_rss_bytes": memory.baseline_bytes,
-        "peak_anon_bytes": anon["peak"], "final_file_rss_bytes": _status_bytes("RssFile"), "checksum": checksum,
+        "cases": len(cases),
+        "slices": sum(len(dataset) for dataset in datasets),
+        "slices_read": slices,
+        "peak_rss_bytes": memory.peak_bytes,
+        "baseline_rss_bytes": memory.baseline_bytes,
+        "peak_anon_bytes": anon["peak"],
+        "final_file_rss_bytes": _status_bytes("RssFile"),
+        "checksum": checksum,
     }
 
 

@@ -135,17 +135,30 @@ def test_patch_nce(benchmark, device: str, dtype: str, n: int, batch: int, provi
         timed()  # warm-up: allocator, oneDNN primitives, Triton compilation
         timed.durations.clear()
         with PeakMemory(dev) as memory:
-            result = benchmark.pedantic(timed, rounds=rounds, iterations=1,
-                                        warmup_rounds=0 if dev.type == "cpu" or heavy else 3)
+            result = benchmark.pedantic(
+                timed, rounds=rounds, iterations=1, warmup_rounds=0 if dev.type == "cpu" or heavy else 3
+            )
     if result is not None:
         assert torch.isfinite(result)
     extra_bytes = memory.peak_bytes - memory.baseline_bytes
-    benchmark.extra_info.update(throughput_info(
-        device=dev, dtype=dtype, flops=flops, seconds=timed.best, median_seconds=timed.median, memory=memory,
-        provider=provider, mode=mode, shapes={"batch": batch, "patches": n, "dim": DIM},
-        gradient_in_forward=gradient_in_forward,
-        gflops_per_s=flops / timed.best / 1e9, peak_extra_memory_bytes=extra_bytes, rounds=len(timed.durations),
-        key_detached=True, temperature=TEMPERATURE,
-    ))
+    benchmark.extra_info.update(
+        throughput_info(
+            device=dev,
+            dtype=dtype,
+            flops=flops,
+            seconds=timed.best,
+            median_seconds=timed.median,
+            memory=memory,
+            provider=provider,
+            mode=mode,
+            shapes={"batch": batch, "patches": n, "dim": DIM},
+            gradient_in_forward=gradient_in_forward,
+            gflops_per_s=flops / timed.best / 1e9,
+            peak_extra_memory_bytes=extra_bytes,
+            rounds=len(timed.durations),
+            key_detached=True,
+            temperature=TEMPERATURE,
+        )
+    )
     if profile_dir() is not None and mode == "full" and n == 1024 and batch == 1:
         write_profile(f"patch_nce_op-{provider}-{device}", full, dev)

@@ -62,9 +62,22 @@ def test_synthesize_session(benchmark, session_files, tmp_path, device: str, bat
     checkpoint = tmp_path / f"{preset}.pt"
     save_generator(checkpoint, generator, method="benchmark", role="random-init")
     out = tmp_path / "t1ce.nii.gz"
-    argv = ["synthesize", "--t1", str(session_files["t1"]), "--t2", str(session_files["t2"]),
-            "--flair", str(session_files["flair"]), "--checkpoint", str(checkpoint), "--out", str(out),
-            "--device", device, "--no-progress"]
+    argv = [
+        "synthesize",
+        "--t1",
+        str(session_files["t1"]),
+        "--t2",
+        str(session_files["t2"]),
+        "--flair",
+        str(session_files["flair"]),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--device",
+        device,
+        "--no-progress",
+    ]
     if batch_size is not None:
         argv += ["--batch-size", str(batch_size)]
 
@@ -87,12 +100,21 @@ def test_synthesize_session(benchmark, session_files, tmp_path, device: str, bat
 
     written = nibabel.load(out)
     assert written.shape == SESSION_SHAPE and np.isfinite(np.asarray(written.dataobj)).all()
-    benchmark.extra_info.update(throughput_info(
-        device=dev, dtype="float32", flops=flops, seconds=timed.best, median_seconds=timed.median, memory=memory,
-        seconds_per_volume=timed.best, seconds_per_volume_median=timed.median,
-        slices_per_s=SESSION_SHAPE[2] / timed.best, rounds=len(timed.durations),
-        computed_slices=computed_slices,
-        shapes={"volume": list(SESSION_SHAPE), "batch_size": batch_size or default, "preset": preset},
-    ))
+    benchmark.extra_info.update(
+        throughput_info(
+            device=dev,
+            dtype="float32",
+            flops=flops,
+            seconds=timed.best,
+            median_seconds=timed.median,
+            memory=memory,
+            seconds_per_volume=timed.best,
+            seconds_per_volume_median=timed.median,
+            slices_per_s=SESSION_SHAPE[2] / timed.best,
+            rounds=len(timed.durations),
+            computed_slices=computed_slices,
+            shapes={"volume": list(SESSION_SHAPE), "batch_size": batch_size or default, "preset": preset},
+        )
+    )
     if batch_size is None:
         write_profile(f"synthesis-{device}", synthesize, dev, steps=1)

@@ -30,11 +30,21 @@ def test_train_step(benchmark, device: str) -> None:
         losses = benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0 if dev.type == "cpu" else 3)
     assert any(name.startswith("student/") for name in losses), "the student did not run: step before the warm-up?"
     assert all(torch.isfinite(torch.tensor(value)) for value in losses.values())
-    benchmark.extra_info.update(throughput_info(
-        device=dev, dtype=step.dtype, flops=flops, seconds=timed.best, median_seconds=timed.median, memory=memory,
-        images_per_s=step.images_per_step / timed.best, images_per_s_median=step.images_per_step / timed.median,
-        images_per_step=step.images_per_step, rounds=len(timed.durations), shapes=step.shapes(),
-    ))
+    benchmark.extra_info.update(
+        throughput_info(
+            device=dev,
+            dtype=step.dtype,
+            flops=flops,
+            seconds=timed.best,
+            median_seconds=timed.median,
+            memory=memory,
+            images_per_s=step.images_per_step / timed.best,
+            images_per_s_median=step.images_per_step / timed.median,
+            images_per_step=step.images_per_step,
+            rounds=len(timed.durations),
+            shapes=step.shapes(),
+        )
+    )
     if profile_dir() is not None:
         write_profile(f"train_step-{device}", step, dev)
         write_profile(f"patch_nce-{device}", patch_nce_call(step), dev, steps=5)

@@ -280,8 +280,11 @@ def _validate_batch(batch: dict[str, Tensor]) -> Tensor:
         if key not in batch:
             continue
         value = batch[key]
-        expected = f"(B, C, H, W) = ({batch_size}, C, {height}, {width})" if key == "target" else \
-            f"(B, 1, H, W) = ({batch_size}, 1, {height}, {width})"
+        expected = (
+            f"(B, C, H, W) = ({batch_size}, C, {height}, {width})"
+            if key == "target"
+            else f"(B, 1, H, W) = ({batch_size}, 1, {height}, {width})"
+        )
         if (
             not isinstance(value, Tensor)
             or value.dim() != 4

@@ -59,8 +59,10 @@ def load_checkpoint(path: str | Path, *, kind: str, map_location: str | torch.de
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line),
-                      "unsupported content")
+        reason = next(
+            (line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line),
+            "unsupported content",
+        )
         raise CheckpointError(
             f"{path}: refused: the file holds objects the safe loader does not allow (it could run code when "
             f"unpickled; nothing from it was executed): {reason}"
@@ -145,11 +147,15 @@ def save_generator(
         from ds3kit.losses.adversarial import GAN_MODES  # here: the losses package is not needed to synthesize
 
         if not isinstance(discriminator, PatchDiscriminator):
-            raise ValueError(f"discriminator must be a PatchDiscriminator (or None), got {type(discriminator).__name__}")
+            raise ValueError(
+                f"discriminator must be a PatchDiscriminator (or None), got {type(discriminator).__name__}"
+            )
         if gan_mode not in GAN_MODES:
             raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {gan_mode!r}")
         payload["discriminator"] = {
-            "config": discriminator.config(), "state_dict": _cpu_state(discriminator), "gan_mode": gan_mode,
+            "config": discriminator.config(),
+            "state_dict": _cpu_state(discriminator),
+            "gan_mode": gan_mode,
         }
     save_checkpoint(path, payload, kind=GENERATOR_FORMAT)
 
@@ -226,8 +232,10 @@ def _discriminator_entry(path: str | Path, payload: dict[str, Any]) -> dict[str,
     if missing:
         raise CheckpointError(f"{path}: malformed discriminator entry: missing {', '.join(missing)}")
     if not isinstance(entry["config"], dict) or not isinstance(entry["state_dict"], dict):
-        raise CheckpointError(f"{path}: malformed discriminator entry: config and state_dict must be mappings, got "
-                              f"{type(entry['config']).__name__} and {type(entry['state_dict']).__name__}")
+        raise CheckpointError(
+            f"{path}: malformed discriminator entry: config and state_dict must be mappings, got "
+            f"{type(entry['config']).__name__} and {type(entry['state_dict']).__name__}"
+        )
     if entry["gan_mode"] not in GAN_MODES:
         raise CheckpointError(
             f"{path}: malformed discriminator entry: gan_mode must be one of {GAN_MODES}, got {entry['gan_mode']!r}"

@@ -57,8 +57,9 @@ def evaluate_generator(
     """
 
     def synthesize(session: Session) -> np.ndarray:
-        return synthesize_volume(generator, session.inputs, brain_mask=session.brain_mask, batch_size=batch_size,
-                                 device=device)
+        return synthesize_volume(
+            generator, session.inputs, brain_mask=session.brain_mask, batch_size=batch_size, device=device
+        )
 
     return evaluate_predictor(synthesize, sessions, keep_predictions=keep_predictions, on_prediction=on_prediction)
 

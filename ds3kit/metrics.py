@@ -45,8 +45,12 @@ def _validate(pred: Tensor, target: Tensor, data_range: float, mask: Tensor | No
     check_same_shape(pred, target, "pred", "target")
     if pred.numel() == 0:
         raise ValueError(f"pred and target must not be empty, got shape {tuple(pred.shape)}")
-    if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) or not math.isfinite(data_range) \
-            or data_range <= 0:
+    if (
+        isinstance(data_range, bool)
+        or not isinstance(data_range, (int, float))
+        or not math.isfinite(data_range)
+        or data_range <= 0
+    ):
         raise ValueError(f"data_range must be > 0 and finite, got {data_range!r}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")

@@ -37,8 +37,9 @@ class Pix2PixOptions:
 
 def build(config: RunConfig, total_steps: int) -> PairedTeacher:
     # pix2pix is the teacher's step without the difficulty map and without the patchwise loss.
-    options = DS3NetOptions(**dataclasses.asdict(Pix2PixOptions(**config.method_options)), use_difficulty=False,
-                            use_nce=False)
+    options = DS3NetOptions(
+        **dataclasses.asdict(Pix2PixOptions(**config.method_options)), use_difficulty=False, use_nce=False
+    )
     return PairedTeacher(
         build_generator(preset=config.preset, encoder=config.encoder, output=config.generator_output),
         build_discriminator(config.preset),

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="run directory (default: runs/segmenter)")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: 2400)")
     parser.add_argument("--batch-size", type=int, default=None, help="slices per step (default: 8)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="initial Adam learning rate, cosine decay (default: 3e-3)")
+    parser.add_argument(
+        "--lr", type=float, default=3e-3, help="initial Adam learning rate, cosine decay (default: 3e-3)"
+    )
     parser.add_argument("--image-size", type=int, default=None, help="crop / pad slices to this size (default: native)")
     parser.add_argument("--seed", type=int, default=0, help="split seed, as in the other recipes (default: 0)")
     parser.add_argument("--init-seed", type=int, default=None, help="initialisation / sampling seed (default: --seed)")
@@ -65,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    settings = {"steps": 2400, "batch_size": 8, "phantom_cases": SPLIT.phantom_cases,
-                "phantom_shape": SPLIT.phantom_shape, "max_test_subjects": None, **(SMOKE if args.smoke else {})}
+    settings = {
+        "steps": 2400,
+        "batch_size": 8,
+        "phantom_cases": SPLIT.phantom_cases,
+        "phantom_shape": SPLIT.phantom_shape,
+        "max_test_subjects": None,
+        **(SMOKE if args.smoke else {}),
+    }
     for name in ("steps", "batch_size", "max_test_subjects"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
@@ -76,37 +84,72 @@ def run(args: argparse.Namespace) -> dict:
         raise InputError(f"{out} already holds a segmenter; pass --overwrite to replace it, or choose another --out")
     device = resolve_device(args.device)
 
-    root = Path(args.data) if args.data else default_cohort(cases=settings["phantom_cases"], shape=settings["phantom_shape"])
+    root = (
+        Path(args.data)
+        if args.data
+        else default_cohort(cases=settings["phantom_cases"], shape=settings["phantom_shape"])
+    )
     if not root.is_dir():
         raise InputError(f"--data {root}: no such directory")
-    split = split_cohort(list_cases(root), paired_fraction=SPLIT.paired_fraction, val_fraction=SPLIT.val_fraction,
-                         test_fraction=SPLIT.test_fraction, seed=args.seed)
+    split = split_cohort(
+        list_cases(root),
+        paired_fraction=SPLIT.paired_fraction,
+        val_fraction=SPLIT.val_fraction,
+        test_fraction=SPLIT.test_fraction,
+        seed=args.seed,
+    )
     slices = load_region_slices(split.train, image_size=args.image_size)
     init_seed = args.seed if args.init_seed is None else args.init_seed
-    segmenter = train_segmenter(slices, steps=settings["steps"], batch_size=settings["batch_size"], lr=args.lr,
-                                seed=init_seed, device=device, progress=args.progress)
+    segmenter = train_segmenter(
+        slices,
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        lr=args.lr,
+        seed=init_seed,
+        device=device,
+        progress=args.progress,
+    )
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_segmenter(
-        checkpoint, segmenter, train_cases=slices.case_ids, split_seed=args.seed, init_seed=init_seed,
-        val_fraction=SPLIT.val_fraction, test_fraction=SPLIT.test_fraction, steps=settings["steps"],
-        batch_size=settings["batch_size"], lr=args.lr, image_size=args.image_size,
+        checkpoint,
+        segmenter,
+        train_cases=slices.case_ids,
+        split_seed=args.seed,
+        init_seed=init_seed,
+        val_fraction=SPLIT.val_fraction,
+        test_fraction=SPLIT.test_fraction,
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        lr=args.lr,
+        image_size=args.image_size,
         intensity="per-modality robust percentiles in the brain -> [0, 1]",
     )
 
-    report = {"out": str(out), "checkpoint": str(checkpoint), "steps": settings["steps"], "split_seed": args.seed,
-              "train": slices.case_ids, "rows": {}}
+    report = {
+        "out": str(out),
+        "checkpoint": str(checkpoint),
+        "steps": settings["steps"],
+        "split_seed": args.seed,
+        "train": slices.case_ids,
+        "rows": {},
+    }
     for part, cases in (("val", split.val), ("test", split.test[: settings["max_test_subjects"]])):
         sessions = [load_brats_case(case) for case in cases]
         for row in REFERENCE_ROWS:
             subjects = {s.case_id: session_dice(segmenter, s, reference_t1ce(s, row), device=device) for s in sessions}
-            report["rows"].setdefault(part, {})[row] = {"mean": _summary(subjects, np.mean),
-                                                        "std": _summary(subjects, np.std), "subjects": subjects}
+            report["rows"].setdefault(part, {})[row] = {
+                "mean": _summary(subjects, np.mean),
+                "std": _summary(subjects, np.std),
+                "subjects": subjects,
+            }
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
 
 
 def _summary(subjects: dict[str, dict[str, float]], reduce) -> dict[str, float]:
-    return {key: float(reduce([metrics[key] for metrics in subjects.values()])) for key in DICE_KEYS} if subjects else {}
+    return (
+        {key: float(reduce([metrics[key] for metrics in subjects.values()])) for key in DICE_KEYS} if subjects else {}
+    )
 
 
 def format_dice_table(report: dict) -> str:
@@ -115,7 +158,9 @@ def format_dice_table(report: dict) -> str:
         count = len(next(iter(rows.values()))["subjects"])
         lines.append(f"{part} ({count} subjects){'':<4}" + "".join(f"{key:>18}" for key in DICE_KEYS))
         for row, result in rows.items():
-            cells = [f"{result['mean'][k]:.4f} ± {result['std'][k]:.4f}" if k in result["mean"] else "n/a" for k in DICE_KEYS]
+            cells = [
+                f"{result['mean'][k]:.4f} ± {result['std'][k]:.4f}" if k in result["mean"] else "n/a" for k in DICE_KEYS
+            ]
             lines.append(f"  {row:<19}" + "".join(f"{cell:>18}" for cell in cells))
     return "\n".join(lines)
 

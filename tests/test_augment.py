@@ -86,8 +86,9 @@ def test_flip_is_along_h_by_default_and_w_on_request():
     batch = make_batch()
     for flip_dim in (-2, -1):
         torch.manual_seed(5)
-        augment = MRIAugmentation(intensity=False, p_geometric=1.0, degrees=0.0, translate=0.0, scale=(1.0, 1.0),
-                                  flip_dim=flip_dim)
+        augment = MRIAugmentation(
+            intensity=False, p_geometric=1.0, degrees=0.0, translate=0.0, scale=(1.0, 1.0), flip_dim=flip_dim
+        )
         out = augment(batch)
         flipped = 0
         for b in range(batch["target"].shape[0]):
@@ -95,7 +96,9 @@ def test_flip_is_along_h_by_default_and_w_on_request():
             mirrored = torch.allclose(out["target"][b], batch["target"][b].flip(flip_dim), atol=1e-5)
             assert same or mirrored
             flipped += mirrored and not same
-            assert torch.equal(out["seg"][b], batch["seg"][b].flip(flip_dim) if mirrored and not same else batch["seg"][b])
+            assert torch.equal(
+                out["seg"][b], batch["seg"][b].flip(flip_dim) if mirrored and not same else batch["seg"][b]
+            )
         assert flipped > 0
 
 
@@ -188,7 +191,10 @@ def test_seed_reproduces_and_another_seed_differs():
 
 def test_probability_zero_and_switches_off_are_the_identity():
     batch = make_batch()
-    for augment in (MRIAugmentation(p_geometric=0.0, p_intensity=0.0), MRIAugmentation(geometric=False, intensity=False)):
+    for augment in (
+        MRIAugmentation(p_geometric=0.0, p_intensity=0.0),
+        MRIAugmentation(geometric=False, intensity=False),
+    ):
         out = augment(batch)
         for key in ("inputs", "target", "seg", "brain_mask", "tumour_mask", "case_index"):
             assert torch.equal(out[key], batch[key]), key
@@ -218,7 +224,9 @@ def test_dtype_and_gradients():
     batch = make_batch(batch_size=3, height=17, width=19)
     inputs = batch["inputs"].double().requires_grad_(True)
     torch.manual_seed(16)
-    out = MRIAugmentation(p_geometric=1.0, p_intensity=1.0)({**batch, "inputs": inputs, "target": batch["target"].double()})
+    out = MRIAugmentation(p_geometric=1.0, p_intensity=1.0)(
+        {**batch, "inputs": inputs, "target": batch["target"].double()}
+    )
     assert out["inputs"].dtype == torch.float64 and out["target"].dtype == torch.float64
     out["inputs"].sum().backward()
     assert inputs.grad is not None and torch.isfinite(inputs.grad).all() and inputs.grad.abs().sum() > 0
@@ -248,11 +256,15 @@ def test_bad_batches():
     inputs = torch.rand(2, 3, 16, 16)
     with pytest.raises(ValueError, match="batch must be a dict with an 'inputs' tensor"):
         augment({"target": inputs})
-    with pytest.raises(ValueError, match=r"batch\['inputs'\] must be \(B, M, H, W\) floating point.*got shape \(3, 16, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"batch\['inputs'\] must be \(B, M, H, W\) floating point.*got shape \(3, 16, 16\)"
+    ):
         augment({"inputs": inputs[0]})
     with pytest.raises(ValueError, match=r"batch\['inputs'\] must be .*torch.int64"):
         augment({"inputs": inputs.long()})
-    with pytest.raises(ValueError, match=r"batch\['seg'\] must be \(B, 1, H, W\) = \(2, 1, 16, 16\).*got shape \(2, 1, 16, 15\)"):
+    with pytest.raises(
+        ValueError, match=r"batch\['seg'\] must be \(B, 1, H, W\) = \(2, 1, 16, 16\).*got shape \(2, 1, 16, 15\)"
+    ):
         augment({"inputs": inputs, "seg": torch.zeros(2, 1, 16, 15)})
     with pytest.raises(ValueError, match=r"batch\['target'\] must be \(B, C, H, W\)"):
         augment({"inputs": inputs, "target": torch.rand(3, 1, 16, 16)})

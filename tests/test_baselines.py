@@ -97,7 +97,9 @@ def test_phantom_truth_is_written_and_does_not_change_the_cohort(cohort):
         np.testing.assert_array_equal(volume, with_truth[name])
     # The clean T1ce differs from the noisy one by the noise only.
     brain = with_truth["t1ce"] > 0
-    relative = np.abs(with_truth["t1ce"] - with_truth["t1ce_clean"])[brain].mean() / with_truth["t1ce_clean"][brain].mean()
+    relative = (
+        np.abs(with_truth["t1ce"] - with_truth["t1ce_clean"])[brain].mean() / with_truth["t1ce_clean"][brain].mean()
+    )
     assert 0.0 < relative < 0.1
 
 
@@ -133,7 +135,10 @@ def _report(model_psnr: float) -> dict:
         return {"mean": {"brain_psnr": psnr, "brain_ssim": 0.8}, "std": {}}
 
     return {
-        "method": "m", "steps": 1, "paired_fraction": 0.05, "shipped": "student",
+        "method": "m",
+        "steps": 1,
+        "paired_fraction": 0.05,
+        "shipped": "student",
         "models": {"student": result(model_psnr)},
         "baselines": {COPY_T1: result(17.0), LINEAR: result(17.5), CEILING_TISSUE: result(23.0)},
     }
@@ -159,8 +164,11 @@ def test_evaluate_predictor_scores_like_region_metrics(cohort):
     _, sessions = cohort
     session = sessions[0]
     result = evaluate_predictor(copy_t1, [session]).mean["brain_psnr"]
-    expected = psnr(torch.from_numpy(copy_t1(session))[None, None], torch.from_numpy(session.target)[None, None],
-                    mask=torch.from_numpy(session.brain_mask)[None, None])
+    expected = psnr(
+        torch.from_numpy(copy_t1(session))[None, None],
+        torch.from_numpy(session.target)[None, None],
+        mask=torch.from_numpy(session.brain_mask)[None, None],
+    )
     assert result == pytest.approx(float(expected), rel=1e-6)
 
 

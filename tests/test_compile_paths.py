@@ -37,8 +37,9 @@ def test_custom_op_passes_opcheck(dtype, weighted):
     # Schema, fake (meta) implementation, autograd registration and the dispatcher's own checks.
     torch.library.opcheck(torch.ops.ds3kit.patch_nce_rows, (query, key, weight, 0.07, "streaming"))
     rows, lse = torch.ops.ds3kit.patch_nce_rows(query, key, weight, 0.07, "streaming")
-    torch.testing.assert_close(rows.double(), reference_fp64(query.detach(), key.detach(), weight=weight),
-                               rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(
+        rows.double(), reference_fp64(query.detach(), key.detach(), weight=weight), rtol=2e-5, atol=2e-5
+    )
     assert not lse.requires_grad
 
 
@@ -47,7 +48,8 @@ def test_custom_op_gradients_pass_gradcheck():
     key = unit_rows(1, 17, 6, dtype=torch.float64, seed=5).requires_grad_()
     weight = torch.rand(1, 17, generator=torch.Generator().manual_seed(6), dtype=torch.float64) + 0.5
     assert torch.autograd.gradcheck(
-        lambda q, k: torch.ops.ds3kit.patch_nce_rows(q, k, weight, 0.07, "streaming")[0], (query, key))
+        lambda q, k: torch.ops.ds3kit.patch_nce_rows(q, k, weight, 0.07, "streaming")[0], (query, key)
+    )
 
 
 class _HeadAndLoss(torch.nn.Module):
@@ -101,9 +103,13 @@ def test_compiled_generator_matches_eager():
 def _method() -> DS3Net:
     torch.manual_seed(9)
     return DS3Net(
-        teacher=build_generator("tiny"), student=build_generator("tiny"),
-        teacher_discriminator=build_discriminator("tiny"), student_discriminator=build_discriminator("tiny"),
-        options=DS3NetOptions(nce_patches=16, teacher_warmup_fraction=0.0), total_steps=4, lr=1e-3,
+        teacher=build_generator("tiny"),
+        student=build_generator("tiny"),
+        teacher_discriminator=build_discriminator("tiny"),
+        student_discriminator=build_discriminator("tiny"),
+        options=DS3NetOptions(nce_patches=16, teacher_warmup_fraction=0.0),
+        total_steps=4,
+        lr=1e-3,
         betas=(0.5, 0.999),
     )
 
@@ -112,8 +118,11 @@ def _batches() -> tuple[dict, dict]:
     generator = torch.Generator().manual_seed(10)
     coords = torch.arange(32, dtype=torch.float32) - 15.5
     mask = (coords[:, None] ** 2 + coords[None, :] ** 2 <= 110).expand(2, 1, 32, 32).clone()
-    paired = {"inputs": torch.rand(2, 3, 32, 32, generator=generator) * mask,
-              "target": torch.rand(2, 1, 32, 32, generator=generator) * mask, "brain_mask": mask}
+    paired = {
+        "inputs": torch.rand(2, 3, 32, 32, generator=generator) * mask,
+        "target": torch.rand(2, 1, 32, 32, generator=generator) * mask,
+        "brain_mask": mask,
+    }
     unpaired = {"inputs": (0.2 + 0.6 * torch.rand(2, 3, 32, 32, generator=generator)) * mask, "brain_mask": mask}
     return paired, unpaired
 
@@ -123,8 +132,9 @@ def test_ds3net_step_under_bf16_autocast_and_channels_last():
     method = _method().to(memory_format=torch.channels_last)
     before = {name: value.detach().clone() for name, value in method.state_dict().items()}
     paired, unpaired = _batches()
-    channels_last = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
-                     for k, v in paired.items()}
+    channels_last = {
+        k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in paired.items()
+    }
     unpaired = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in unpaired.items()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         student = method.student(channels_last["inputs"])
@@ -133,7 +143,9 @@ def test_ds3net_step_under_bf16_autocast_and_channels_last():
     assert terms and all(torch.isfinite(torch.tensor(value)) for value in terms.values()), terms
     assert any(name.startswith("teacher") for name in terms) and any("student" in name for name in terms), terms
     after = method.state_dict()
-    changed = [name for name, value in after.items() if value.is_floating_point() and not torch.equal(value, before[name])]
+    changed = [
+        name for name, value in after.items() if value.is_floating_point() and not torch.equal(value, before[name])
+    ]
     for role in ("teacher.generator.", "student.", "student_discriminator."):
         assert any(name.startswith(role) for name in changed), f"no weight of {role} changed"
     # Parameters stay float32 (autocast casts per op) and the convolutions' weights keep channels_last.

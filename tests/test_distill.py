@@ -87,7 +87,9 @@ def test_difficulty_callable_gets_the_student_prediction_and_is_detached():
     out = DualLevelDistillation(teacher, student)(inputs(), weigh)
     assert seen["prediction"] is out.student_prediction and seen["prediction"].requires_grad
     assert not out.difficulty.requires_grad
-    expected = ((1.5 + out.student_prediction.detach()) * (out.student_prediction - out.teacher_prediction).abs()).mean()
+    expected = (
+        (1.5 + out.student_prediction.detach()) * (out.student_prediction - out.teacher_prediction).abs()
+    ).mean()
     torch.testing.assert_close(out.image_loss, expected)
 
 

@@ -37,8 +37,9 @@ def test_ssim_matches_skimage_per_sample_and_channel(spatial, dtype):
     assert ours.shape == (3,)
     for b in range(3):
         # Ours averages the map over every channel; skimage scores one channel at a time with equal-sized maps.
-        reference = np.mean([_skimage_ssim(pred[b, c].double().numpy(), target[b, c].double().numpy(), 1.0)
-                             for c in range(2)])
+        reference = np.mean(
+            [_skimage_ssim(pred[b, c].double().numpy(), target[b, c].double().numpy(), 1.0) for c in range(2)]
+        )
         assert abs(float(ours[b]) - reference) < 1e-3
         assert abs(float(ours[b]) - reference) < 1e-5  # in fact float32 rounding only
     assert float(ssim(pred, target)) == pytest.approx(float(ours.mean()), abs=1e-6)
@@ -63,7 +64,9 @@ def test_psnr_and_mse_match_skimage(spatial):
     for b in range(2):
         p, t = pred[b, 0].numpy(), target[b, 0].numpy()
         assert float(got_mse[b]) == pytest.approx(skimage_metrics.mean_squared_error(t, p), rel=1e-12)
-        assert float(got_psnr[b]) == pytest.approx(skimage_metrics.peak_signal_noise_ratio(t, p, data_range=2.0), rel=1e-12)
+        assert float(got_psnr[b]) == pytest.approx(
+            skimage_metrics.peak_signal_noise_ratio(t, p, data_range=2.0), rel=1e-12
+        )
 
 
 def test_ssim_map_is_the_valid_region_of_the_full_map():
@@ -71,8 +74,13 @@ def test_ssim_map_is_the_valid_region_of_the_full_map():
     values = ssim_map(pred, target)
     assert values.shape == (1, 1, 21 - 2 * SSIM_BORDER, 25 - 2 * SSIM_BORDER)
     _, full = skimage_metrics.structural_similarity(
-        pred[0, 0].numpy(), target[0, 0].numpy(), gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-        data_range=1.0, full=True,
+        pred[0, 0].numpy(),
+        target[0, 0].numpy(),
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=1.0,
+        full=True,
     )
     cropped = full[SSIM_BORDER:-SSIM_BORDER, SSIM_BORDER:-SSIM_BORDER]
     np.testing.assert_allclose(values[0, 0].numpy(), cropped, atol=1e-10)
@@ -99,8 +107,13 @@ def test_masked_ssim_averages_the_map_inside_the_region_and_the_border_crop():
     got = ssim(pred, target, mask=mask, reduction="none")
     for b in range(2):
         _, full = skimage_metrics.structural_similarity(
-            pred[b, 0].numpy(), target[b, 0].numpy(), gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-            data_range=1.0, full=True,
+            pred[b, 0].numpy(),
+            target[b, 0].numpy(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            full=True,
         )
         inside = mask[b, 0].numpy().copy()
         inside[:SSIM_BORDER] = inside[-SSIM_BORDER:] = False
@@ -235,8 +248,17 @@ def test_region_metrics_keys_and_values():
     tumour = torch.zeros_like(brain)
     tumour[..., 6:9, 7:10, 5:8] = True
     result = region_metrics(pred, target, brain_mask=brain, tumour_mask=tumour)
-    assert set(result) == {"ssim", "psnr", "mse", "brain_ssim", "brain_psnr", "brain_mse",
-                           "tumour_ssim", "tumour_psnr", "tumour_mse"}
+    assert set(result) == {
+        "ssim",
+        "psnr",
+        "mse",
+        "brain_ssim",
+        "brain_psnr",
+        "brain_mse",
+        "tumour_ssim",
+        "tumour_psnr",
+        "tumour_mse",
+    }
     assert all(isinstance(value, float) for value in result.values())
     assert result["brain_mse"] == pytest.approx(float(mse(pred, target, mask=brain)))
     assert result["tumour_ssim"] == pytest.approx(float(ssim(pred, target, mask=tumour)))
@@ -248,7 +270,13 @@ def test_region_metrics_drops_absent_or_empty_regions_but_not_bad_masks():
     assert set(region_metrics(pred, target)) == {"ssim", "psnr", "mse"}
     empty = torch.zeros_like(target, dtype=torch.bool)
     assert set(region_metrics(pred, target, brain_mask=target > 0.5, tumour_mask=empty)) == {
-        "ssim", "psnr", "mse", "brain_ssim", "brain_psnr", "brain_mse"}
+        "ssim",
+        "psnr",
+        "mse",
+        "brain_ssim",
+        "brain_psnr",
+        "brain_mse",
+    }
     with pytest.raises(ValueError, match="mask must be \\(B, 1 or C"):
         region_metrics(pred, target, tumour_mask=torch.zeros(1, 1, 13, 13, 12, dtype=torch.bool))
 

@@ -37,6 +37,7 @@ def case(seed: int = 0, shape=SHAPE):
 
 def bilinear(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Half-pixel-centred bilinear resize (PyTorch's align_corners=False), written out in numpy."""
+
     def weights(n_in: int, n_out: int):
         source = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
         low = np.floor(source).astype(int)
@@ -102,10 +103,14 @@ def test_conditional_reads_the_inputs_unconditional_does_not():
     inputs, prediction, brain = case(2)
     other_inputs = case(3)[0] * brain
     conditional, unconditional = discriminator(4), discriminator(1)
-    assert not np.allclose(reliability_volume(prediction, conditional, inputs, brain),
-                           reliability_volume(prediction, conditional, other_inputs, brain))
-    np.testing.assert_array_equal(reliability_volume(prediction, unconditional, inputs, brain),
-                                  reliability_volume(prediction, unconditional, other_inputs, brain))
+    assert not np.allclose(
+        reliability_volume(prediction, conditional, inputs, brain),
+        reliability_volume(prediction, conditional, other_inputs, brain),
+    )
+    np.testing.assert_array_equal(
+        reliability_volume(prediction, unconditional, inputs, brain),
+        reliability_volume(prediction, unconditional, other_inputs, brain),
+    )
 
 
 def test_batch_size_and_a_generator_in_place_of_its_prediction():

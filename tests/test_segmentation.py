@@ -126,7 +126,10 @@ def test_region_dice_empty_regions_agree_with_monai_and_brats():
 
 def test_region_dice_errors():
     seg = np.zeros(SHAPE, np.uint8)
-    with pytest.raises(ValueError, match=r"pred_regions must be \(3, \*true_seg.shape\) = \(3, 29, 35, 11\), got shape \(2, 29, 35, 11\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"pred_regions must be \(3, \*true_seg.shape\) = \(3, 29, 35, 11\), got shape \(2, 29, 35, 11\)",
+    ):
         region_dice(np.zeros((2, *SHAPE), bool), seg)
     with pytest.raises(ValueError, match="pred_regions must be bool, got dtype float32"):
         region_dice(np.zeros((3, *SHAPE), np.float32), seg)
@@ -138,7 +141,9 @@ def test_region_dice_errors():
 def test_segmenter_accepts_odd_slice_sizes_and_checks_channels():
     segmenter = Segmenter(channels=(4, 8), strides=(2,), num_res_units=0)
     assert segmenter(torch.rand(2, 4, 29, 35)).shape == (2, 3, 29, 35)
-    with pytest.raises(ValueError, match=r"slices must be \(B, 4, H, W\) \(T1, T1ce, T2, FLAIR\), got shape \(2, 3, 29, 35\)"):
+    with pytest.raises(
+        ValueError, match=r"slices must be \(B, 4, H, W\) \(T1, T1ce, T2, FLAIR\), got shape \(2, 3, 29, 35\)"
+    ):
         segmenter(torch.rand(2, 3, 29, 35))
     with pytest.raises(ValueError, match="strides one fewer, got 3 channels and 1 strides"):
         Segmenter(channels=(4, 8, 16), strides=(2,))
@@ -258,7 +263,12 @@ def tiny_cases(tmp_path_factory):
         folder = root / f"Case_{index}"
         folder.mkdir()
         for name, data in case.items():
-            save_volume(folder / f"Case_{index}_{name}.nii.gz", data, phantom_affine((40, 40, 12)), dtype=np.uint8 if name == "seg" else None)
+            save_volume(
+                folder / f"Case_{index}_{name}.nii.gz",
+                data,
+                phantom_affine((40, 40, 12)),
+                dtype=np.uint8 if name == "seg" else None,
+            )
         folders.append(folder)
     return folders
 

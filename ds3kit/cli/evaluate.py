@@ -44,26 +44,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--pred", required=True, type=Path, help="synthesized T1ce (NIfTI)")
     parser.add_argument("--target", required=True, type=Path, help="real T1ce (NIfTI), the reference grid")
-    parser.add_argument("--seg", type=Path, default=None,
-                        help="segmentation voxel-aligned with the target; tumour = label > 0")
-    parser.add_argument("--mask", type=Path, default=None,
-                        help="brain mask voxel-aligned with the target (> 0 = brain)")
-    parser.add_argument("--data-range", type=float, default=1.0,
-                        help="intensity span for PSNR and SSIM (default 1)")
-    parser.add_argument("--scaling", choices=_SCALINGS, default="auto",
-                        help="intensity units, see above (default auto)")
+    parser.add_argument(
+        "--seg", type=Path, default=None, help="segmentation voxel-aligned with the target; tumour = label > 0"
+    )
+    parser.add_argument(
+        "--mask", type=Path, default=None, help="brain mask voxel-aligned with the target (> 0 = brain)"
+    )
+    parser.add_argument("--data-range", type=float, default=1.0, help="intensity span for PSNR and SSIM (default 1)")
+    parser.add_argument(
+        "--scaling", choices=_SCALINGS, default="auto", help="intensity units, see above (default auto)"
+    )
     baselines = parser.add_argument_group(
-        "baselines", "score the trivial predictors beside --pred, on the same voxels (docs/metrics.md)")
+        "baselines", "score the trivial predictors beside --pred, on the same voxels (docs/metrics.md)"
+    )
     baselines.add_argument("--t1", type=Path, default=None, help="the T1 the prediction was made from: adds copy-T1")
     baselines.add_argument("--t2", type=Path, default=None, help="its T2 (with --flair and --checkpoint: adds linear)")
     baselines.add_argument("--flair", type=Path, default=None, help="its FLAIR")
-    baselines.add_argument("--checkpoint", type=Path, default=None,
-                           help="the generator checkpoint whose run fitted the linear baseline (its metadata holds it); "
-                                "when it stores its discriminator, the reliability map's correlation with |error| "
-                                "is reported too (docs/metrics.md, 'Reliability map')")
-    baselines.add_argument("--segmenter", type=Path, default=None,
-                           help="a recipes/segmenter.py checkpoint: adds dice_et/dice_tc/dice_wt for the prediction, "
-                                "copy-T1 (floor) and the real T1ce (ceiling); needs --seg, --t1, --t2, --flair")
+    baselines.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="the generator checkpoint whose run fitted the linear baseline (its metadata holds it); "
+        "when it stores its discriminator, the reliability map's correlation with |error| "
+        "is reported too (docs/metrics.md, 'Reliability map')",
+    )
+    baselines.add_argument(
+        "--segmenter",
+        type=Path,
+        default=None,
+        help="a recipes/segmenter.py checkpoint: adds dice_et/dice_tc/dice_wt for the prediction, "
+        "copy-T1 (floor) and the real T1ce (ceiling); needs --seg, --t1, --t2, --flair",
+    )
     parser.set_defaults(run=run)
 
 
@@ -122,8 +133,11 @@ def run(args: argparse.Namespace) -> int:
         if not same_grid(volume, target):
             volume = resample_to_reference(volume, target, order=1)
         scores = region_metrics(
-            tensor(np.where(brain, volume.data, np.float32(0.0))), tensor(truth), brain_mask=tensor(brain),
-            tumour_mask=None if tumour is None or not tumour.any() else tensor(tumour), data_range=args.data_range,
+            tensor(np.where(brain, volume.data, np.float32(0.0))),
+            tensor(truth),
+            brain_mask=tensor(brain),
+            tumour_mask=None if tumour is None or not tumour.any() else tensor(tumour),
+            data_range=args.data_range,
         )
         baselines[name] = {key: value if math.isfinite(value) else None for key, value in scores.items()}
     report = {
@@ -167,8 +181,10 @@ def _dice_rows(args: argparse.Namespace, pred) -> dict[str, dict[str, float]]:
     session = load_session(args.t1, args.t2, args.flair, t1ce=args.target, seg=args.seg)
     synthesis, (low, high) = _synthesis_on_t1_grid(pred, session)
     if synthesis is None:
-        raise InputError(f"{args.pred}: --segmenter needs the prediction in ds3kit's [0, 1] scale (what ds3kit "
-                         f"synthesize writes), got values in [{low:.3g}, {high:.3g}]")
+        raise InputError(
+            f"{args.pred}: --segmenter needs the prediction in ds3kit's [0, 1] scale (what ds3kit "
+            f"synthesize writes), got values in [{low:.3g}, {high:.3g}]"
+        )
     return {
         "prediction": session_dice(segmenter, session, synthesis),
         "copy-T1": session_dice(segmenter, session, reference_t1ce(session, "copy_t1")),
@@ -190,8 +206,15 @@ def _synthesis_on_t1_grid(pred, session) -> tuple[np.ndarray | None, tuple[float
     return np.where(session.brain_mask, synthesis, np.float32(0.0)), (low, high)
 
 
-def _reliability_rows(args: argparse.Namespace, pred, target, prediction: np.ndarray, truth: np.ndarray,
-                      brain: np.ndarray, tumour: np.ndarray | None) -> dict | None:
+def _reliability_rows(
+    args: argparse.Namespace,
+    pred,
+    target,
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    brain: np.ndarray,
+    tumour: np.ndarray | None,
+) -> dict | None:
     """The reliability map's and the edge map's Pearson correlation with |error| in the brain (and the tumour).
 
     None when there is no ``--checkpoint`` or it stores no discriminator. ``pred`` is the prediction as read; ``prediction``
@@ -212,12 +235,20 @@ def _reliability_rows(args: argparse.Namespace, pred, target, prediction: np.nda
     session = load_session(args.t1, args.t2, args.flair)
     synthesis, (low, high) = _synthesis_on_t1_grid(pred, session)
     if synthesis is None:
-        print(f"ds3kit evaluate: {args.pred} holds values in [{low:.3g}, {high:.3g}], not ds3kit's [0, 1] scale that "
-              "the discriminator judges; the reliability map is left out", file=sys.stderr)
+        print(
+            f"ds3kit evaluate: {args.pred} holds values in [{low:.3g}, {high:.3g}], not ds3kit's [0, 1] scale that "
+            "the discriminator judges; the reliability map is left out",
+            file=sys.stderr,
+        )
         return None
     maps = {
-        "discriminator": reliability_volume(synthesis, discriminator, session.inputs, session.brain_mask,
-                                            gan_mode=discriminator_gan_mode(args.checkpoint)),
+        "discriminator": reliability_volume(
+            synthesis,
+            discriminator,
+            session.inputs,
+            session.brain_mask,
+            gan_mode=discriminator_gan_mode(args.checkpoint),
+        ),
         "edge_map": edge_map(synthesis, session.brain_mask),
     }
     regions = {"brain": brain}
@@ -228,8 +259,9 @@ def _reliability_rows(args: argparse.Namespace, pred, target, prediction: np.nda
         on_target = Volume(volume, session.affine, session.header)
         if not same_grid(on_target, target):
             on_target = resample_to_reference(on_target, target, order=1)
-        rows[name] = {region: error_correlation(on_target.data, prediction, truth, mask)
-                      for region, mask in regions.items()}
+        rows[name] = {
+            region: error_correlation(on_target.data, prediction, truth, mask) for region, mask in regions.items()
+        }
     rows["beats_edge_map"] = bool(rows["discriminator"]["brain"] > rows["edge_map"]["brain"])
     return rows
 
@@ -257,10 +289,14 @@ def _baseline_volumes(args: argparse.Namespace) -> dict:
         _, metadata = load_generator(args.checkpoint)
         fitted = metadata.get("linear_baseline")
         if fitted is None and load_discriminator(args.checkpoint) is None:
-            raise InputError(f"{args.checkpoint}: the checkpoint records no linear baseline (written by an older ds3kit, "
-                             "or by a run without paired subjects) and no discriminator")
+            raise InputError(
+                f"{args.checkpoint}: the checkpoint records no linear baseline (written by an older ds3kit, "
+                "or by a run without paired subjects) and no discriminator"
+            )
         if fitted is None:  # the checkpoint still serves: its discriminator draws the reliability map
-            print(f"ds3kit evaluate: {args.checkpoint} records no linear baseline; that row is left out", file=sys.stderr)
+            print(
+                f"ds3kit evaluate: {args.checkpoint} records no linear baseline; that row is left out", file=sys.stderr
+            )
         else:
             linear = LinearBaseline(weights=tuple(fitted["weights"]), intercept=float(fitted["intercept"]))
     t1 = load_volume(args.t1)

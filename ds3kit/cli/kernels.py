@@ -23,21 +23,38 @@ DEFAULT_DIMS = (64, 128, 256, 512, 1024)
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from ds3kit.ops.configs import ARCHS
 
-    parser = subparsers.add_parser("kernels", help="compile the patch_nce kernels for GPU targets and check them",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "kernels",
+        help="compile the patch_nce kernels for GPU targets and check them",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = parser.add_subparsers(dest="action", required=True)
 
     check = actions.add_parser("check", help="compile every dispatched variant per arch; fail when one does not fit")
     check.add_argument("--arch", nargs="+", default=list(ARCHS), help=f"targets (default {' '.join(ARCHS)})")
-    check.add_argument("--dim", nargs="+", type=int, default=list(DEFAULT_DIMS),
-                       help=f"feature dimensions D (default {' '.join(map(str, DEFAULT_DIMS))})")
-    check.add_argument("--dtype", nargs="+", choices=("fp32", "bf16", "fp16"),
-                       help="input dtypes (default: fp32, bf16 where the arch has it, fp16)")
+    check.add_argument(
+        "--dim",
+        nargs="+",
+        type=int,
+        default=list(DEFAULT_DIMS),
+        help=f"feature dimensions D (default {' '.join(map(str, DEFAULT_DIMS))})",
+    )
+    check.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=("fp32", "bf16", "fp16"),
+        help="input dtypes (default: fp32, bf16 where the arch has it, fp16)",
+    )
     check.add_argument("--json", type=Path, help="write the entries as a JSON list here")
     check.add_argument("--cubin-dir", type=Path, help="write each variant's cubin into this folder")
-    check.add_argument("--config", nargs="+", metavar="FIELD=VALUE",
-                       help="check this KernelConfig (e.g. block_m=64 block_n=64 num_warps=4 num_stages=2) instead "
-                            "of the dispatcher's choice")
+    check.add_argument(
+        "--config",
+        nargs="+",
+        metavar="FIELD=VALUE",
+        help="check this KernelConfig (e.g. block_m=64 block_n=64 num_warps=4 num_stages=2) instead "
+        "of the dispatcher's choice",
+    )
     check.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compiles")
     check.set_defaults(run=run_check)
 
@@ -59,8 +76,9 @@ def _import_compiled_kernels() -> None:
         from ds3kit.ops import patch_nce
 
         if patch_nce._INTERPRETED:
-            raise ValueError("ds3kit.ops.patch_nce was imported under TRITON_INTERPRET=1; run `ds3kit kernels` in a "
-                             "fresh process")
+            raise ValueError(
+                "ds3kit.ops.patch_nce was imported under TRITON_INTERPRET=1; run `ds3kit kernels` in a fresh process"
+            )
         return
     saved = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "0"
@@ -101,18 +119,31 @@ def _variant(task: tuple) -> dict:
         config = default_config(arch_to_capability(arch), torch_dtype, dim)
     else:
         config = KernelConfig(**config_fields)
-    entry = {"arch": arch, "dtype": dtype, "dim": dim, "kernel": kernel, "config": config.short(),
-             "registers": None, "stack_bytes": None, "shared_bytes": None,
-             "limit_bytes": resources.shared_limit(arch), "fits": False,
-             "cubin": resources.cubin_name(arch, dtype, dim, kernel)}
+    entry = {
+        "arch": arch,
+        "dtype": dtype,
+        "dim": dim,
+        "kernel": kernel,
+        "config": config.short(),
+        "registers": None,
+        "stack_bytes": None,
+        "shared_bytes": None,
+        "limit_bytes": resources.shared_limit(arch),
+        "fits": False,
+        "cubin": resources.cubin_name(arch, dtype, dim, kernel),
+    }
     try:
         usage = resources.compile_variant(kernel, arch, dtype, dim, config)
     except Exception as error:  # a compilation failure is a finding to report, not a crash of the check
         entry["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         entry["cubin"] = None
         return entry
-    entry.update(registers=usage.registers, stack_bytes=usage.stack_bytes, shared_bytes=usage.shared_bytes,
-                 fits=resources.fits(usage, arch, dim))
+    entry.update(
+        registers=usage.registers,
+        stack_bytes=usage.stack_bytes,
+        shared_bytes=usage.shared_bytes,
+        fits=resources.fits(usage, arch, dim),
+    )
     entry["_cubin_bytes"] = usage.cubin
     return entry
 
@@ -123,9 +154,20 @@ def _table(entries: list[dict]) -> str:
     for e in entries:
         shared = "-" if e["shared_bytes"] is None else f"{e['shared_bytes'] / 1024:.1f}"
         fits = "yes" if e["fits"] else ("ERROR" if "error" in e else "NO")
-        rows.append((e["arch"], e["dtype"], str(e["dim"]), e["kernel"], e["config"], str(e["registers"] or "-"),
-                     "-" if e["stack_bytes"] is None else str(e["stack_bytes"]), shared,
-                     f"{e['limit_bytes'] / 1024:.0f}", fits))
+        rows.append(
+            (
+                e["arch"],
+                e["dtype"],
+                str(e["dim"]),
+                e["kernel"],
+                e["config"],
+                str(e["registers"] or "-"),
+                "-" if e["stack_bytes"] is None else str(e["stack_bytes"]),
+                shared,
+                f"{e['limit_bytes'] / 1024:.0f}",
+                fits,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
 
@@ -195,8 +237,10 @@ def run_choose(args: argparse.Namespace) -> int:
             missing += 1
             print(f"    # ({arch!r}, {dtype!r}, {dim}): no candidate fits")
             continue
-        print(f"    ({arch!r}, {dtype!r}, {dim}): _c({config.block_m}, {config.block_n}, {config.block_d}, "
-              f"{config.num_warps}, {config.num_stages}),")
+        print(
+            f"    ({arch!r}, {dtype!r}, {dim}): _c({config.block_m}, {config.block_n}, {config.block_d}, "
+            f"{config.num_warps}, {config.num_stages}),"
+        )
     return 1 if missing else 0
 
 

@@ -16,7 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("out", help="output folder (created if missing)")
     parser.add_argument("--cases", type=int, default=40, help="number of subjects (default 40)")
-    parser.add_argument("--shape", type=int, nargs=3, default=(96, 96, 48), metavar=("X", "Y", "Z"), help="grid (default 96 96 48)")
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=(96, 96, 48), metavar=("X", "Y", "Z"), help="grid (default 96 96 48)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)

@@ -17,12 +17,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "cached and unchanged are skipped, so an interrupted run resumes; every unusable case is named at once.",
     )
     parser.add_argument("--data", required=True, type=Path, help="BraTS-layout root folder (one sub-folder per case)")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="cache folder (default: $DS3KIT_CACHE/preprocessed or ~/.cache/ds3kit/preprocessed)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="cache folder (default: $DS3KIT_CACHE/preprocessed or ~/.cache/ds3kit/preprocessed)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="preprocessing processes (default 1)")
-    parser.add_argument("--label-convention", choices=("auto", "brats2020", "brats2023"), default="auto",
-                        help="seg labels: brats2020 {0,1,2,4}, brats2023 {0,1,2,3} with 3 = enhancing; "
-                        "auto: brats2023 for -t1n/-t1c/-t2w/-t2f file names (default auto)")
+    parser.add_argument(
+        "--label-convention",
+        choices=("auto", "brats2020", "brats2023"),
+        default="auto",
+        help="seg labels: brats2020 {0,1,2,4}, brats2023 {0,1,2,3} with 3 = enhancing; "
+        "auto: brats2023 for -t1n/-t1c/-t2w/-t2f file names (default auto)",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -32,9 +40,16 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     cases = list_cases(args.data)
-    result = preprocess_cases(cases, cache_dir=args.cache_dir, label_convention=args.label_convention,
-                              workers=args.workers, progress=args.progress)
+    result = preprocess_cases(
+        cases,
+        cache_dir=args.cache_dir,
+        label_convention=args.label_convention,
+        workers=args.workers,
+        progress=args.progress,
+    )
     elapsed = time.perf_counter() - start
     rate = f", {len(result.built) / elapsed:.2f} cases/s" if result.built else ""
-    print(f"{result.cache_dir}  ({len(result.built)} built, {len(result.reused)} already cached, {elapsed:.1f} s{rate})")
+    print(
+        f"{result.cache_dir}  ({len(result.built)} built, {len(result.reused)} already cached, {elapsed:.1f} s{rate})"
+    )
     return 0

@@ -21,18 +21,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--t1", required=True, type=Path)
     parser.add_argument("--t2", required=True, type=Path)
     parser.add_argument("--flair", required=True, type=Path)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="a ds3kit generator checkpoint (e.g. student.pt)")
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="a ds3kit generator checkpoint (e.g. student.pt)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output NIfTI path (.nii or .nii.gz)")
     parser.add_argument("--mask", type=Path, default=None, help="brain mask on the T1 grid (default: estimated)")
     parser.add_argument(
-        "--difficulty", type=Path, default=None, metavar="OUT",
+        "--difficulty",
+        type=Path,
+        default=None,
+        metavar="OUT",
         help="also write the reliability map (.nii or .nii.gz) on the T1 grid: per voxel 1 - realness of the "
         "checkpoint's discriminator on the synthesis, in [0, 1] (1 = looks unlike real T1ce), 0 outside the brain; "
         "needs a checkpoint that stores its discriminator (docs/metrics.md, 'Reliability map')",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA when present)")
     parser.add_argument(
-        "--batch-size", type=int, default=None,
+        "--batch-size",
+        type=int,
+        default=None,
         help="slices per forward pass (default: about one 240 x 240 slice's pixels per batch on CPU, 16 on GPU)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
@@ -76,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
         gan_mode = discriminator_gan_mode(args.checkpoint)
     session = load_session(args.t1, args.t2, args.flair, mask=args.mask)
     prediction = synthesize_volume(
-        generator, session.inputs, brain_mask=session.brain_mask, batch_size=args.batch_size, device=device,
+        generator,
+        session.inputs,
+        brain_mask=session.brain_mask,
+        batch_size=args.batch_size,
+        device=device,
         progress=args.progress,
     )
     reliability = None
@@ -85,8 +96,13 @@ def run(args: argparse.Namespace) -> int:
 
         # Computed before either file is written: a failure here leaves no half of the output behind.
         reliability = reliability_volume(
-            prediction, discriminator, session.inputs, session.brain_mask, gan_mode=gan_mode,
-            batch_size=args.batch_size, device=device,
+            prediction,
+            discriminator,
+            session.inputs,
+            session.brain_mask,
+            gan_mode=gan_mode,
+            batch_size=args.batch_size,
+            device=device,
         )
     save_volume(args.out, prediction, session.affine, session.header)
     if reliability is not None:
@@ -99,5 +115,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if reliability is not None:
-        print(f"wrote {args.difficulty}: the reliability map (1 - realness of the discriminator, [0, 1])", file=sys.stderr)
+        print(
+            f"wrote {args.difficulty}: the reliability map (1 - realness of the discriminator, [0, 1])", file=sys.stderr
+        )
     return 0

@@ -98,9 +98,13 @@ class CachedCase:
         try:
             manifest = json.loads((self.folder / MANIFEST).read_text())
         except (OSError, ValueError) as error:
-            raise InputError(f"{self.folder}: not a ds3kit preprocessed case ({type(error).__name__}: {error})") from None
+            raise InputError(
+                f"{self.folder}: not a ds3kit preprocessed case ({type(error).__name__}: {error})"
+            ) from None
         if manifest.get("format_version") != CACHE_FORMAT_VERSION:
-            raise InputError(f"{self.folder}: cache format {manifest.get('format_version')}, expected {CACHE_FORMAT_VERSION}")
+            raise InputError(
+                f"{self.folder}: cache format {manifest.get('format_version')}, expected {CACHE_FORMAT_VERSION}"
+            )
         self.manifest = manifest
         self.case_id: str = manifest["case_id"]
         self.shape: tuple[int, int, int] = tuple(manifest["shape"])  # type: ignore[assignment]
@@ -155,8 +159,14 @@ class CachedCase:
         scalings = {name: value for name, value in self.scalings.items() if with_target or name != TARGET_MODALITY}
         header = nib.Nifti1Header(binaryblock=base64.b64decode(self.manifest["header"]))
         return Session(
-            case_id=self.case_id, inputs=inputs, target=target, seg=seg, brain_mask=brain,
-            affine=np.asarray(self.manifest["affine"], dtype=np.float64), header=header, scalings=scalings,
+            case_id=self.case_id,
+            inputs=inputs,
+            target=target,
+            seg=seg,
+            brain_mask=brain,
+            affine=np.asarray(self.manifest["affine"], dtype=np.float64),
+            header=header,
+            scalings=scalings,
         )
 
     def _full(self, name: str, channels: int | None, dtype: Any) -> np.ndarray:
@@ -293,8 +303,17 @@ def _canvas_window(case: CachedCase, height: int, width: int) -> tuple[slice, sl
     return rows, cols, stored_rows, stored_cols
 
 
-def _place(case: CachedCase, name: str, z: int, channels: int | None, height: int, width: int,
-           window: tuple[slice, slice, slice, slice] | None, *, positive: bool = False) -> torch.Tensor:
+def _place(
+    case: CachedCase,
+    name: str,
+    z: int,
+    channels: int | None,
+    height: int,
+    width: int,
+    window: tuple[slice, slice, slice, slice] | None,
+    *,
+    positive: bool = False,
+) -> torch.Tensor:
     canvas = np.zeros((channels or 1, height, width), dtype=np.float32)
     stored = case.stored_slice(name, z) if window is not None else None
     if stored is not None:
@@ -416,8 +435,14 @@ def preprocess_cases(
         else:
             todo.append((folder, fingerprint))
 
-    bar = tqdm(total=len(folders), initial=len(folders) - len(todo), desc="preprocess", unit="case",
-               disable=not progress or not todo, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(folders),
+        initial=len(folders) - len(todo),
+        desc="preprocess",
+        unit="case",
+        disable=not progress or not todo,
+        dynamic_ncols=True,
+    )
     try:
         if int(workers) <= 1:
             for folder, fingerprint in todo:
@@ -464,7 +489,9 @@ def build_entry(case_dir: PathLike, fingerprint: dict[str, Any], cache_dir: Path
     final = root / name
     folder = Path(case_dir)
     has_target = TARGET_MODALITY in fingerprint["files"]
-    session = load_brats_case(folder, with_target=has_target, label_convention=fingerprint["options"]["label_convention"])
+    session = load_brats_case(
+        folder, with_target=has_target, label_convention=fingerprint["options"]["label_convention"]
+    )
 
     occupied = session.brain_mask if session.seg is None else session.brain_mask | (session.seg > 0)
     box = []

@@ -56,7 +56,11 @@ def split_cohort(
     Raises:
         ValueError: fractions out of range, duplicate cases, or too few cases for a training subject.
     """
-    for name, value in (("paired_fraction", paired_fraction), ("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+    for name, value in (
+        ("paired_fraction", paired_fraction),
+        ("val_fraction", val_fraction),
+        ("test_fraction", test_fraction),
+    ):
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     if val_fraction + test_fraction >= 1.0:
@@ -73,7 +77,11 @@ def split_cohort(
     train_count = count - test_count - val_count
     if train_count < 1:
         raise ValueError(f"{count} case(s) leave no training subject after {test_count} test and {val_count} val")
-    paired_count = train_count if paired_fraction == 1.0 else _at_least_one(paired_fraction * train_count, paired_fraction, room=train_count)
+    paired_count = (
+        train_count
+        if paired_fraction == 1.0
+        else _at_least_one(paired_fraction * train_count, paired_fraction, room=train_count)
+    )
 
     order = np.random.default_rng(seed).permutation(count)
     shuffled = [paths[i] for i in order]

@@ -47,7 +47,11 @@ def stack_tensors(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]
     (``case_index``, ``slice_index``) dropped, as in the training engine's in-process batches."""
     if not items:
         raise ValueError("cannot collate an empty batch")
-    return {key: torch.stack([item[key] for item in items]) for key, value in items[0].items() if isinstance(value, torch.Tensor)}
+    return {
+        key: torch.stack([item[key] for item in items])
+        for key, value in items[0].items()
+        if isinstance(value, torch.Tensor)
+    }
 
 
 def step_loader(

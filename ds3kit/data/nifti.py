@@ -88,7 +88,9 @@ def load_volume(path: PathLike, *, allow_constant: bool = False) -> Volume:
     try:
         data = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
     except Exception as error:  # truncated gzip: EOFError / zlib.error / OSError / ValueError
-        raise InputError(f"{file}: could not read the voxel data, file truncated or corrupt ({_describe(error)})") from error
+        raise InputError(
+            f"{file}: could not read the voxel data, file truncated or corrupt ({_describe(error)})"
+        ) from error
 
     finite = np.isfinite(data)
     if not finite.all():
@@ -210,7 +212,10 @@ def _fraction_inside(reference_to_source: np.ndarray, reference_shape: tuple, so
     for axis in range(3):
         row = reference_to_source[axis].astype(np.float32)
         coordinate = (
-            row[0] * ramps[0][:, None, None] + row[1] * ramps[1][None, :, None] + row[2] * ramps[2][None, None, :] + row[3]
+            row[0] * ramps[0][:, None, None]
+            + row[1] * ramps[1][None, :, None]
+            + row[2] * ramps[2][None, None, :]
+            + row[3]
         )
         inside &= (coordinate > -0.5) & (coordinate < source_shape[axis] - 0.5)
     return float(inside.mean())

@@ -85,7 +85,14 @@ def is_skull_stripped(volumes: Sequence[np.ndarray]) -> bool:
     """True when the volumes have a zero background (BraTS-style): the outer faces are almost all exactly 0."""
     stack = _stack(volumes)
     any_nonzero = (stack != 0).any(axis=0)
-    faces = [any_nonzero[0], any_nonzero[-1], any_nonzero[:, 0], any_nonzero[:, -1], any_nonzero[:, :, 0], any_nonzero[:, :, -1]]
+    faces = [
+        any_nonzero[0],
+        any_nonzero[-1],
+        any_nonzero[:, 0],
+        any_nonzero[:, -1],
+        any_nonzero[:, :, 0],
+        any_nonzero[:, :, -1],
+    ]
     border = np.concatenate([face.ravel() for face in faces])
     return float(1.0 - border.mean()) >= _STRIPPED_BORDER_ZERO_FRACTION
 

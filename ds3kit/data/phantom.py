@@ -200,7 +200,12 @@ def default_cohort(
     building = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=base))
     try:
         write_phantom_cohort(building, cases=cases, shape=grid, seed=seed, progress=True)
-        manifest = {"format_version": PHANTOM_FORMAT_VERSION, "cases": int(cases), "shape": list(grid), "seed": int(seed)}
+        manifest = {
+            "format_version": PHANTOM_FORMAT_VERSION,
+            "cases": int(cases),
+            "shape": list(grid),
+            "seed": int(seed),
+        }
         (building / "cohort.json").write_text(json.dumps(manifest, indent=2) + "\n")
         try:
             os.rename(building, final)

@@ -140,8 +140,12 @@ def load_session(
     if label_convention == "auto":
         named = [source.path if isinstance(source, Volume) else source for source in (t1, t2, flair, t1ce)]
         label_convention = detect_label_convention([Path(path) for path in named if path is not None])
-    seg_volume = resample_to_reference(_load_seg(seg, label_convention), reference, order=0) if seg is not None else None
-    mask_volume = resample_to_reference(_as_volume(mask, allow_constant=True), reference, order=0) if mask is not None else None
+    seg_volume = (
+        resample_to_reference(_load_seg(seg, label_convention), reference, order=0) if seg is not None else None
+    )
+    mask_volume = (
+        resample_to_reference(_as_volume(mask, allow_constant=True), reference, order=0) if mask is not None else None
+    )
     return _normalised_session(volumes, seg_volume, mask_volume, case_id or _case_id_from(reference))
 
 
@@ -226,7 +230,9 @@ def load_brats_case(case_dir: PathLike, *, with_target: bool = True, label_conve
     if label_convention == "auto":
         label_convention = detect_label_convention(files)
     if with_target and TARGET_MODALITY not in files:
-        raise InputError(f"{case_dir}: missing modality t1ce ({_EXPECTED_NAMES['t1ce']}.nii[.gz]) needed with_target=True")
+        raise InputError(
+            f"{case_dir}: missing modality t1ce ({_EXPECTED_NAMES['t1ce']}.nii[.gz]) needed with_target=True"
+        )
     volumes = {name: load_volume(files[name]) for name in INPUT_MODALITIES}
     if with_target:
         volumes[TARGET_MODALITY] = load_volume(files[TARGET_MODALITY])
@@ -292,12 +298,20 @@ def _load_seg(source: PathLike | Volume, label_convention: str = "brats2020") ->
         shown = ", ".join(f"{label:g}" for label in unexpected[:8])
         more = f" (and {len(unexpected) - 8} more)" if len(unexpected) > 8 else ""
         if label_convention == "brats2020":
-            hint = "; a BraTS 2023+ seg (3 = enhancing tumour) needs label_convention='brats2023'" if 3 in labels else ""
+            hint = (
+                "; a BraTS 2023+ seg (3 = enhancing tumour) needs label_convention='brats2023'" if 3 in labels else ""
+            )
         else:
-            hint = "; a BraTS 2018-2021 seg (4 = enhancing tumour) needs label_convention='brats2020'" if 4 in labels else ""
+            hint = (
+                "; a BraTS 2018-2021 seg (4 = enhancing tumour) needs label_convention='brats2020'"
+                if 4 in labels
+                else ""
+            )
         allowed_text = "{" + ", ".join(map(str, allowed)) + "}"
-        raise InputError(f"{volume.name}: segmentation labels must be in {allowed_text}, found {shown}{more}"
-                         f" ({label_convention} convention{hint})")
+        raise InputError(
+            f"{volume.name}: segmentation labels must be in {allowed_text}, found {shown}{more}"
+            f" ({label_convention} convention{hint})"
+        )
     if label_convention == "brats2023" and 3 in labels:
         data = volume.data.copy()
         data[data == 3] = 4  # BraTS 2023's enhancing tumour -> the internal (2018-2021) label
@@ -305,9 +319,7 @@ def _load_seg(source: PathLike | Volume, label_convention: str = "brats2020") ->
     return volume
 
 
-def _normalised_session(
-    volumes: dict[str, Volume], seg: Volume | None, mask: Volume | None, case_id: str
-) -> Session:
+def _normalised_session(volumes: dict[str, Volume], seg: Volume | None, mask: Volume | None, case_id: str) -> Session:
     reference = volumes["t1"]
     if mask is not None:
         brain = mask.data > 0

@@ -14,7 +14,9 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {GAN_MODES}, got {mode!r}")
 
 
-def adversarial_loss(scores: Tensor, target_is_real: bool, mode: str = "lsgan", *, for_discriminator: bool = True) -> Tensor:
+def adversarial_loss(
+    scores: Tensor, target_is_real: bool, mode: str = "lsgan", *, for_discriminator: bool = True
+) -> Tensor:
     r"""GAN loss of raw discriminator scores ``s`` against a real / fake target, averaged over every score.
 
     .. math::

@@ -163,7 +163,9 @@ def difficulty_l1(
         tensor(1.5000)
     """
     if not isinstance(pred, Tensor) or not isinstance(target, Tensor):
-        raise ValueError(f"pred and target must be torch.Tensors, got {type(pred).__name__} and {type(target).__name__}")
+        raise ValueError(
+            f"pred and target must be torch.Tensors, got {type(pred).__name__} and {type(target).__name__}"
+        )
     check_same_shape(pred, target, "pred", "target")
     return difficulty_weighted_mean((pred - target).abs(), difficulty, mask=mask, reduction=reduction)
 

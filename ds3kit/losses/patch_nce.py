@@ -108,7 +108,9 @@ def patch_nce_reference(
     return reduce_losses(losses if weight is None else losses * weight.to(accumulator), reduction)
 
 
-def _check_inputs(query: Tensor, key: Tensor, temperature: float, weight: Tensor | None, reduction: str, backend: str) -> None:
+def _check_inputs(
+    query: Tensor, key: Tensor, temperature: float, weight: Tensor | None, reduction: str, backend: str
+) -> None:
     check_patch_nce_inputs(query, key, temperature, weight, reduction)
     if not is_float_dtype(query.dtype):
         raise ValueError(f"query must be float32, bfloat16 or float16, got {query.dtype}")
@@ -118,8 +120,9 @@ def _check_inputs(query: Tensor, key: Tensor, temperature: float, weight: Tensor
 
 # ------------------------------------------------------------------------------------------- the custom op
 @torch.library.custom_op("ds3kit::patch_nce_rows", mutates_args=())
-def _patch_nce_rows(query: Tensor, key: Tensor, weight: Tensor | None, temperature: float, backend: str
-                    ) -> tuple[Tensor, Tensor]:
+def _patch_nce_rows(
+    query: Tensor, key: Tensor, weight: Tensor | None, temperature: float, backend: str
+) -> tuple[Tensor, Tensor]:
     """(B, N) weighted row losses ``w_i l_i`` and the row log-sum-exp, float32 (float64 for float64 inputs)."""
     if backend == "triton":
         from ds3kit.ops import patch_nce as ops
@@ -129,8 +132,10 @@ def _patch_nce_rows(query: Tensor, key: Tensor, weight: Tensor | None, temperatu
             rows, lse, _ = ops.forward_rows(query.contiguous(), key.contiguous(), w, temperature)
             return rows, lse
         except ops.NoConfigLaunches as error:
-            ops._warn_once((str(query.device), query.dtype, query.shape[2], "streaming"),
-                           f"{error}; using the streaming torch path")
+            ops._warn_once(
+                (str(query.device), query.dtype, query.shape[2], "streaming"),
+                f"{error}; using the streaming torch path",
+            )
     q, k = query.to(accumulator_dtype(query)), key.to(accumulator_dtype(key))
     scale = 1.0 / temperature
     lse, _ = row_logsumexp(q, k, scale)
@@ -146,28 +151,49 @@ def _(query: Tensor, key: Tensor, weight: Tensor | None, temperature: float, bac
 
 
 @torch.library.custom_op("ds3kit::patch_nce_rows_backward", mutates_args=())
-def _patch_nce_rows_backward(grad_rows: Tensor, query: Tensor, key: Tensor, weight: Tensor | None, lse: Tensor,
-                             temperature: float, backend: str, need_query: bool, need_key: bool
-                             ) -> tuple[Tensor, Tensor]:
+def _patch_nce_rows_backward(
+    grad_rows: Tensor,
+    query: Tensor,
+    key: Tensor,
+    weight: Tensor | None,
+    lse: Tensor,
+    temperature: float,
+    backend: str,
+    need_query: bool,
+    need_key: bool,
+) -> tuple[Tensor, Tensor]:
     """Gradients of ``sum_i grad_rows_i w_i l_i`` in the inputs' dtype; an unwanted one is an empty tensor."""
     row_grad = grad_rows if weight is None else grad_rows * weight.to(grad_rows.dtype)
     if backend == "triton" and query.dtype != torch.float64:
         from ds3kit.ops.patch_nce import backward_rows
 
-        dq, dk = backward_rows(query.contiguous(), key.contiguous(), lse, row_grad.to(torch.float32), temperature,
-                               need_query, need_key)
+        dq, dk = backward_rows(
+            query.contiguous(), key.contiguous(), lse, row_grad.to(torch.float32), temperature, need_query, need_key
+        )
     else:
         q, k = query.to(accumulator_dtype(query)), key.to(accumulator_dtype(key))
-        dq, dk = streaming_gradients(q, k, lse.to(q.dtype), row_grad.to(q.dtype), 1.0 / temperature, need_query, need_key)
+        dq, dk = streaming_gradients(
+            q, k, lse.to(q.dtype), row_grad.to(q.dtype), 1.0 / temperature, need_query, need_key
+        )
     empty = query.new_empty(0)
     return (empty if dq is None else dq.to(query.dtype)), (empty if dk is None else dk.to(key.dtype))
 
 
 @_patch_nce_rows_backward.register_fake
-def _(grad_rows: Tensor, query: Tensor, key: Tensor, weight: Tensor | None, lse: Tensor, temperature: float,
-      backend: str, need_query: bool, need_key: bool) -> tuple[Tensor, Tensor]:
+def _(
+    grad_rows: Tensor,
+    query: Tensor,
+    key: Tensor,
+    weight: Tensor | None,
+    lse: Tensor,
+    temperature: float,
+    backend: str,
+    need_query: bool,
+    need_key: bool,
+) -> tuple[Tensor, Tensor]:
     return (torch.empty_like(query) if need_query else query.new_empty(0)), (
-        torch.empty_like(key) if need_key else key.new_empty(0))
+        torch.empty_like(key) if need_key else key.new_empty(0)
+    )
 
 
 def _rows_setup_context(ctx, inputs, output) -> None:
@@ -181,8 +207,9 @@ def _rows_setup_context(ctx, inputs, output) -> None:
 def _rows_backward(ctx, grad_rows: Tensor, _grad_lse: Tensor):
     query, key, weight, lse = ctx.saved_tensors
     need_query, need_key = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    dq, dk = torch.ops.ds3kit.patch_nce_rows_backward(grad_rows, query, key, weight, lse, ctx.temperature,
-                                                      ctx.backend, need_query, need_key)
+    dq, dk = torch.ops.ds3kit.patch_nce_rows_backward(
+        grad_rows, query, key, weight, lse, ctx.temperature, ctx.backend, need_query, need_key
+    )
     return (dq if need_query else None), (dk if need_key else None), None, None, None
 
 
@@ -268,7 +295,10 @@ class PatchNCELoss(nn.Module):
             weights.append(layer_weight)
         weight = None if weights[0] is None else torch.cat(weights).detach()
         return patch_nce(
-            torch.cat(queries), torch.cat(keys).to(queries[0].dtype), temperature=self.temperature, weight=weight,
+            torch.cat(queries),
+            torch.cat(keys).to(queries[0].dtype),
+            temperature=self.temperature,
+            weight=weight,
             backend=self.backend,
         )
 

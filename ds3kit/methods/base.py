@@ -36,10 +36,14 @@ class Method(nn.Module):
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.step = 0
 
-    def add_optimizer(self, name: str, parameters: Iterable[nn.Parameter], *, lr: float, betas: tuple[float, float]) -> None:
+    def add_optimizer(
+        self, name: str, parameters: Iterable[nn.Parameter], *, lr: float, betas: tuple[float, float]
+    ) -> None:
         self.optimizers[name] = torch.optim.Adam(list(parameters), lr=lr, betas=betas)
 
-    def training_step(self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None) -> dict[str, float]:
+    def training_step(
+        self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None
+    ) -> dict[str, float]:
         """One optimisation step of every network; returns the loss terms for logging."""
         raise NotImplementedError
 

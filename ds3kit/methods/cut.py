@@ -70,7 +70,9 @@ class CUT(Method):
     def discriminators(self) -> dict[str, nn.Module]:
         return {"generator": self.discriminator}
 
-    def training_step(self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None) -> dict[str, float]:
+    def training_step(
+        self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None
+    ) -> dict[str, float]:
         assert paired is not None and unpaired is not None
         o = self.options
         inputs, real_target = unpaired["inputs"], paired["target"]
@@ -80,9 +82,15 @@ class CUT(Method):
             "nce": o.lambda_nce * self.patch_nce(self.generator.encode(prediction), input_features),
         }
         if o.nce_identity:
-            identity, target_features = self.generator.forward_with_features(real_target.expand(-1, inputs.shape[1], -1, -1))
+            identity, target_features = self.generator.forward_with_features(
+                real_target.expand(-1, inputs.shape[1], -1, -1)
+            )
             terms["nce_identity"] = o.lambda_nce * self.patch_nce(self.generator.encode(identity), target_features)
         self.update("generator", terms)
         logs = {name: item(value) for name, value in terms.items()}
-        logs.update(self.update_discriminator("discriminator", self.discriminator, (real_target,), (prediction,), mode=o.gan_mode))
+        logs.update(
+            self.update_discriminator(
+                "discriminator", self.discriminator, (real_target,), (prediction,), mode=o.gan_mode
+            )
+        )
         return logs

@@ -132,7 +132,10 @@ class PairedTeacher(Method):
     def _make_patch_nce(self, generator: nn.Module) -> PatchNCELoss:
         o = self.options
         return PatchNCELoss(
-            generator.feature_channels, num_patches=o.nce_patches, temperature=o.nce_temperature, sampling=o.nce_sampling
+            generator.feature_channels,
+            num_patches=o.nce_patches,
+            temperature=o.nce_temperature,
+            sampling=o.nce_sampling,
         )
 
     @property
@@ -153,14 +156,22 @@ class PairedTeacher(Method):
         scores = self.discriminator(inputs, prediction)
         return difficulty_map(scores, prediction.shape[-2:], beta=max(self.beta, 1e-12), mode=self.options.gan_mode)
 
-    def training_step(self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None) -> dict[str, float]:
+    def training_step(
+        self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None
+    ) -> dict[str, float]:
         assert paired is not None
         inputs, target = paired["inputs"], paired["target"]
         logs, prediction = self.generator_step(inputs, target)
-        logs.update(self.update_discriminator(
-            f"{self.role}_discriminator", self.discriminator, (inputs, target), (inputs, prediction),
-            mode=self.options.gan_mode, prefix=f"{self.role}/",
-        ))
+        logs.update(
+            self.update_discriminator(
+                f"{self.role}_discriminator",
+                self.discriminator,
+                (inputs, target),
+                (inputs, prediction),
+                mode=self.options.gan_mode,
+                prefix=f"{self.role}/",
+            )
+        )
         return logs
 
     def generator_step(self, inputs: Tensor, target: Tensor) -> tuple[dict[str, float], Tensor]:
@@ -220,8 +231,11 @@ class DS3Net(Method):
                 f"{_config(student)} and {_config(teacher)}; pass student_from_teacher=False"
             )
         if not (
-            options.use_feature_distillation or options.use_image_distillation or options.lambda_student_adv
-            or (options.use_nce and options.student_nce) or options.student_pixel
+            options.use_feature_distillation
+            or options.use_image_distillation
+            or options.lambda_student_adv
+            or (options.use_nce and options.student_nce)
+            or options.student_pixel
         ):
             raise ValueError(
                 "the student has no loss term: enable feature or image distillation, the student's PatchNCE, "
@@ -275,9 +289,13 @@ class DS3Net(Method):
     @torch.no_grad()
     def difficulty(self, inputs: Tensor, prediction: Tensor) -> Tensor:
         scores = self._student_scores(inputs, prediction)
-        return difficulty_map(scores, prediction.shape[-2:], beta=max(self.teacher.beta, 1e-12), mode=self.options.gan_mode)
+        return difficulty_map(
+            scores, prediction.shape[-2:], beta=max(self.teacher.beta, 1e-12), mode=self.options.gan_mode
+        )
 
-    def training_step(self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None) -> dict[str, float]:
+    def training_step(
+        self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None
+    ) -> dict[str, float]:
         assert paired is not None and unpaired is not None
         has_reference = "reference_target" in unpaired
         if has_reference != self.unconditional_student_discriminator:
@@ -355,9 +373,11 @@ class DS3Net(Method):
             real, fake = (unpaired["reference_target"],), (prediction,)
         else:
             real, fake = (paired["inputs"], paired["target"]), (inputs, prediction)
-        logs.update(self.update_discriminator(
-            "student_discriminator", self.student_discriminator, real, fake, mode=o.gan_mode, prefix="student/"
-        ))
+        logs.update(
+            self.update_discriminator(
+                "student_discriminator", self.student_discriminator, real, fake, mode=o.gan_mode, prefix="student/"
+            )
+        )
         return logs
 
 

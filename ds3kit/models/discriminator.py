@@ -40,7 +40,9 @@ class PatchDiscriminator(nn.Module):
         torch.Size([2, 1, 6, 6])
     """
 
-    def __init__(self, in_channels: int = 4, base_channels: int = 32, num_layers: int = 3, norm: str = "instance") -> None:
+    def __init__(
+        self, in_channels: int = 4, base_channels: int = 32, num_layers: int = 3, norm: str = "instance"
+    ) -> None:
         super().__init__()
         if in_channels < 1 or base_channels < 1 or num_layers < 1:
             raise ValueError(
@@ -51,7 +53,10 @@ class PatchDiscriminator(nn.Module):
         self._config = dict(in_channels=in_channels, base_channels=base_channels, num_layers=num_layers, norm=norm)
         self.in_channels = in_channels
         bias = norm == "none"
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, True),
+        ]
         width = base_channels
         for layer in range(1, num_layers + 1):
             stride = 2 if layer < num_layers else 1

@@ -40,7 +40,9 @@ def conv_block(
 ) -> nn.Sequential:
     """``Conv2d -> norm -> activation`` with 'same' padding (so stride 2 gives ceil(H / 2))."""
     # A bias right before a normalisation that subtracts the mean is wasted parameters.
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=norm == "none")
+    conv = nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=norm == "none"
+    )
     act: nn.Module = nn.LeakyReLU(0.2, inplace=True) if activation == "leaky" else nn.ReLU(inplace=True)
     return nn.Sequential(conv, make_norm(norm, out_channels), act)
 
@@ -104,7 +106,9 @@ class TimmEncoder(nn.Module):
         except ImportError as error:  # timm is a dependency, but a stripped environment should say what is missing
             raise ImportError(f"encoder 'timm:{model_name}' needs the timm package: {error}") from None
         if num_levels < 2:
-            raise ValueError(f"a timm encoder needs num_levels >= 2 (full-resolution stem + timm levels), got {num_levels}")
+            raise ValueError(
+                f"a timm encoder needs num_levels >= 2 (full-resolution stem + timm levels), got {num_levels}"
+            )
         if not timm.is_model(model_name):
             raise ValueError(f"unknown timm model {model_name!r} (see timm.list_models())")
         try:

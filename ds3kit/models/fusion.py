@@ -46,7 +46,6 @@ def for_inference(generator: Generator) -> Generator:
     return clone.eval().requires_grad_(False)
 
 
-
 class SplitDecoderLevel(nn.Module):
     """A :class:`DecoderLevel` that never concatenates: ``conv(cat(x, skip)) = conv_x(x) + conv_skip(skip)``.
 
@@ -73,7 +72,9 @@ class SplitDecoderLevel(nn.Module):
             parts[1].weight.copy_(conv.weight[:, width:])
             if conv.bias is not None:
                 parts[1].bias.copy_(conv.bias)
-        return cls(level.narrow, parts[0], parts[1], nn.Sequential(*list(first)[1:]), nn.Sequential(*list(level.merge)[1:]))
+        return cls(
+            level.narrow, parts[0], parts[1], nn.Sequential(*list(first)[1:]), nn.Sequential(*list(level.merge)[1:])
+        )
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = F.interpolate(self.narrow(x), size=skip.shape[-2:], mode="bilinear", align_corners=False)
@@ -144,8 +145,14 @@ def _group_modules(modules: list[nn.Module], *, modalities: int) -> nn.Module:
         if first.groups != 1 or first.padding_mode != "zeros":
             raise _NotGroupable
         conv = nn.Conv2d(
-            first.in_channels * modalities, first.out_channels * modalities, first.kernel_size, stride=first.stride,
-            padding=first.padding, dilation=first.dilation, groups=modalities, bias=first.bias is not None,
+            first.in_channels * modalities,
+            first.out_channels * modalities,
+            first.kernel_size,
+            stride=first.stride,
+            padding=first.padding,
+            dilation=first.dilation,
+            groups=modalities,
+            bias=first.bias is not None,
         ).to(first.weight.device, first.weight.dtype)
         with torch.no_grad():
             conv.weight.copy_(torch.cat([m.weight for m in modules]))

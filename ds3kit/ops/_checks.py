@@ -10,7 +10,9 @@ from ds3kit.utils.checks import check_ndim, check_same_shape
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def check_patch_nce_inputs(query: Tensor, key: Tensor, temperature: float, weight: Tensor | None, reduction: str) -> None:
+def check_patch_nce_inputs(
+    query: Tensor, key: Tensor, temperature: float, weight: Tensor | None, reduction: str
+) -> None:
     """Raise ``ValueError`` naming the problem: shapes, dtypes, an empty group, T, the reduction, the weights."""
     check_ndim(query, 3, "query", "(B, N, D)")
     check_ndim(key, 3, "key", "(B, N, D)")

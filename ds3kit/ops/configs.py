@@ -75,8 +75,7 @@ INTERPRETER_CONFIG = KernelConfig(block_m=16, block_n=16, num_warps=1, num_stage
 
 
 def _c(block_m: int, block_n: int, block_d: int | None, num_warps: int, num_stages: int) -> KernelConfig:
-    return KernelConfig(block_m=block_m, block_n=block_n, block_d=block_d, num_warps=num_warps,
-                        num_stages=num_stages)
+    return KernelConfig(block_m=block_m, block_n=block_n, block_d=block_d, num_warps=num_warps, num_stages=num_stages)
 
 
 # (arch, dtype, padded D) -> config; padded D is next_power_of_2(max(D, 64)); other compute capabilities use the
@@ -87,19 +86,26 @@ def _c(block_m: int, block_n: int, block_d: int | None, num_warps: int, num_stag
 # for D >= 128, hence 16 x 16 tiles there. ``ds3kit kernels check`` compiles every row for its arch and fails when
 # one does not fit.
 _SM80 = {
-    ("fp32", 64): _c(32, 32, None, 8, 2), ("fp32", 128): _c(32, 32, None, 8, 2), ("fp32", 256): _c(32, 32, None, 8, 2),
-    ("fp32", 512): _c(32, 32, 128, 4, 2), ("fp32", 1024): _c(32, 32, 128, 4, 2),
+    ("fp32", 64): _c(32, 32, None, 8, 2),
+    ("fp32", 128): _c(32, 32, None, 8, 2),
+    ("fp32", 256): _c(32, 32, None, 8, 2),
+    ("fp32", 512): _c(32, 32, 128, 4, 2),
+    ("fp32", 1024): _c(32, 32, 128, 4, 2),
     **{(half, dim): _c(64, 64, None, 8, 2) for half in ("bf16", "fp16") for dim in (64, 128, 256)},
     **{(half, dim): _c(64, 64, 128, 8, 2) for half in ("bf16", "fp16") for dim in (512, 1024)},
 }
 _SM90 = {
-    ("fp32", 64): _c(32, 32, None, 8, 2), ("fp32", 128): _c(64, 64, 64, 8, 2), ("fp32", 256): _c(32, 32, None, 8, 2),
-    ("fp32", 512): _c(64, 64, 128, 8, 2), ("fp32", 1024): _c(64, 64, 128, 8, 2),
+    ("fp32", 64): _c(32, 32, None, 8, 2),
+    ("fp32", 128): _c(64, 64, 64, 8, 2),
+    ("fp32", 256): _c(32, 32, None, 8, 2),
+    ("fp32", 512): _c(64, 64, 128, 8, 2),
+    ("fp32", 1024): _c(64, 64, 128, 8, 2),
     **{(half, dim): _c(64, 64, None, 8, 2) for half in ("bf16", "fp16") for dim in (64, 128, 256)},
     **{(half, dim): _c(64, 64, 128, 8, 2) for half in ("bf16", "fp16") for dim in (512, 1024)},
 }
 _SM75 = {
-    ("fp32", 64): _c(32, 32, None, 8, 2), ("fp32", 128): _c(64, 64, 64, 4, 2),
+    ("fp32", 64): _c(32, 32, None, 8, 2),
+    ("fp32", 128): _c(64, 64, 64, 4, 2),
     **{("fp32", dim): _c(32, 32, 128, 4, 2) for dim in (256, 512, 1024)},
     ("fp16", 64): _c(32, 32, None, 8, 2),
     **{("fp16", dim): _c(16, 16, 64, 2, 1) for dim in (128, 256, 512, 1024)},
@@ -115,8 +121,11 @@ def _table_arch(capability: tuple[int, int]) -> str:
     """The table row a GPU of ``capability`` uses: among the listed archs not newer than it whose shared memory does
     not exceed its own, the one with the most shared memory, then the newest (sm_75 when none qualifies)."""
     limit = shared_memory_limit(capability)
-    eligible = [arch for arch in ARCHS if arch_to_capability(arch) <= capability
-                and SHARED_MEMORY_LIMITS[arch_to_capability(arch)] <= limit]
+    eligible = [
+        arch
+        for arch in ARCHS
+        if arch_to_capability(arch) <= capability and SHARED_MEMORY_LIMITS[arch_to_capability(arch)] <= limit
+    ]
     if not eligible:
         return ARCHS[0]
     return max(eligible, key=lambda arch: (SHARED_MEMORY_LIMITS[arch_to_capability(arch)], arch_to_capability(arch)))

@@ -68,8 +68,17 @@ except ImportError as error:  # pragma: no cover - exercised only where triton i
         "patch_nce(..., backend='streaming')"
     ) from error
 
-__all__ = ["KernelConfig", "NoConfigLaunches", "PatchNCEFunction", "backward_rows", "forward_rows",
-           "get_kernel_config", "kernel_cache_path", "patch_nce_triton", "set_kernel_config"]
+__all__ = [
+    "KernelConfig",
+    "NoConfigLaunches",
+    "PatchNCEFunction",
+    "backward_rows",
+    "forward_rows",
+    "get_kernel_config",
+    "kernel_cache_path",
+    "patch_nce_triton",
+    "set_kernel_config",
+]
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _LOG2E = 1.4426950408889634
@@ -93,8 +102,22 @@ def _mma(a, b, acc, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _scores(A, B, base, a_rows, b_rows, a_mask, b_mask, D, a_tile, b_tile,
-            BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+def _scores(
+    A,
+    B,
+    base,
+    a_rows,
+    b_rows,
+    a_mask,
+    b_mask,
+    D,
+    a_tile,
+    b_tile,
+    BLOCK_D: tl.constexpr,
+    D_CHUNKS: tl.constexpr,
+    UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     """(len(a_rows), len(b_rows)) float32 tile of a_i . b_j over all of D.
 
     One chunk (D_CHUNKS == 1): ``a_tile`` and ``b_tile`` are the caller's loaded (rows, BLOCK_D) tiles. Several:
@@ -108,21 +131,34 @@ def _scores(A, B, base, a_rows, b_rows, a_mask, b_mask, D, a_tile, b_tile,
         for chunk in range(0, D_CHUNKS):
             dims = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
             dim_mask = dims < D
-            a = tl.load(A + base + a_rows[:, None] * D + dims[None, :], mask=a_mask[:, None] & dim_mask[None, :],
-                        other=0.0)
-            b = tl.load(B + base + b_rows[:, None] * D + dims[None, :], mask=b_mask[:, None] & dim_mask[None, :],
-                        other=0.0)
+            a = tl.load(
+                A + base + a_rows[:, None] * D + dims[None, :], mask=a_mask[:, None] & dim_mask[None, :], other=0.0
+            )
+            b = tl.load(
+                B + base + b_rows[:, None] * D + dims[None, :], mask=b_mask[:, None] & dim_mask[None, :], other=0.0
+            )
             acc = _mma(a, tl.trans(b), acc, UPCAST, INPUT_PRECISION)
     return acc
 
 
 @triton.jit
 def _patch_nce_forward_kernel(
-    Q, K, W, LSE, LOSS,
-    N, D, qk_scale, scale,
+    Q,
+    K,
+    W,
+    LSE,
+    LOSS,
+    N,
+    D,
+    qk_scale,
+    scale,
     HAS_WEIGHT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    D_CHUNKS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     group = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -148,10 +184,13 @@ def _patch_nce_forward_kernel(
         col_mask = cols < N
         k = q  # unused with several chunks
         if D_CHUNKS == 1:
-            k = tl.load(K + base + cols[:, None] * D + dims[None, :], mask=col_mask[:, None] & (dims < D)[None, :],
-                        other=0.0)
-        scores = _scores(Q, K, base, rows, cols, row_mask, col_mask, D, q, k, BLOCK_D, D_CHUNKS, UPCAST,
-                         INPUT_PRECISION) * qk_scale
+            k = tl.load(
+                K + base + cols[:, None] * D + dims[None, :], mask=col_mask[:, None] & (dims < D)[None, :], other=0.0
+            )
+        scores = (
+            _scores(Q, K, base, rows, cols, row_mask, col_mask, D, q, k, BLOCK_D, D_CHUNKS, UPCAST, INPUT_PRECISION)
+            * qk_scale
+        )
         scores = tl.where(col_mask[None, :], scores, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(scores, axis=1))
         running_sum = running_sum * tl.exp2(running_max - new_max) + tl.sum(tl.exp2(scores - new_max[:, None]), axis=1)
@@ -166,10 +205,20 @@ def _patch_nce_forward_kernel(
 
 @triton.jit
 def _patch_nce_query_grad_kernel(
-    Q, K, LSE, G, DQ,
-    N, D, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    Q,
+    K,
+    LSE,
+    G,
+    DQ,
+    N,
+    D,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    D_CHUNKS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """dq_i = g_i sum_j (p_ij - [i == j]) k_j, with g already holding the 1/T factor; program (i, b, c) writes
     the rows of query tile i of group b, columns of D-chunk c."""
@@ -189,10 +238,11 @@ def _patch_nce_query_grad_kernel(
     for start in range(0, N, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_mask = cols < N
-        k = tl.load(K + base + cols[:, None] * D + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :],
-                    other=0.0)
-        scores = _scores(Q, K, base, rows, cols, row_mask, col_mask, D, q, k, BLOCK_D, D_CHUNKS, UPCAST,
-                         INPUT_PRECISION) * qk_scale
+        k = tl.load(K + base + cols[:, None] * D + dims[None, :], mask=col_mask[:, None] & dim_mask[None, :], other=0.0)
+        scores = (
+            _scores(Q, K, base, rows, cols, row_mask, col_mask, D, q, k, BLOCK_D, D_CHUNKS, UPCAST, INPUT_PRECISION)
+            * qk_scale
+        )
         # p_ij - [i == j]: the positive's -k_i rides in the same product. Subtracting before the cast to the input
         # dtype keeps half-precision error relative to 1 - p_ii (small once the positive dominates), not to p_ii.
         p = tl.exp2(scores - lse2[:, None]) - tl.where(rows[:, None] == cols[None, :], 1.0, 0.0)
@@ -204,10 +254,20 @@ def _patch_nce_query_grad_kernel(
 
 @triton.jit
 def _patch_nce_key_grad_kernel(
-    Q, K, LSE, G, DK,
-    N, D, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    Q,
+    K,
+    LSE,
+    G,
+    DK,
+    N,
+    D,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    D_CHUNKS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """dk_j = sum_i g_i (p_ij - [i == j]) q_i, with g already holding the 1/T factor; program (j, b, c) owns
     key tile j of group b and writes its D-chunk c."""
@@ -225,12 +285,13 @@ def _patch_nce_key_grad_kernel(
     for start in range(0, N, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         row_mask = rows < N
-        q = tl.load(Q + base + rows[:, None] * D + dims[None, :], mask=row_mask[:, None] & dim_mask[None, :],
-                    other=0.0)
+        q = tl.load(Q + base + rows[:, None] * D + dims[None, :], mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
         lse2 = tl.load(LSE + group.to(tl.int64) * N + rows, mask=row_mask, other=0.0) * 1.4426950408889634
         g = tl.load(G + group.to(tl.int64) * N + rows, mask=row_mask, other=0.0)
-        scores_t = _scores(K, Q, base, cols, rows, col_mask, row_mask, D, k, q, BLOCK_D, D_CHUNKS, UPCAST,
-                           INPUT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+        scores_t = (
+            _scores(K, Q, base, cols, rows, col_mask, row_mask, D, k, q, BLOCK_D, D_CHUNKS, UPCAST, INPUT_PRECISION)
+            * qk_scale
+        )  # (BLOCK_N, BLOCK_M)
         p_t = tl.exp2(scores_t - lse2[None, :]) - tl.where(cols[:, None] == rows[None, :], 1.0, 0.0)
         p_t = tl.where(row_mask[None, :], p_t * g[None, :], 0.0)
         weighted_queries = _mma(p_t, q, weighted_queries, UPCAST, INPUT_PRECISION)
@@ -337,9 +398,12 @@ def tile_parameters(config: KernelConfig, n: int, d: int) -> dict:
     padded = max(MIN_BLOCK, triton.next_power_of_2(d))
     block_d = padded if config.block_d is None else min(config.block_d, padded)
     return {
-        "BLOCK_M": min(config.block_m, cap), "BLOCK_N": min(config.block_n, cap),
-        "BLOCK_D": block_d, "D_CHUNKS": triton.cdiv(d, block_d),
-        "num_warps": config.num_warps, "num_stages": config.num_stages,
+        "BLOCK_M": min(config.block_m, cap),
+        "BLOCK_N": min(config.block_n, cap),
+        "BLOCK_D": block_d,
+        "D_CHUNKS": triton.cdiv(d, block_d),
+        "num_warps": config.num_warps,
+        "num_stages": config.num_stages,
     }
 
 
@@ -358,8 +422,15 @@ def _warn_once(key: tuple, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
-def _launch(name: str, configs: list[KernelConfig], args: tuple, shape: tuple[int, int, int], device: torch.device,
-            dtype: torch.dtype, **constexprs) -> KernelConfig:
+def _launch(
+    name: str,
+    configs: list[KernelConfig],
+    args: tuple,
+    shape: tuple[int, int, int],
+    device: torch.device,
+    dtype: torch.dtype,
+    **constexprs,
+) -> KernelConfig:
     """Launch kernel ``name`` with the first of ``configs`` that the device accepts; the config that ran.
 
     Triton raises ``OutOfResources`` when a compiled kernel needs more shared memory (or threads) than the device
@@ -380,12 +451,15 @@ def _launch(name: str, configs: list[KernelConfig], args: tuple, shape: tuple[in
             last_error = error
             continue
         if index > 0 and last_error is not None:
-            _warn_once((str(device), dtype, d, "smaller"),
-                       f"patch_nce: the {name} kernel's config {configs[0].short()} does not launch on {device} for "
-                       f"{DTYPE_NAMES[dtype]} D = {d} ({last_error}); using {config.short()}")
+            _warn_once(
+                (str(device), dtype, d, "smaller"),
+                f"patch_nce: the {name} kernel's config {configs[0].short()} does not launch on {device} for "
+                f"{DTYPE_NAMES[dtype]} D = {d} ({last_error}); using {config.short()}",
+            )
         return config
-    raise NoConfigLaunches(f"no config of the patch_nce {name} kernel launches on {device} for {DTYPE_NAMES[dtype]} "
-                           f"D = {d}: {last_error}")
+    raise NoConfigLaunches(
+        f"no config of the patch_nce {name} kernel launches on {device} for {DTYPE_NAMES[dtype]} D = {d}: {last_error}"
+    )
 
 
 def _configs(device: torch.device, dtype: torch.dtype, d: int, first: KernelConfig | None = None) -> list[KernelConfig]:
@@ -393,8 +467,9 @@ def _configs(device: torch.device, dtype: torch.dtype, d: int, first: KernelConf
     return [first, *smaller_configs(first, d)]
 
 
-def forward_rows(query: Tensor, key: Tensor, weight: Tensor | None, temperature: float
-                 ) -> tuple[Tensor, Tensor, KernelConfig]:
+def forward_rows(
+    query: Tensor, key: Tensor, weight: Tensor | None, temperature: float
+) -> tuple[Tensor, Tensor, KernelConfig]:
     """The weighted row losses (B, N) float32, the row log-sum-exp (B, N) float32, and the config that ran.
 
     ``query`` and ``key`` contiguous (B, N, D) of one dtype; ``weight`` (B, N) float32 contiguous or None. Raises
@@ -405,16 +480,29 @@ def forward_rows(query: Tensor, key: Tensor, weight: Tensor | None, temperature:
     losses = torch.empty(batch, n, device=query.device, dtype=torch.float32)
     scale = 1.0 / temperature
     config = _launch(
-        "forward", _configs(query.device, query.dtype, d),
+        "forward",
+        _configs(query.device, query.dtype, d),
         (query, key, lse if weight is None else weight, lse, losses, n, d, scale * _LOG2E, scale),
-        (batch, n, d), query.device, query.dtype,
-        HAS_WEIGHT=weight is not None, INPUT_PRECISION=_input_precision(query.dtype), UPCAST=_upcast(query.dtype),
+        (batch, n, d),
+        query.device,
+        query.dtype,
+        HAS_WEIGHT=weight is not None,
+        INPUT_PRECISION=_input_precision(query.dtype),
+        UPCAST=_upcast(query.dtype),
     )
     return losses, lse, config
 
 
-def backward_rows(query: Tensor, key: Tensor, lse: Tensor, row_grad: Tensor, temperature: float, need_query: bool,
-                  need_key: bool, config: KernelConfig | None = None) -> tuple[Tensor | None, Tensor | None]:
+def backward_rows(
+    query: Tensor,
+    key: Tensor,
+    lse: Tensor,
+    row_grad: Tensor,
+    temperature: float,
+    need_query: bool,
+    need_key: bool,
+    config: KernelConfig | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
     """Gradients of ``sum_i row_grad_i * l_i`` for the wanted inputs (the inputs' dtype).
 
     ``row_grad`` (B, N) float32: the upstream gradient of each row loss, times its weight. A kernel that launches
@@ -435,8 +523,15 @@ def backward_rows(query: Tensor, key: Tensor, lse: Tensor, row_grad: Tensor, tem
             continue
         out = torch.empty_like(query, dtype=grad_dtype)
         try:
-            _launch(name, configs, (query, key, lse, g, out, n, d, qk_scale), (batch, n, d), query.device,
-                    query.dtype, **constexprs)
+            _launch(
+                name,
+                configs,
+                (query, key, lse, g, out, n, d, qk_scale),
+                (batch, n, d),
+                query.device,
+                query.dtype,
+                **constexprs,
+            )
         except NoConfigLaunches as error:
             _warn_once((str(query.device), query.dtype, d, "streaming"), f"{error}; using the streaming torch path")
             out = _streaming_gradient(query, key, lse, row_grad, scale, name)
@@ -445,8 +540,9 @@ def backward_rows(query: Tensor, key: Tensor, lse: Tensor, row_grad: Tensor, tem
 
 
 def _streaming_gradient(query: Tensor, key: Tensor, lse: Tensor, row_grad: Tensor, scale: float, name: str) -> Tensor:
-    dq, dk = streaming_gradients(query.float(), key.float(), lse, row_grad.to(torch.float32), scale,
-                                 name == "dq", name == "dk")
+    dq, dk = streaming_gradients(
+        query.float(), key.float(), lse, row_grad.to(torch.float32), scale, name == "dq", name == "dk"
+    )
     return dq if name == "dq" else dk
 
 
@@ -458,8 +554,14 @@ class PatchNCEFunction(torch.autograd.Function):
     """Forward: one kernel over (B, cdiv(N, BLOCK_M)); saves the inputs and the row log-sum-exp (B, N) only."""
 
     @staticmethod
-    def forward(ctx, query: Tensor, key: Tensor, weight: Tensor | None = None, temperature: float = 0.07,
-                reduction: str = "mean") -> Tensor:
+    def forward(
+        ctx,
+        query: Tensor,
+        key: Tensor,
+        weight: Tensor | None = None,
+        temperature: float = 0.07,
+        reduction: str = "mean",
+    ) -> Tensor:
         _check_device(query)
         q, k = query.contiguous(), key.contiguous()
         w = None if weight is None else weight.detach().to(device=q.device, dtype=torch.float32).contiguous()
@@ -539,6 +641,7 @@ def patch_nce_triton(
     try:
         return PatchNCEFunction.apply(query, key, weight, float(temperature), reduction)
     except NoConfigLaunches as error:
-        _warn_once((str(query.device), query.dtype, query.shape[2], "streaming"),
-                   f"{error}; using the streaming torch path")
+        _warn_once(
+            (str(query.device), query.dtype, query.shape[2], "streaming"), f"{error}; using the streaming torch path"
+        )
     return StreamingPatchNCE.apply(query, key, weight, float(temperature), reduction)

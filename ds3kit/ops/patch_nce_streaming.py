@@ -13,8 +13,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["KEY_TILE", "QUERY_TILE", "StreamingPatchNCE", "accumulator_dtype", "reduce_losses", "row_logsumexp",
-           "streaming_gradients"]
+__all__ = [
+    "KEY_TILE",
+    "QUERY_TILE",
+    "StreamingPatchNCE",
+    "accumulator_dtype",
+    "reduce_losses",
+    "row_logsumexp",
+    "streaming_gradients",
+]
 
 # Tile sides of the streaming path: a (B, 4096, 1024) float32 score tile is 16 MiB per group. Why these sides (the
 # timings): docs/benchmarks.md, "Streaming PatchNCE tile sides".
@@ -64,8 +71,9 @@ class StreamingPatchNCE(torch.autograd.Function):
             ctx.save_for_backward(q, k, weight, lse)
             return output
         # Scalar output: the gradient is known up to the upstream scalar, so produce it now (no recompute later).
-        row_grad = torch.full((batch, n), 1.0 / (batch * n) if reduction == "mean" else 1.0, device=q.device,
-                              dtype=q.dtype)
+        row_grad = torch.full(
+            (batch, n), 1.0 / (batch * n) if reduction == "mean" else 1.0, device=q.device, dtype=q.dtype
+        )
         if weight is not None:
             row_grad = row_grad * weight.to(q.dtype)
         grad_query = (row_grad * scale)[..., None] * (attention - k) if early_query_grad else None
@@ -108,7 +116,9 @@ def row_logsumexp(q: Tensor, k: Tensor, scale: float, *, with_attention: bool = 
     attention = torch.empty_like(q) if with_attention else None
     for i0 in range(0, n, QUERY_TILE):
         q_tile = q[:, i0 : i0 + QUERY_TILE]
-        running_max = torch.full(q_tile.shape[:2], bound if fixed_max else float("-inf"), device=q.device, dtype=q.dtype)
+        running_max = torch.full(
+            q_tile.shape[:2], bound if fixed_max else float("-inf"), device=q.device, dtype=q.dtype
+        )
         running_sum = torch.zeros(q_tile.shape[:2], device=q.device, dtype=q.dtype)
         running_values = torch.zeros_like(q_tile) if with_attention else None
         for j0 in range(0, n, KEY_TILE):
@@ -131,7 +141,9 @@ def row_logsumexp(q: Tensor, k: Tensor, scale: float, *, with_attention: bool = 
     return lse, attention
 
 
-def streaming_gradients(q: Tensor, k: Tensor, lse: Tensor, row_grad: Tensor, scale: float, need_query: bool, need_key: bool):
+def streaming_gradients(
+    q: Tensor, k: Tensor, lse: Tensor, row_grad: Tensor, scale: float, need_query: bool, need_key: bool
+):
     r"""With :math:`p_{ij} = \mathrm{softmax}_j(s_{ij})` and :math:`g_i` the upstream gradient of row i:
     :math:`dq_i = s\,g_i(\sum_j p_{ij} k_j - k_i)`, :math:`dk_j = s(\sum_i g_i p_{ij} q_i - g_j q_j)`."""
     n = q.shape[1]
@@ -147,7 +159,9 @@ def streaming_gradients(q: Tensor, k: Tensor, lse: Tensor, row_grad: Tensor, sca
         for j0 in range(0, n, KEY_TILE):
             cols = slice(j0, j0 + KEY_TILE)
             # g_i * p_ij, built in place in the score buffer.
-            weights = torch.bmm(scaled_q[:, rows], k[:, cols].transpose(1, 2)).sub_(lse[:, rows, None]).exp_().mul_(g_tile)
+            weights = (
+                torch.bmm(scaled_q[:, rows], k[:, cols].transpose(1, 2)).sub_(lse[:, rows, None]).exp_().mul_(g_tile)
+            )
             if need_query:
                 grad_query[:, rows].baddbmm_(weights, k[:, cols])
             if need_key:

@@ -56,12 +56,30 @@ def must_not_spill(arch: str, dim: int) -> bool:
 def _signature(kernel: str, dtype: str) -> dict[str, str]:
     pointer = _POINTER_TYPES[dtype]
     if kernel == "forward":
-        names = {"Q": pointer, "K": pointer, "W": "*fp32", "LSE": "*fp32", "LOSS": "*fp32", "N": "i32", "D": "i32",
-                 "qk_scale": "fp32", "scale": "fp32", "HAS_WEIGHT": "constexpr"}
+        names = {
+            "Q": pointer,
+            "K": pointer,
+            "W": "*fp32",
+            "LSE": "*fp32",
+            "LOSS": "*fp32",
+            "N": "i32",
+            "D": "i32",
+            "qk_scale": "fp32",
+            "scale": "fp32",
+            "HAS_WEIGHT": "constexpr",
+        }
     else:
         out = "DQ" if kernel == "dq" else "DK"
-        names = {"Q": pointer, "K": pointer, "LSE": "*fp32", "G": "*fp32", out: pointer, "N": "i32", "D": "i32",
-                 "qk_scale": "fp32"}
+        names = {
+            "Q": pointer,
+            "K": pointer,
+            "LSE": "*fp32",
+            "G": "*fp32",
+            out: pointer,
+            "N": "i32",
+            "D": "i32",
+            "qk_scale": "fp32",
+        }
     for constexpr in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "D_CHUNKS", "INPUT_PRECISION", "UPCAST"):
         names[constexpr] = "constexpr"
     return names
@@ -81,16 +99,18 @@ def cubin_usage(cubin: bytes) -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "kernel.cubin"
         path.write_bytes(cubin)
-        report = subprocess.run([str(_cuobjdump()), "--dump-resource-usage", str(path)], check=True,
-                                capture_output=True, text=True).stdout
+        report = subprocess.run(
+            [str(_cuobjdump()), "--dump-resource-usage", str(path)], check=True, capture_output=True, text=True
+        ).stdout
     match = re.search(r"REG:(\d+)\s+STACK:(\d+)", report)
     if match is None:
         raise RuntimeError(f"cuobjdump printed no REG/STACK line:\n{report}")
     return int(match.group(1)), int(match.group(2))
 
 
-def compile_variant(kernel: str, arch: str, dtype: str, dim: int, config: KernelConfig,
-                    input_precision: str | None = None) -> Resources:
+def compile_variant(
+    kernel: str, arch: str, dtype: str, dim: int, config: KernelConfig, input_precision: str | None = None
+) -> Resources:
     """Compile one kernel for ``arch`` (e.g. ``"sm_80"``) with ``config`` and measure it.
 
     Args:
@@ -107,8 +127,10 @@ def compile_variant(kernel: str, arch: str, dtype: str, dim: int, config: Kernel
     from ds3kit.ops import patch_nce as ops
 
     if ops._INTERPRETED:
-        raise RuntimeError("the patch_nce kernels were decorated for Triton's CPU interpreter (TRITON_INTERPRET=1 "
-                           "when ds3kit.ops.patch_nce was imported); compile them in a process without it")
+        raise RuntimeError(
+            "the patch_nce kernels were decorated for Triton's CPU interpreter (TRITON_INTERPRET=1 "
+            "when ds3kit.ops.patch_nce was imported); compile them in a process without it"
+        )
     if kernel not in KERNEL_NAMES:
         raise ValueError(f"kernel must be one of {KERNEL_NAMES}, got {kernel!r}")
     if dtype not in _POINTER_TYPES:
@@ -116,8 +138,11 @@ def compile_variant(kernel: str, arch: str, dtype: str, dim: int, config: Kernel
     major, minor = arch_to_capability(arch)
     params = ops.tile_parameters(config, COMPILE_N, dim)
     options = {"num_warps": params.pop("num_warps"), "num_stages": params.pop("num_stages")}
-    constexprs = {**params, "INPUT_PRECISION": (input_precision or "ieee") if dtype == "fp32" else "ieee",
-                  "UPCAST": False}
+    constexprs = {
+        **params,
+        "INPUT_PRECISION": (input_precision or "ieee") if dtype == "fp32" else "ieee",
+        "UPCAST": False,
+    }
     if kernel == "forward":
         constexprs["HAS_WEIGHT"] = True  # the difficulty-weighted loss, DS3-Net's case
     signature = _signature(kernel, dtype)
@@ -130,8 +155,9 @@ def compile_variant(kernel: str, arch: str, dtype: str, dim: int, config: Kernel
     source = ASTSource(ops.KERNELS[kernel], signature, constexprs, attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", major * 10 + minor, 32), options=options)
     registers, stack = cubin_usage(compiled.asm["cubin"])
-    return Resources(registers=registers, stack_bytes=stack, shared_bytes=int(compiled.metadata.shared),
-                     cubin=compiled.asm["cubin"])
+    return Resources(
+        registers=registers, stack_bytes=stack, shared_bytes=int(compiled.metadata.shared), cubin=compiled.asm["cubin"]
+    )
 
 
 def fits(resources: Resources, arch: str, dim: int) -> bool:
@@ -145,22 +171,28 @@ def cubin_name(arch: str, dtype: str, dim: int, kernel: str) -> str:
     return f"patch_nce_{kernel}-{arch}-{dtype}-d{dim}.cubin"
 
 
-
-
 def candidates(dim: int) -> list[KernelConfig]:
     """Configs to try for D = ``dim``, best first: one D chunk before several (chunks make each gradient program
     recompute its score tiles), then larger tiles (more reuse of each loaded row), then more pipeline stages."""
     padded = max(64, 1 << (dim - 1).bit_length())
-    whole = [(64, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 8, 2), (32, 32, 4, 2),
-             (32, 32, 4, 1)]
+    whole = [
+        (64, 64, 8, 2),
+        (64, 64, 4, 2),
+        (64, 32, 4, 2),
+        (32, 64, 4, 2),
+        (32, 32, 8, 2),
+        (32, 32, 4, 2),
+        (32, 32, 4, 1),
+    ]
     chunked = [(64, 64, 8, 2), (64, 64, 4, 2), (32, 32, 4, 2), (32, 32, 4, 1), (16, 16, 2, 1)]
     result = []
     if padded <= 256:  # a whole row of D = 512 or more cannot stay in registers beside a score tile
         result += [KernelConfig(block_m=m, block_n=n, num_warps=w, num_stages=s) for m, n, w, s in whole]
     for chunk in (128, 64, 32):
         if chunk < padded:
-            result += [KernelConfig(block_m=m, block_n=n, block_d=chunk, num_warps=w, num_stages=s)
-                       for m, n, w, s in chunked]
+            result += [
+                KernelConfig(block_m=m, block_n=n, block_d=chunk, num_warps=w, num_stages=s) for m, n, w, s in chunked
+            ]
     return result
 
 
@@ -174,8 +206,10 @@ def choose_config(arch: str, dtype: str, dim: int, log=None) -> tuple[KernelConf
             for kernel in ("dq", "dk", "forward"):
                 measured[kernel] = usage = compile_variant(kernel, arch, dtype, dim, config)
                 if log is not None:
-                    log(f"{arch} {dtype} D={dim} {config.short()} {kernel}: {usage.registers} registers, "
-                        f"{usage.stack_bytes} B stack, {usage.shared_bytes} B shared")
+                    log(
+                        f"{arch} {dtype} D={dim} {config.short()} {kernel}: {usage.registers} registers, "
+                        f"{usage.stack_bytes} B stack, {usage.shared_bytes} B shared"
+                    )
                 if not fits(usage, arch, dim) or (strict and usage.stack_bytes > 0):
                     break
             else:

@@ -51,12 +51,18 @@ class Work:
     bytes: float
 
     def seconds(self, device: Device, precision: str) -> float:
-        return max(self.flops / device.matmul_flops[precision], self.exps / device.exp_per_second,
-                   self.bytes / device.bandwidth)
+        return max(
+            self.flops / device.matmul_flops[precision],
+            self.exps / device.exp_per_second,
+            self.bytes / device.bandwidth,
+        )
 
     def bound(self, device: Device, precision: str) -> str:
-        times = {"compute": self.flops / device.matmul_flops[precision], "exp": self.exps / device.exp_per_second,
-                 "memory": self.bytes / device.bandwidth}
+        times = {
+            "compute": self.flops / device.matmul_flops[precision],
+            "exp": self.exps / device.exp_per_second,
+            "memory": self.bytes / device.bandwidth,
+        }
         return max(times, key=times.get)
 
 
@@ -92,8 +98,9 @@ def roofline_rows(batch: int = 8, dim: int = 256, precision: str = "bf16", n_val
                 row[f"{device.name}_us"] = work.seconds(device, precision) * 1e6
                 row[f"{device.name}_bound"] = work.bound(device, precision)
                 # CUT detaches the key: eager has no key-gradient bmm to compare with.
-                row[f"{device.name}_eager_us"] = (None if kernel == "dk" else
-                                                  eager_seconds(kernel, batch, n, dim, precision, device) * 1e6)
+                row[f"{device.name}_eager_us"] = (
+                    None if kernel == "dk" else eager_seconds(kernel, batch, n, dim, precision, device) * 1e6
+                )
             rows.append(row)
     return rows
 
@@ -107,15 +114,21 @@ def _us(value: float | None) -> str:
 def roofline_markdown(batch: int = 8, dim: int = 256) -> str:
     """The tables of docs/patch_nce.md: one per precision (fp32 IEEE on FMA units, TF32, bf16)."""
     parts = []
-    for precision, title in (("fp32", "float32 (IEEE products, FMA units)"), ("tf32", "float32 with TF32 allowed"),
-                             ("bf16", "bfloat16")):
+    for precision, title in (
+        ("fp32", "float32 (IEEE products, FMA units)"),
+        ("tf32", "float32 with TF32 allowed"),
+        ("bf16", "bfloat16"),
+    ):
         parts.append(f"**{title}**, B = {batch}, D = {dim} (microseconds; eager = CUT's formula)\n")
-        parts.append("| N | kernel | GFLOP | fused MB | A100 fused | A100 eager | bound | H100 fused | H100 eager | bound |")
+        parts.append(
+            "| N | kernel | GFLOP | fused MB | A100 fused | A100 eager | bound | H100 fused | H100 eager | bound |"
+        )
         parts.append("|---:|---|---:|---:|---:|---:|---|---:|---:|---|")
         for row in roofline_rows(batch, dim, precision):
             parts.append(
                 f"| {row['n']} | {row['kernel']} | {row['gflop']:.2f} | {row['mb']:.1f} | {_us(row['A100_us'])} | "
                 f"{_us(row['A100_eager_us'])} | {row['A100_bound']} | {_us(row['H100_us'])} | "
-                f"{_us(row['H100_eager_us'])} | {row['H100_bound']} |")
+                f"{_us(row['H100_eager_us'])} | {row['H100_bound']} |"
+            )
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"

@@ -73,8 +73,9 @@ def segment_volume(
     slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(stacked, -1, 0)[wanted]))  # (Z', 4, X, Y)
     logit_threshold = float(np.log(threshold / (1.0 - threshold)))  # sigmoid(l) > t  <=>  l > logit(t)
     with torch.inference_mode():
-        for start in tqdm(range(0, len(wanted), batch_size), desc="segment", unit="batch", disable=not progress,
-                          leave=False):
+        for start in tqdm(
+            range(0, len(wanted), batch_size), desc="segment", unit="batch", disable=not progress, leave=False
+        ):
             logits = segmenter(slices[start : start + batch_size].to(device)).float()
             index = wanted[start : start + logits.shape[0]]
             regions[..., index] = np.moveaxis((logits > logit_threshold).cpu().numpy(), 0, -1)

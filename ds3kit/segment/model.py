@@ -53,12 +53,21 @@ class Segmenter(nn.Module):
                 f"channels needs >= 2 levels and strides one fewer, got {len(channels)} channels and {len(strides)} strides"
             )
         self._config = {
-            "channels": channels, "strides": strides, "num_res_units": int(num_res_units), "norm": str(norm),
+            "channels": channels,
+            "strides": strides,
+            "num_res_units": int(num_res_units),
+            "norm": str(norm),
             "dropout": float(dropout),
         }
         self.net = UNet(
-            spatial_dims=2, in_channels=len(SEGMENTER_MODALITIES), out_channels=len(REGIONS), channels=channels,
-            strides=strides, num_res_units=int(num_res_units), norm=norm, dropout=float(dropout),
+            spatial_dims=2,
+            in_channels=len(SEGMENTER_MODALITIES),
+            out_channels=len(REGIONS),
+            channels=channels,
+            strides=strides,
+            num_res_units=int(num_res_units),
+            norm=norm,
+            dropout=float(dropout),
         )
         self.multiple = math.prod(strides)
 
@@ -83,8 +92,11 @@ def save_segmenter(path: str | Path, segmenter: Segmenter, **metadata: Any) -> N
         raise ValueError(f"segmenter must be a ds3kit.segment.Segmenter, got {type(segmenter).__name__}")
     state = {name: tensor.detach().cpu() for name, tensor in segmenter.state_dict().items()}
     payload = {
-        "config": segmenter.config(), "state_dict": state, "modalities": list(SEGMENTER_MODALITIES),
-        "regions": list(REGIONS), "metadata": metadata,
+        "config": segmenter.config(),
+        "state_dict": state,
+        "modalities": list(SEGMENTER_MODALITIES),
+        "regions": list(REGIONS),
+        "metadata": metadata,
     }
     save_checkpoint(path, payload, kind=SEGMENTER_FORMAT)
 

@@ -80,5 +80,7 @@ def region_dice(pred_regions: np.ndarray, true_seg: np.ndarray) -> dict[str, flo
     if pred_regions.dtype != bool:
         raise ValueError(f"pred_regions must be bool, got dtype {pred_regions.dtype}")
     true_regions = seg_to_regions(true_seg)
-    scores = {f"dice_{name}": dice_score(pred_regions[index], true_regions[index]) for index, name in enumerate(REGIONS)}
+    scores = {
+        f"dice_{name}": dice_score(pred_regions[index], true_regions[index]) for index, name in enumerate(REGIONS)
+    }
     return {key: scores[key] for key in ("dice_et", "dice_tc", "dice_wt")}

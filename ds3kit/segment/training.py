@@ -105,7 +105,9 @@ class SegmentationLoss(torch.nn.Module):
 
     def forward(self, logits: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
         if logits.shape != regions.shape:
-            raise ValueError(f"logits and regions must have the same shape, got {tuple(logits.shape)} and {tuple(regions.shape)}")
+            raise ValueError(
+                f"logits and regions must have the same shape, got {tuple(logits.shape)} and {tuple(regions.shape)}"
+            )
         target = regions.to(logits.dtype)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
         return self.lambda_dice * self.dice(logits, target) + self.lambda_bce * bce
@@ -157,10 +159,12 @@ def train_segmenter(
     running = None
     bar = tqdm(range(steps), desc="segmenter", unit="step", disable=not progress)
     for _ in bar:
-        index = torch.cat([
-            tumour_slices[torch.randint(len(tumour_slices), (tumour_count,), generator=generator)],
-            torch.randint(len(slices), (batch_size - tumour_count,), generator=generator),
-        ])
+        index = torch.cat(
+            [
+                tumour_slices[torch.randint(len(tumour_slices), (tumour_count,), generator=generator)],
+                torch.randint(len(slices), (batch_size - tumour_count,), generator=generator),
+            ]
+        )
         images, regions = slices.images[index], slices.regions[index]
         flips = torch.rand(2, len(index), generator=generator) < 0.5
         images, regions = _flip(images, flips), _flip(regions, flips)

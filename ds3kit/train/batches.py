@@ -69,7 +69,11 @@ class StepBatches:
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
         items = [self.dataset[index] for index in self.indices(step)]
-        return {key: torch.stack([item[key] for item in items]) for key in items[0] if isinstance(items[0][key], torch.Tensor)}
+        return {
+            key: torch.stack([item[key] for item in items])
+            for key in items[0]
+            if isinstance(items[0][key], torch.Tensor)
+        }
 
 
 def prepare_batch(
@@ -89,5 +93,7 @@ def prepare_batch(
     if augment is not None:
         prepared = augment(prepared)
     if channels_last:
-        prepared = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in prepared.items()}
+        prepared = {
+            k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in prepared.items()
+        }
     return prepared

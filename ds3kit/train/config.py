@@ -21,7 +21,9 @@ class RunConfig:
     """
 
     data: str | None = None  # a BraTS-layout root; None = the built-in phantom cohort
-    cache_dir: str | None = None  # the preprocessed cache; None = $DS3KIT_CACHE/preprocessed or ~/.cache/ds3kit/preprocessed
+    cache_dir: str | None = (
+        None  # the preprocessed cache; None = $DS3KIT_CACHE/preprocessed or ~/.cache/ds3kit/preprocessed
+    )
     preprocess_workers: int = 1  # processes preprocessing cases missing from the cache
     data_workers: int | None = None  # DataLoader reader processes; None = 0 on CPU, min(4, cores // 2) on CUDA
     out: str = "runs/ds3net"
@@ -114,11 +116,17 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "seed": ("--seed", int, "seed of the split, the initialisation and the sampling"),
     "preset": ("--preset", str, "network size preset: tiny, small, large"),
     "encoder": ("--encoder", str, "modality encoders: 'builtin' or 'timm:<model name>'"),
-    "generator_output": ("--generator-output", str,
-                         "generator head: 'residual' (inputs' mix + correction) or 'sigmoid' (docs/models.md)"),
-    "unpaired_t1ce": ("--unpaired-t1ce", str,
-                      "what the unpaired pool holds: 'none' (inputs only, the paper) or 'other-subjects' (half of "
-                      "the unpaired subjects lend real T1ce, unaligned with the inputs of the other half)"),
+    "generator_output": (
+        "--generator-output",
+        str,
+        "generator head: 'residual' (inputs' mix + correction) or 'sigmoid' (docs/models.md)",
+    ),
+    "unpaired_t1ce": (
+        "--unpaired-t1ce",
+        str,
+        "what the unpaired pool holds: 'none' (inputs only, the paper) or 'other-subjects' (half of "
+        "the unpaired subjects lend real T1ce, unaligned with the inputs of the other half)",
+    ),
     "tumour_repeats": ("--tumour-repeats", int, "paired stream: list each slice holding tumour 1 + N times per epoch"),
     "val_every": ("--val-every", int, "validate every N steps"),
     "select": ("--select", str, "weights that ship: 'best-val' (best validation brain PSNR) or 'last'"),
@@ -190,7 +198,7 @@ def add_method_arguments(
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        key[len(_METHOD_PREFIX):]: value
+        key[len(_METHOD_PREFIX) :]: value
         for key, value in vars(args).items()
         if key.startswith(_METHOD_PREFIX) and value is not None
     }

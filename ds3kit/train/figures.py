@@ -21,7 +21,9 @@ def save_panel(path: str | Path, rows: Sequence[dict[str, np.ndarray]], *, title
 
     Images are shown in [0, 1]; the difficulty map on its own range (colour bar); the error in [0, 0.5].
     """
-    figure, axes = plt.subplots(len(rows), len(COLUMNS), figsize=(2.0 * len(COLUMNS), 2.1 * len(rows) + 0.4), squeeze=False)
+    figure, axes = plt.subplots(
+        len(rows), len(COLUMNS), figsize=(2.0 * len(COLUMNS), 2.1 * len(rows) + 0.4), squeeze=False
+    )
     for r, row in enumerate(rows):
         for c, column in enumerate(COLUMNS):
             axis = axes[r, c]
@@ -41,8 +43,16 @@ def save_panel(path: str | Path, rows: Sequence[dict[str, np.ndarray]], *, title
             else:
                 axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
         if "label" in row:
-            axes[r, 0].text(-0.08, 0.5, str(row["label"]), transform=axes[r, 0].transAxes, rotation=90,
-                            va="center", ha="right", fontsize=8)
+            axes[r, 0].text(
+                -0.08,
+                0.5,
+                str(row["label"]),
+                transform=axes[r, 0].transAxes,
+                rotation=90,
+                va="center",
+                ha="right",
+                fontsize=8,
+            )
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()

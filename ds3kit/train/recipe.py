@@ -23,6 +23,8 @@ def run_recipe(trainer: Trainer) -> int:
         print(f"{trainer.name}: error: {error}", file=sys.stderr)
         return 1
     if trainer.context.is_main:
-        print(f"{trainer.name}: wall time {time.perf_counter() - started:.1f} s, run directory {trainer.config.out}",
-              file=sys.stderr)
+        print(
+            f"{trainer.name}: wall time {time.perf_counter() - started:.1f} s, run directory {trainer.config.out}",
+            file=sys.stderr,
+        )
     return 0

@@ -84,11 +84,18 @@ def write_final_report(
         report["selected_step"][role] = best[role]["step"] if cfg.select == "best-val" and role in best else total
         # The discriminator that judged this generator ships with it: `ds3kit synthesize --difficulty` draws the
         # reliability map from it (docs/metrics.md).
-        save_generator(run_dir / "checkpoints" / f"{role}.pt", generator, discriminator=judge,
-                       gan_mode=gan_mode_of(method), method=name, role=role,
-                       step=report["selected_step"][role],
-                       image_size=cfg.image_size, intensity="per-modality robust percentiles in the brain -> [0, 1]",
-                       **provenance)
+        save_generator(
+            run_dir / "checkpoints" / f"{role}.pt",
+            generator,
+            discriminator=judge,
+            gan_mode=gan_mode_of(method),
+            method=name,
+            role=role,
+            step=report["selected_step"][role],
+            image_size=cfg.image_size,
+            intensity="per-modality robust percentiles in the brain -> [0, 1]",
+            **provenance,
+        )
         folder = run_dir / "predictions" / role
         folder.mkdir(parents=True, exist_ok=True)
         shown: dict[str, np.ndarray] = {}
@@ -96,8 +103,15 @@ def write_final_report(
 
         reliability: dict[str, dict[str, float]] = {}
 
-        def write(session: Session, prediction: np.ndarray, folder: Path = folder, shown: dict = shown,
-                  dice: dict = dice, judge: torch.nn.Module | None = judge, reliability: dict = reliability) -> None:
+        def write(
+            session: Session,
+            prediction: np.ndarray,
+            folder: Path = folder,
+            shown: dict = shown,
+            dice: dict = dice,
+            judge: torch.nn.Module | None = judge,
+            reliability: dict = reliability,
+        ) -> None:
             # Written as made: a BraTS test set's predictions never sit in memory together.
             save_volume(folder / f"{session.case_id}_t1ce.nii.gz", prediction, session.affine, session.header)
             if len(shown) < _FIGURE_SUBJECTS:
@@ -105,10 +119,13 @@ def write_final_report(
             if segmenter is not None:
                 dice[session.case_id] = session_dice(segmenter, session, prediction, device=device)
             if judge is not None:
-                reliability[session.case_id] = reliability_scores(judge, session, prediction, gan_mode_of(method), device)
+                reliability[session.case_id] = reliability_scores(
+                    judge, session, prediction, gan_mode_of(method), device
+                )
 
-        evaluation = evaluate_generator(generator, sessions, device=device, batch_size=cfg.eval_batch_size,
-                                        on_prediction=write)
+        evaluation = evaluate_generator(
+            generator, sessions, device=device, batch_size=cfg.eval_batch_size, on_prediction=write
+        )
         evaluation.predictions = shown
         for case_id, scores in dice.items():
             evaluation.subjects[case_id].update(scores)
@@ -134,8 +151,11 @@ def write_final_report(
         if segmenter is not None and baseline == COPY_T1:
             for case_id, scores in dice_by_subject(segmenter, sessions, predictor, device=device).items():
                 evaluation.subjects[case_id].update(scores)
-        report["baselines"][baseline] = {"mean": evaluation.mean, "std": evaluation.std,
-                                         "subjects": evaluation.subjects}
+        report["baselines"][baseline] = {
+            "mean": evaluation.mean,
+            "std": evaluation.std,
+            "subjects": evaluation.subjects,
+        }
     atomic_write_text(run_dir / "metrics.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
     _save_test_panel(method, sessions, evaluations, run_dir / "figures", name=name, device=device)
     save_learning_curves(run_dir / "figures" / "learning_curves.png", run_dir / "metrics.jsonl", title=name)
@@ -152,8 +172,9 @@ def reliability_scores(
 ) -> dict[str, float]:
     """Pearson correlation with ``|prediction - target|`` of the discriminator's reliability map and of the edge map,
     over the brain and (when the subject has one) the tumour: ``{"map/brain", "edge/brain", "map/tumour", ...}``."""
-    unreliability = reliability_volume(prediction, judge, session.inputs, session.brain_mask, gan_mode=gan_mode,
-                                       device=device)
+    unreliability = reliability_volume(
+        prediction, judge, session.inputs, session.brain_mask, gan_mode=gan_mode, device=device
+    )
     edges = edge_map(prediction, session.brain_mask)
     regions = {"brain": session.brain_mask}
     if session.seg is not None and bool((session.seg > 0).any()):
@@ -176,8 +197,15 @@ def _segmenter(checkpoint: str | None, cases: Sequence[Path], device: torch.devi
     return segmenter
 
 
-def _save_test_panel(method: Method, sessions: Sequence[Session], evaluations: Mapping[str, Evaluation], folder: Path,
-                     *, name: str, device: torch.device) -> None:
+def _save_test_panel(
+    method: Method,
+    sessions: Sequence[Session],
+    evaluations: Mapping[str, Evaluation],
+    folder: Path,
+    *,
+    name: str,
+    device: torch.device,
+) -> None:
     """``test_<role>.png``: the shipped model on the first test subjects, at each one's slice with the most tumour."""
     role = method.shipped_generator()
     rows = []
@@ -186,13 +214,18 @@ def _save_test_panel(method: Method, sessions: Sequence[Session], evaluations: M
         z = _most_tumour_slice(session)
         inputs = torch.from_numpy(session.inputs[..., z][None]).to(device)
         difficulty = method.difficulty(inputs, torch.from_numpy(prediction[..., z][None, None]).to(device))
-        rows.append({
-            "label": f"{session.case_id} z={z}",
-            "T1": session.inputs[0, ..., z], "T2": session.inputs[1, ..., z], "FLAIR": session.inputs[2, ..., z],
-            "real T1ce": session.target[..., z], "synthesis": prediction[..., z],
-            "difficulty": None if difficulty is None else difficulty[0, 0].float().cpu().numpy(),
-            "|error|": np.abs(prediction[..., z] - session.target[..., z]),
-        })
+        rows.append(
+            {
+                "label": f"{session.case_id} z={z}",
+                "T1": session.inputs[0, ..., z],
+                "T2": session.inputs[1, ..., z],
+                "FLAIR": session.inputs[2, ..., z],
+                "real T1ce": session.target[..., z],
+                "synthesis": prediction[..., z],
+                "difficulty": None if difficulty is None else difficulty[0, 0].float().cpu().numpy(),
+                "|error|": np.abs(prediction[..., z] - session.target[..., z]),
+            }
+        )
     if rows:
         save_panel(folder / f"test_{role}.png", rows, title=f"{name}: {role} on held-out subjects")
 
@@ -244,7 +277,7 @@ def format_table(report: Mapping[str, Any]) -> str:
             lines.append(row(name, result, trained=False))
     shipped = report["models"].get(report.get("shipped", ""), {}).get("mean", {})
     gaps = [
-        f"{name[len('ceiling: '):]} {result['mean']['brain_psnr'] - shipped['brain_psnr']:.2f} dB"
+        f"{name[len('ceiling: ') :]} {result['mean']['brain_psnr'] - shipped['brain_psnr']:.2f} dB"
         for name, result in baselines.items()
         if name.startswith("ceiling") and "brain_psnr" in result["mean"] and "brain_psnr" in shipped
     ]
@@ -253,7 +286,10 @@ def format_table(report: Mapping[str, Any]) -> str:
     reliability = report["models"].get(report.get("shipped", ""), {}).get("reliability", {})
     if reliability:
         regions = [r for r in ("brain", "tumour") if f"map/{r}" in reliability]
-        lines.append(f"{report.get('shipped')}: reliability map's correlation with |error| (constant map: 0) "
-                     + ", ".join(f"{r} {reliability[f'map/{r}']:+.3f} (edge map {reliability[f'edge/{r}']:+.3f})"
-                                 for r in regions))
+        lines.append(
+            f"{report.get('shipped')}: reliability map's correlation with |error| (constant map: 0) "
+            + ", ".join(
+                f"{r} {reliability[f'map/{r}']:+.3f} (edge map {reliability[f'edge/{r}']:+.3f})" for r in regions
+            )
+        )
     return "\n".join(lines)

@@ -136,8 +136,11 @@ class Trainer:
         if len(cases) < 3:
             raise InputError(f"{root}: found {len(cases)} case folder(s); training needs at least 3 (train, val, test)")
         return split_cohort(
-            cases, paired_fraction=cfg.paired_fraction, val_fraction=cfg.val_fraction,
-            test_fraction=cfg.test_fraction, seed=cfg.seed,
+            cases,
+            paired_fraction=cfg.paired_fraction,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            seed=cfg.seed,
         )
 
     def _preprocess(self, split: CohortSplit) -> PreprocessResult:
@@ -188,8 +191,16 @@ class Trainer:
                 )
             dataset = CachedSliceDataset(self.cache.select(cases), with_target=with_target, image_size=cfg.image_size)
             repeats = cfg.tumour_repeats if what == "paired" and not method.target_domain_only else 0
-            streams.append(StepBatches(dataset, batch_size=cfg.batch_size, seed=cfg.seed, stream=index,
-                                       context=self.context, tumour_repeats=repeats))
+            streams.append(
+                StepBatches(
+                    dataset,
+                    batch_size=cfg.batch_size,
+                    seed=cfg.seed,
+                    stream=index,
+                    context=self.context,
+                    tumour_repeats=repeats,
+                )
+            )
         return streams[0], streams[1], streams[2]
 
     def _total_steps(self, paired: StepBatches | None, unpaired: StepBatches | None) -> int:
@@ -236,8 +247,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank and in every run
         method = self.build_method(cfg, total)
         if not isinstance(method, self.method_type):
-            raise TypeError(f"{self.name}: the method factory declares {self.method_type.__name__} but built "
-                            f"{type(method).__name__}")
+            raise TypeError(
+                f"{self.name}: the method factory declares {self.method_type.__name__} but built "
+                f"{type(method).__name__}"
+            )
         method = method.to(self.device)
         use_cuda = self.device.type == "cuda"
         if use_cuda and cfg.channels_last:
@@ -259,15 +272,31 @@ class Trainer:
             self._validate_baselines(split, val_sessions)
 
         # Worker processes read the slices of each step's batch; the batch of step s is still indices(s).
-        workers = cfg.data_workers if cfg.data_workers is not None else (min(4, (os.cpu_count() or 1) // 2) if use_cuda else 0)
+        workers = (
+            cfg.data_workers
+            if cfg.data_workers is not None
+            else (min(4, (os.cpu_count() or 1) // 2) if use_cuda else 0)
+        )
         loaders = [
-            None if stream is None else iter(step_loader(stream.dataset, stream.indices, start=start, stop=stop_at,
-                                                         num_workers=workers, pin_memory=use_cuda))
+            None
+            if stream is None
+            else iter(
+                step_loader(
+                    stream.dataset, stream.indices, start=start, stop=stop_at, num_workers=workers, pin_memory=use_cuda
+                )
+            )
             for stream in (paired, unpaired, reference)
         ]
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda and cfg.amp else nullcontext()
-        bar = tqdm(total=total, initial=start, desc=self.name, unit="step", disable=not (cfg.progress and ctx.is_main),
-                   dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(
+            total=total,
+            initial=start,
+            desc=self.name,
+            unit="step",
+            disable=not (cfg.progress and ctx.is_main),
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         method.train()
         started = time.perf_counter()
         for step in range(start, stop_at):
@@ -275,7 +304,9 @@ class Trainer:
             schedule.apply(method.optimizers.values(), step, self.config.lr)
             paired_batch, unpaired_batch, reference_batch = (
                 prepare_batch(next(loader), self.device, augment=augment, channels_last=use_cuda and cfg.channels_last)
-                if loader is not None else None for loader in loaders
+                if loader is not None
+                else None
+                for loader in loaders
             )
             if reference_batch is not None:
                 assert unpaired_batch is not None
@@ -291,7 +322,9 @@ class Trainer:
             bar.update(1)
             if done % cfg.log_every == 0 or done == stop_at:
                 rate = (done - start) * cfg.batch_size * ctx.world_size / (time.perf_counter() - started)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if not k.endswith(_QUIET_TERMS)}, refresh=False)
+                bar.set_postfix(
+                    {k: f"{v:.3g}" for k, v in losses.items() if not k.endswith(_QUIET_TERMS)}, refresh=False
+                )
                 self.log.log(done, "train", {**losses, "images_per_s": rate})
             if done % cfg.val_every == 0 or done == total:
                 self._validate(done, method, val_sessions)
@@ -300,8 +333,10 @@ class Trainer:
         bar.close()
         if stop_at < total:
             if ctx.is_main:
-                print(f"{self.name}: stopped after step {stop_at} of {total}; resume with --resume --out {run_dir}",
-                      file=sys.stderr)
+                print(
+                    f"{self.name}: stopped after step {stop_at} of {total}; resume with --resume --out {run_dir}",
+                    file=sys.stderr,
+                )
             return None
         ctx.barrier()
         return self._finish(method, split, run_dir, total) if ctx.is_main else None
@@ -329,16 +364,19 @@ class Trainer:
         try:
             method.load_state_dict(payload["model"])
         except RuntimeError as error:
-            raise InputError(f"{path}: the checkpoint's networks do not fit this configuration: "
-                             f"{str(error).splitlines()[0]}") from None
+            raise InputError(
+                f"{path}: the checkpoint's networks do not fit this configuration: {str(error).splitlines()[0]}"
+            ) from None
         for name, opt in method.optimizers.items():
             opt.load_state_dict(payload["optimizers"][name])
         saved_total = payload.get("schedule", {}).get("total")
         if saved_total is not None and saved_total != schedule.total:
             # The warm-up, the difficulty ramp, the decay and the batches all depend on the run's length: a longer
             # run cannot continue this one's, it would train its last steps at a decayed-to-zero rate.
-            raise InputError(f"{path}: the run was started for {saved_total} steps, this one asks for {schedule.total}; "
-                             f"resume with the same --steps / --epochs, or start a new run in another --out")
+            raise InputError(
+                f"{path}: the run was started for {saved_total} steps, this one asks for {schedule.total}; "
+                f"resume with the same --steps / --epochs, or start a new run in another --out"
+            )
         try:  # the decay the run started with, even if --lr-decay-fraction changed since
             schedule.load_state_dict(payload["schedule"])
         except ValueError as error:
@@ -393,8 +431,17 @@ class Trainer:
 
     def _finish(self, method: Method, split: CohortSplit, run_dir: Path, total: int) -> dict[str, Any]:
         assert self.cache is not None
-        report = write_final_report(method, name=self.name, config=self.config, cache=self.cache, split=split,
-                                    best=self.best, device=self.device, run_dir=run_dir, total=total)
+        report = write_final_report(
+            method,
+            name=self.name,
+            config=self.config,
+            cache=self.cache,
+            split=split,
+            best=self.best,
+            device=self.device,
+            run_dir=run_dir,
+            total=total,
+        )
         self.log.close()
         print(format_table(report), file=sys.stdout)
         return report

@@ -23,8 +23,17 @@ import quality  # noqa: E402  (benchmarks/ is on pytest's pythonpath)
 def _runs(*brain_psnr: float, tumour: tuple[float, ...] | None = None, ssim: float = 0.8) -> list[dict[str, float]]:
     """One arm's runs, one held-out mean per seed (in seed order): every metric quality.py reads."""
     tumour = tuple(value - 2.0 for value in brain_psnr) if tumour is None else tumour
-    return [{"brain_psnr": b, "brain_ssim": ssim, "brain_mse": 0.01, "tumour_psnr": t, "tumour_ssim": ssim - 0.1,
-             "tumour_mse": 0.02} for b, t in zip(brain_psnr, tumour)]
+    return [
+        {
+            "brain_psnr": b,
+            "brain_ssim": ssim,
+            "brain_mse": 0.01,
+            "tumour_psnr": t,
+            "tumour_ssim": ssim - 0.1,
+            "tumour_mse": 0.02,
+        }
+        for b, t in zip(brain_psnr, tumour)
+    ]
 
 
 def _line(lines: list[str], prefix: str) -> str:
@@ -114,8 +123,11 @@ def test_one_seed_says_no_spread_was_measured_and_uses_the_floor() -> None:
 
 
 def test_tumour_line_and_pix2pix_gap() -> None:
-    results = {PAIRED: _runs(20.0, 20.0, tumour=(15.0, 15.0)), DS3: _runs(21.0, 21.0, tumour=(15.05, 15.05)),
-               PIX: _runs(24.0, 24.0)}
+    results = {
+        PAIRED: _runs(20.0, 20.0, tumour=(15.0, 15.0)),
+        DS3: _runs(21.0, 21.0, tumour=(15.05, 15.05)),
+        PIX: _runs(24.0, 24.0),
+    }
     lines = quality.claims(results)
     second = _line(lines, "2. ")
     assert "PSNR +0.05 ± 0.00 dB" in second and "(within noise)" in second and "+1.00 dB in the brain" in second
@@ -126,7 +138,8 @@ def test_tumour_line_and_pix2pix_gap() -> None:
 
 def test_ablation_lines_have_the_sign_of_the_change_from_removing_the_part() -> None:
     results = {
-        PAIRED: _runs(20.0), DS3: _runs(22.0, tumour=(18.0,)),
+        PAIRED: _runs(20.0),
+        DS3: _runs(22.0, tumour=(18.0,)),
         # The difficulty map helps: without it, 1 dB worse in the brain and 2 dB worse in the tumour.
         "DS3-Net 5% - difficulty map": _runs(21.0, tumour=(16.0,)),
         # The patchwise loss hurts: without it, better.
@@ -186,12 +199,16 @@ def test_summarise_gives_mean_and_population_std_and_skips_missing_metrics() -> 
 
 def test_diagnostics_table_rows_in_order_with_mean_std_and_na() -> None:
     diagnostics = [
-        {"teacher/train_paired": {"brain_psnr": 30.0, "tumour_psnr": 25.0, "brain_ssim": 0.9},
-         "teacher/test": {"brain_psnr": 20.0, "tumour_psnr": 15.0, "brain_ssim": 0.7},
-         "student/train_unpaired": {"brain_psnr": 21.0, "brain_ssim": 0.71}},
-        {"teacher/train_paired": {"brain_psnr": 32.0, "tumour_psnr": 27.0, "brain_ssim": 0.92},
-         "teacher/test": {"brain_psnr": 22.0, "tumour_psnr": 17.0, "brain_ssim": 0.76},
-         "student/train_unpaired": {"brain_psnr": 23.0, "brain_ssim": 0.73}},
+        {
+            "teacher/train_paired": {"brain_psnr": 30.0, "tumour_psnr": 25.0, "brain_ssim": 0.9},
+            "teacher/test": {"brain_psnr": 20.0, "tumour_psnr": 15.0, "brain_ssim": 0.7},
+            "student/train_unpaired": {"brain_psnr": 21.0, "brain_ssim": 0.71},
+        },
+        {
+            "teacher/train_paired": {"brain_psnr": 32.0, "tumour_psnr": 27.0, "brain_ssim": 0.92},
+            "teacher/test": {"brain_psnr": 22.0, "tumour_psnr": 17.0, "brain_ssim": 0.76},
+            "student/train_unpaired": {"brain_psnr": 23.0, "brain_ssim": 0.73},
+        },
     ]
     lines = quality.diagnostics_table(diagnostics).splitlines()
     assert lines[0] == "| model | subjects | brain_psnr | tumour_psnr | brain_ssim |"
@@ -221,11 +238,19 @@ def _table_rows(report: str) -> list[str]:
 
 
 def test_reference_rows_label_what_depends_on_the_paired_subjects() -> None:
-    report = {"baselines": {"copy-T1": {"mean": {"brain_psnr": 17.0}}, "linear": {"mean": {"brain_psnr": 17.5}},
-                            "ceiling: tissue map, paired levels": {"mean": {"brain_psnr": 19.0}}}}
+    report = {
+        "baselines": {
+            "copy-T1": {"mean": {"brain_psnr": 17.0}},
+            "linear": {"mean": {"brain_psnr": 17.5}},
+            "ceiling: tissue map, paired levels": {"mean": {"brain_psnr": 19.0}},
+        }
+    }
     rows = quality.reference_rows(report, 0.05)
-    assert rows == {"copy-T1": {"brain_psnr": 17.0}, "linear (5% paired)": {"brain_psnr": 17.5},
-                    "ceiling: tissue map, paired levels (5% paired)": {"brain_psnr": 19.0}}
+    assert rows == {
+        "copy-T1": {"brain_psnr": 17.0},
+        "linear (5% paired)": {"brain_psnr": 17.5},
+        "ceiling: tissue map, paired levels (5% paired)": {"brain_psnr": 19.0},
+    }
     table = {"a": {"brain_psnr": (16.9, 0.1)}, "b": {"brain_psnr": (17.2, 0.1)}, "copy-T1": {"brain_psnr": (17.0, 0.0)}}
     assert quality.flag_losers(table, {"a", "b"}) == {"a": "a **(loses to copy-T1)**", "b": "b", "copy-T1": "copy-T1"}
 
@@ -233,8 +258,20 @@ def test_reference_rows_label_what_depends_on_the_paired_subjects() -> None:
 @pytest.mark.slow
 def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "out", tmp_path / "q.md"
-    argv = ["--smoke", "--device", "cpu", "--data", str(small_cohort), "--arms", PAIRED, DS3,
-            "--out", str(out), "--report", str(report)]
+    argv = [
+        "--smoke",
+        "--device",
+        "cpu",
+        "--data",
+        str(small_cohort),
+        "--arms",
+        PAIRED,
+        DS3,
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+    ]
     assert quality.main(argv) == 0
 
     text = report.read_text()
@@ -246,9 +283,15 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     assert [row.split(" | ")[0] for row in arm_rows] == [f"| {label} **(loses to copy-T1)**" for label in (PAIRED, DS3)]
     first_table = _table_rows(text.split("![quality]", 1)[0])
     references = [row.split(" | ")[0] for row in first_table if not row.startswith((f"| {PAIRED} ", f"| {DS3} "))]
-    assert references[1:] == ["| *references (no training)*", "| copy-T1", "| linear (5% paired)",
-                              "| ceiling: tissue map, paired levels (5% paired)", "| ceiling: tissue map",
-                              "| ceiling: noise-free T1ce", "| real T1ce (segmenter)"]
+    assert references[1:] == [
+        "| *references (no training)*",
+        "| copy-T1",
+        "| linear (5% paired)",
+        "| ceiling: tissue map, paired levels (5% paired)",
+        "| ceiling: tissue map",
+        "| ceiling: noise-free T1ce",
+        "| real T1ce (segmenter)",
+    ]
     columns = [*quality.METRICS, "dice_et", "dice_tc", "dice_wt"]  # the seed's segmenter adds Dice
     assert _table_rows(text)[0] == "| arm | " + " | ".join(columns) + " |"
     for row in arm_rows:

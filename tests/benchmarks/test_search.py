@@ -46,8 +46,19 @@ def _storage_spec(kind: str, tmp_path: Path) -> str:
 
 
 def _worker(storage: str, study: str, out: Path, n_trials: int, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, str(SEARCH), "--storage", storage, "--study-name", study, "--n-trials", str(n_trials),
-               "--out", str(out), *extra]
+    command = [
+        sys.executable,
+        str(SEARCH),
+        "--storage",
+        storage,
+        "--study-name",
+        study,
+        "--n-trials",
+        str(n_trials),
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
 
 
@@ -58,8 +69,10 @@ def _finish(process: subprocess.Popen, timeout: float = 120) -> str:
 
 
 def _load(storage: str, study: str) -> optuna.Study:
-    return optuna.load_study(study_name=study, storage=_search_storage.open_storage(storage, heartbeat_interval=1,
-                                                                            grace_period=5, max_retry=0))
+    return optuna.load_study(
+        study_name=study,
+        storage=_search_storage.open_storage(storage, heartbeat_interval=1, grace_period=5, max_retry=0),
+    )
 
 
 def _states(study: optuna.Study) -> list[TrialState]:
@@ -72,7 +85,9 @@ TOY = ("--objective", "toy", "--pruner", "none", "--heartbeat-interval", "1", "-
 @pytest.mark.parametrize("kind", ["journal", "sqlite", "postgres"])
 def test_two_workers_share_one_study(tmp_path: Path, kind: str) -> None:
     storage, study_name = _storage_spec(kind, tmp_path), f"two-workers-{uuid.uuid4().hex[:8]}"
-    workers = [_worker(storage, study_name, tmp_path / "out", trials, *TOY, "--toy-seconds", "0.4") for trials in (3, 4)]
+    workers = [
+        _worker(storage, study_name, tmp_path / "out", trials, *TOY, "--toy-seconds", "0.4") for trials in (3, 4)
+    ]
     outputs = [_finish(worker) for worker in workers]
     study = _load(storage, study_name)
     assert _states(study).count(TrialState.COMPLETE) == 7, outputs
@@ -100,8 +115,9 @@ def test_killed_worker_leaves_the_study_usable(tmp_path: Path, kind: str) -> Non
             try:
                 # Kill inside the trial's sleep, after it drew all its parameters: a kill between the trial's
                 # creation and its suggestions would leave nothing to retry (a race seen on a loaded machine).
-                running = [t for t in _load(storage, study_name).get_trials(deepcopy=False)
-                           if t.state == TrialState.RUNNING]
+                running = [
+                    t for t in _load(storage, study_name).get_trials(deepcopy=False) if t.state == TrialState.RUNNING
+                ]
                 if running and set(running[0].params) == {"x", "y"}:
                     break
             except KeyError:  # the study does not exist yet
@@ -127,10 +143,18 @@ def test_killed_worker_leaves_the_study_usable(tmp_path: Path, kind: str) -> Non
 
 def _frozen_running(number: int, beat: dict | None, started: float) -> optuna.trial.FrozenTrial:
     return optuna.trial.FrozenTrial(
-        number=number, state=TrialState.RUNNING, value=None, values=None,
-        datetime_start=datetime.datetime.fromtimestamp(started), datetime_complete=None, params={},
-        distributions={}, user_attrs={}, system_attrs={} if beat is None else {_search_storage.HEARTBEAT_ATTR: beat},
-        intermediate_values={}, trial_id=number,
+        number=number,
+        state=TrialState.RUNNING,
+        value=None,
+        values=None,
+        datetime_start=datetime.datetime.fromtimestamp(started),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={} if beat is None else {_search_storage.HEARTBEAT_ATTR: beat},
+        intermediate_values={},
+        trial_id=number,
     )
 
 
@@ -138,7 +162,9 @@ def test_stale_rule() -> None:
     now = time.time()
     other_host = {"trial": 3, "host": "elsewhere-" + socket.gethostname(), "pid": 1, "time": now - 2}
     assert not _search_storage.is_stale(_frozen_running(3, other_host, now - 100), grace_period=10, now=now)
-    assert _search_storage.is_stale(_frozen_running(3, {**other_host, "time": now - 11}, now - 100), grace_period=10, now=now)
+    assert _search_storage.is_stale(
+        _frozen_running(3, {**other_host, "time": now - 11}, now - 100), grace_period=10, now=now
+    )
     # A dead process on this host is stale at once, whatever its last beat.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -146,8 +172,12 @@ def test_stale_rule() -> None:
     assert _search_storage.is_stale(_frozen_running(3, here, now), grace_period=10, now=now)
     assert not _search_storage.is_stale(_frozen_running(3, {**here, "pid": os.getpid()}, now), grace_period=10, now=now)
     # A beat inherited from another trial (a retry) does not count: the start time decides.
-    assert not _search_storage.is_stale(_frozen_running(4, {**here, "pid": os.getpid()}, now - 5), grace_period=10, now=now)
-    assert _search_storage.is_stale(_frozen_running(4, {**here, "pid": os.getpid()}, now - 50), grace_period=10, now=now)
+    assert not _search_storage.is_stale(
+        _frozen_running(4, {**here, "pid": os.getpid()}, now - 5), grace_period=10, now=now
+    )
+    assert _search_storage.is_stale(
+        _frozen_running(4, {**here, "pid": os.getpid()}, now - 50), grace_period=10, now=now
+    )
 
 
 def test_failed_trials_are_marked_and_the_worker_goes_on(tmp_path: Path) -> None:
@@ -165,18 +195,47 @@ def test_bad_arguments_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         search.parse_args(["--storage", "x", "--study-name", "s", "--n-trials", "1", "--objective", "nope"])
     with pytest.raises(SystemExit):
-        search.parse_args(["--storage", "x", "--study-name", "s", "--n-trials", "1", "--grace-period", "1",
-                           "--heartbeat-interval", "2"])
+        search.parse_args(
+            [
+                "--storage",
+                "x",
+                "--study-name",
+                "s",
+                "--n-trials",
+                "1",
+                "--grace-period",
+                "1",
+                "--heartbeat-interval",
+                "2",
+            ]
+        )
     with pytest.raises(SystemExit, match="does not exist"):
-        _search_storage.open_storage(str(tmp_path / "missing" / "j.log"), heartbeat_interval=1, grace_period=5, max_retry=0)
+        _search_storage.open_storage(
+            str(tmp_path / "missing" / "j.log"), heartbeat_interval=1, grace_period=5, max_retry=0
+        )
 
 
 @pytest.mark.slow
 def test_one_real_quality_trial(tmp_path: Path) -> None:
     storage = _storage_spec("journal", tmp_path)
     env = {**os.environ, "DS3KIT_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, str(SEARCH), "--storage", storage, "--study-name", "quality", "--n-trials", "1",
-               "--objective", "quality", "--smoke", "--device", "cpu", "--out", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        str(SEARCH),
+        "--storage",
+        storage,
+        "--study-name",
+        "quality",
+        "--n-trials",
+        "1",
+        "--objective",
+        "quality",
+        "--smoke",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     (trial,) = _load(storage, "quality").trials
@@ -201,8 +260,22 @@ def test_kernel_search_writes_the_file_the_dispatcher_loads(tmp_path: Path, monk
 
     storage, cache = _storage_spec("journal", tmp_path), tmp_path / "cache"
     env = {**os.environ, "DS3KIT_CACHE": str(cache), "TRITON_INTERPRET": "1"}
-    command = [sys.executable, str(SEARCH), "--storage", storage, "--study-name", "kernel", "--n-trials", "3",
-               "--objective", "kernel", "--pruner", "none", "--out", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        str(SEARCH),
+        "--storage",
+        storage,
+        "--study-name",
+        "kernel",
+        "--n-trials",
+        "3",
+        "--objective",
+        "kernel",
+        "--pruner",
+        "none",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     study = _load(storage, "kernel")
@@ -224,8 +297,14 @@ def test_kernel_search_writes_the_file_the_dispatcher_loads(tmp_path: Path, monk
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # Optuna's matplotlib plots
 def test_summary_lists_the_best_trial_and_every_trial(tmp_path: Path) -> None:
     study = optuna.create_study(study_name="summary", direction="minimize")
-    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions={
-        "x": optuna.distributions.FloatDistribution(-1.0, 1.0)}, value=0.25, user_attrs={"note": "kept"}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 0.5},
+            distributions={"x": optuna.distributions.FloatDistribution(-1.0, 1.0)},
+            value=0.25,
+            user_attrs={"note": "kept"},
+        )
+    )
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=TrialState.FAIL))
     path = _search_summary.write_summary(study, tmp_path / "out")
     text = path.read_text()
@@ -234,4 +313,3 @@ def test_summary_lists_the_best_trial_and_every_trial(tmp_path: Path) -> None:
     assert "| x | 0.5 |" in text and "| user attr note | kept |" in text
     assert "| 1 | fail |" in text
     assert "`importances.png`: not drawn (needs at least 2 completed trials" in text
-

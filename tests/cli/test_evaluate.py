@@ -30,8 +30,20 @@ def volumes(tmp_path):
 
 
 def test_one_json_line_with_regions(volumes, capsys):
-    assert main(["evaluate", "--pred", str(volumes["pred"]), "--target", str(volumes["target"]),
-                 "--seg", str(volumes["seg"])]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(volumes["pred"]),
+                "--target",
+                str(volumes["target"]),
+                "--seg",
+                str(volumes["seg"]),
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])
@@ -60,8 +72,10 @@ def test_missing_and_mismatched_files(volumes, tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "nope.nii.gz"), "--target", str(volumes["target"])]) == 2
     assert "nope.nii.gz" in capsys.readouterr().err
     bad_seg = write(tmp_path / "badseg.nii.gz", np.ones((5, 5, 5)))
-    assert main(["evaluate", "--pred", str(volumes["pred"]), "--target", str(volumes["target"]),
-                 "--seg", str(bad_seg)]) == 2
+    assert (
+        main(["evaluate", "--pred", str(volumes["pred"]), "--target", str(volumes["target"]), "--seg", str(bad_seg)])
+        == 2
+    )
     assert "differs from the target" in capsys.readouterr().err
 
 
@@ -86,8 +100,12 @@ def test_values_match_an_independent_computation(volumes, capsys):
     truth = np.where(brain, np.clip((target - low) / (high - low), 0, 1), 0)
     tumour = np.asarray(nib.load(volumes["seg"]).dataobj) > 0
     assert result["brain_voxels"] == int(brain.sum()) and result["tumour_voxels"] == int(tumour.sum())
-    assert result["ssim"] == pytest.approx(metrics.structural_similarity(
-        pred, truth, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0), abs=1e-4)
+    assert result["ssim"] == pytest.approx(
+        metrics.structural_similarity(
+            pred, truth, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0
+        ),
+        abs=1e-4,
+    )
     assert result["psnr"] == pytest.approx(metrics.peak_signal_noise_ratio(truth, pred, data_range=1.0), rel=1e-4)
     assert result["brain_mse"] == pytest.approx(np.mean((pred - truth)[brain] ** 2), rel=1e-4)
     assert result["tumour_mse"] == pytest.approx(np.mean((pred - truth)[tumour] ** 2), rel=1e-4)
@@ -108,7 +126,9 @@ def test_prediction_in_scanner_units_gets_the_targets_map(volumes, tmp_path, cap
 def test_scaling_none_and_data_range(volumes, tmp_path, capsys):
     target = np.asarray(nib.load(volumes["target"]).dataobj)
     pred = write(tmp_path / "p.nii.gz", target + 10.0 * (target > 0))
-    result, _ = run_json(capsys, "--pred", pred, "--target", volumes["target"], "--scaling", "none", "--data-range", 1000)
+    result, _ = run_json(
+        capsys, "--pred", pred, "--target", volumes["target"], "--scaling", "none", "--data-range", 1000
+    )
     assert result["scaling"] == "none" and result["brain_mse"] == pytest.approx(100.0)
     assert result["brain_psnr"] == pytest.approx(10 * np.log10(1000.0**2 / 100.0))
 
@@ -117,7 +137,9 @@ def test_both_in_unit_range_are_used_as_is(tmp_path, capsys):
     rng = np.random.default_rng(1)
     target = rng.random((13, 15, 12)).astype(np.float32)
     pred = np.clip(target + 0.1, 0, 1)
-    result, _ = run_json(capsys, "--pred", write(tmp_path / "p.nii", pred), "--target", write(tmp_path / "t.nii", target))
+    result, _ = run_json(
+        capsys, "--pred", write(tmp_path / "p.nii", pred), "--target", write(tmp_path / "t.nii", target)
+    )
     assert result["scaling"] == "none"
     assert result["mse"] == pytest.approx(float(np.mean((pred.astype(np.float64) - target) ** 2)), rel=1e-5)
 
@@ -127,7 +149,9 @@ def test_resampled_prediction_scores_like_the_original(volumes, tmp_path, capsys
     data = np.pad(np.asarray(nib.load(volumes["pred"]).dataobj), ((0, 3), (2, 0), (0, 0)))
     affine = np.eye(4)
     affine[1, 3] = -2.0  # two voxels of padding before y = 0: the same world placement on a larger grid
-    result, err = run_json(capsys, "--pred", write(tmp_path / "big.nii.gz", data, affine), "--target", volumes["target"])
+    result, err = run_json(
+        capsys, "--pred", write(tmp_path / "big.nii.gz", data, affine), "--target", volumes["target"]
+    )
     assert result["resampled"] is True and "resampled onto the target's grid" in err
     for key in ("ssim", "psnr", "mse", "brain_ssim", "brain_mse"):
         assert result[key] == pytest.approx(reference[key], rel=1e-5), key
@@ -138,9 +162,20 @@ def test_seg_without_tumour_and_explicit_mask(volumes, tmp_path, capsys):
     empty_seg = write(tmp_path / "seg0.nii.gz", np.zeros_like(target))
     mask = np.zeros_like(target)
     mask[5:15, 6:16, 4:14] = 1
-    result, _ = run_json(capsys, "--pred", volumes["pred"], "--target", volumes["target"], "--seg", empty_seg,
-                         "--mask", write(tmp_path / "mask.nii.gz", mask))
-    assert result["tumour_voxels"] == 0 and not any(key.startswith("tumour_") and key != "tumour_voxels" for key in result)
+    result, _ = run_json(
+        capsys,
+        "--pred",
+        volumes["pred"],
+        "--target",
+        volumes["target"],
+        "--seg",
+        empty_seg,
+        "--mask",
+        write(tmp_path / "mask.nii.gz", mask),
+    )
+    assert result["tumour_voxels"] == 0 and not any(
+        key.startswith("tumour_") and key != "tumour_voxels" for key in result
+    )
     assert result["brain_voxels"] == 1000
 
 
@@ -199,19 +234,41 @@ def test_baselines_beside_the_prediction(tmp_path, capsys):
     noisy = np.clip(session.inputs[0] + 0.2 * rng.standard_normal(session.shape), 0, 1) * session.brain_mask
     write(tmp_path / "pred.nii.gz", noisy, session.affine)
     line = LinearBaseline(weights=(0.5, -0.1, 0.2), intercept=0.1)
-    save_generator(tmp_path / "g.pt", build_generator("tiny"), linear_baseline={"weights": list(line.weights),
-                                                                              "intercept": line.intercept})
-    argv = ["evaluate", "--pred", str(tmp_path / "pred.nii.gz"), "--target", str(paths["t1ce"]),
-            "--seg", str(paths["seg"]), "--t1", str(paths["t1"]), "--t2", str(paths["t2"]),
-            "--flair", str(paths["flair"]), "--checkpoint", str(tmp_path / "g.pt")]
+    save_generator(
+        tmp_path / "g.pt",
+        build_generator("tiny"),
+        linear_baseline={"weights": list(line.weights), "intercept": line.intercept},
+    )
+    argv = [
+        "evaluate",
+        "--pred",
+        str(tmp_path / "pred.nii.gz"),
+        "--target",
+        str(paths["t1ce"]),
+        "--seg",
+        str(paths["seg"]),
+        "--t1",
+        str(paths["t1"]),
+        "--t2",
+        str(paths["t2"]),
+        "--flair",
+        str(paths["flair"]),
+        "--checkpoint",
+        str(tmp_path / "g.pt"),
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["baselines"]) == {"copy-T1", "linear"} and result["beats_copy_t1"] is False
 
     # Independent: the same scores straight from the session (same grid, same normalisation as training).
     def brain_psnr(volume):
-        return float(psnr(torch.from_numpy(volume)[None, None], torch.from_numpy(session.target)[None, None],
-                          mask=torch.from_numpy(session.brain_mask)[None, None]))
+        return float(
+            psnr(
+                torch.from_numpy(volume)[None, None],
+                torch.from_numpy(session.target)[None, None],
+                mask=torch.from_numpy(session.brain_mask)[None, None],
+            )
+        )
 
     assert result["baselines"]["copy-T1"]["brain_psnr"] == pytest.approx(brain_psnr(session.inputs[0]), abs=1e-3)
     assert result["baselines"]["linear"]["brain_psnr"] == pytest.approx(brain_psnr(line(session)), abs=1e-3)
@@ -224,8 +281,22 @@ def test_baseline_flags_are_checked(tmp_path, capsys):
     assert "--t2 given without --t1" in capsys.readouterr().err
     assert main([*base, "--t1", str(paths["t1"]), "--t2", str(paths["t2"])]) == 2
     assert "--t2 and --flair go together" in capsys.readouterr().err
-    assert main([*base, "--t1", str(paths["t1"]), "--t2", str(paths["t2"]), "--flair", str(paths["flair"]),
-                 "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert (
+        main(
+            [
+                *base,
+                "--t1",
+                str(paths["t1"]),
+                "--t2",
+                str(paths["t2"]),
+                "--flair",
+                str(paths["flair"]),
+                "--checkpoint",
+                str(tmp_path / "missing.pt"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_segmenter_adds_dice_for_the_prediction_and_both_reference_rows(tmp_path, capsys):
@@ -240,12 +311,33 @@ def test_segmenter_adds_dice_for_the_prediction_and_both_reference_rows(tmp_path
     save_segmenter(tmp_path / "seg.pt", segmenter, train_cases=["other"], steps=0)
     session = load_session(paths["t1"], paths["t2"], paths["flair"], t1ce=paths["t1ce"], seg=paths["seg"])
     write(tmp_path / "pred.nii.gz", session.inputs[1], session.affine)  # any [0, 1] volume on the grid
-    base = ["evaluate", "--pred", str(tmp_path / "pred.nii.gz"), "--target", str(paths["t1ce"]),
-            "--segmenter", str(tmp_path / "seg.pt")]
+    base = [
+        "evaluate",
+        "--pred",
+        str(tmp_path / "pred.nii.gz"),
+        "--target",
+        str(paths["t1ce"]),
+        "--segmenter",
+        str(tmp_path / "seg.pt"),
+    ]
     assert main(base) == 2
     assert "--segmenter needs --seg, --t1, --t2, --flair" in capsys.readouterr().err
-    assert main([*base, "--seg", str(paths["seg"]), "--t1", str(paths["t1"]), "--t2", str(paths["t2"]),
-                 "--flair", str(paths["flair"])]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "--seg",
+                str(paths["seg"]),
+                "--t1",
+                str(paths["t1"]),
+                "--t2",
+                str(paths["t2"]),
+                "--flair",
+                str(paths["flair"]),
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     segmenter.eval()
     expected_real = session_dice(segmenter, session, reference_t1ce(session, "real_t1ce"))
@@ -283,9 +375,23 @@ def test_reliability_correlations_match_an_independent_computation(tmp_path, cap
     pred = np.clip(session.target + 0.1 * rng.standard_normal(session.shape), 0, 1) * session.brain_mask
     write(tmp_path / "pred.nii.gz", pred, session.affine)
     discriminator = _checkpoint_with_discriminator(tmp_path / "g.pt", in_channels=in_channels)
-    result, _ = run_json(capsys, "--pred", tmp_path / "pred.nii.gz", "--target", paths["t1ce"], "--seg", paths["seg"],
-                         "--t1", paths["t1"], "--t2", paths["t2"], "--flair", paths["flair"],
-                         "--checkpoint", tmp_path / "g.pt")
+    result, _ = run_json(
+        capsys,
+        "--pred",
+        tmp_path / "pred.nii.gz",
+        "--target",
+        paths["t1ce"],
+        "--seg",
+        paths["seg"],
+        "--t1",
+        paths["t1"],
+        "--t2",
+        paths["t2"],
+        "--flair",
+        paths["flair"],
+        "--checkpoint",
+        tmp_path / "g.pt",
+    )
     assert set(result["baselines"]) == {"copy-T1", "linear"}  # the existing report is all still there
     reliability = result["reliability"]
     assert set(reliability) == {"discriminator", "edge_map", "beats_edge_map"}
@@ -299,8 +405,9 @@ def test_reliability_correlations_match_an_independent_computation(tmp_path, cap
     tumour = np.asarray(nib.load(paths["seg"]).dataobj) > 0
     inputs = load_session(paths["t1"], paths["t2"], paths["flair"])
     maps = {
-        "discriminator": reliability_volume(pred.astype(np.float32), discriminator, inputs.inputs, inputs.brain_mask,
-                                            gan_mode="bce"),
+        "discriminator": reliability_volume(
+            pred.astype(np.float32), discriminator, inputs.inputs, inputs.brain_mask, gan_mode="bce"
+        ),
         "edge_map": edge_map(pred.astype(np.float32), inputs.brain_mask),
     }
     for name, volume in maps.items():
@@ -317,8 +424,21 @@ def test_reliability_without_linear_baseline_or_tumour(tmp_path, capsys):
     session = load_session(paths["t1"], paths["t2"], paths["flair"])
     write(tmp_path / "pred.nii.gz", session.inputs[0], session.affine)  # copy-T1 as the prediction, in [0, 1]
     _checkpoint_with_discriminator(tmp_path / "g.pt", linear=False)
-    result, err = run_json(capsys, "--pred", tmp_path / "pred.nii.gz", "--target", paths["t1ce"], "--t1", paths["t1"],
-                           "--t2", paths["t2"], "--flair", paths["flair"], "--checkpoint", tmp_path / "g.pt")
+    result, err = run_json(
+        capsys,
+        "--pred",
+        tmp_path / "pred.nii.gz",
+        "--target",
+        paths["t1ce"],
+        "--t1",
+        paths["t1"],
+        "--t2",
+        paths["t2"],
+        "--flair",
+        paths["flair"],
+        "--checkpoint",
+        tmp_path / "g.pt",
+    )
     assert "records no linear baseline; that row is left out" in err
     assert set(result["baselines"]) == {"copy-T1"}
     assert set(result["reliability"]["discriminator"]) == {"brain"} == set(result["reliability"]["edge_map"])
@@ -330,8 +450,9 @@ def test_no_reliability_without_a_discriminator_or_with_scanner_units(tmp_path, 
 
     paths = _phantom_case(tmp_path)
     argv = ["--target", paths["t1ce"], "--t1", paths["t1"], "--t2", paths["t2"], "--flair", paths["flair"]]
-    save_generator(tmp_path / "old.pt", build_generator("tiny"),
-                   linear_baseline={"weights": [0.5, -0.1, 0.2], "intercept": 0.1})
+    save_generator(
+        tmp_path / "old.pt", build_generator("tiny"), linear_baseline={"weights": [0.5, -0.1, 0.2], "intercept": 0.1}
+    )
     result, _ = run_json(capsys, "--pred", paths["t1"], *argv, "--checkpoint", tmp_path / "old.pt")
     assert "reliability" not in result and set(result["baselines"]) == {"copy-T1", "linear"}
     _checkpoint_with_discriminator(tmp_path / "g.pt")
@@ -340,7 +461,9 @@ def test_no_reliability_without_a_discriminator_or_with_scanner_units(tmp_path, 
     result, err = run_json(capsys, "--pred", paths["t1ce"], *argv, "--checkpoint", tmp_path / "g.pt")
     assert "reliability" not in result and "the reliability map is left out" in err
     save_generator(tmp_path / "bare.pt", build_generator("tiny"))
-    assert main(["evaluate", "--pred", str(paths["t1"]), *map(str, argv), "--checkpoint", str(tmp_path / "bare.pt")]) == 2
+    assert (
+        main(["evaluate", "--pred", str(paths["t1"]), *map(str, argv), "--checkpoint", str(tmp_path / "bare.pt")]) == 2
+    )
     assert "records no linear baseline" in capsys.readouterr().err
 
 
@@ -350,23 +473,42 @@ def test_reliability_on_a_target_grid_other_than_the_t1_grid(tmp_path, capsys):
     paths = _phantom_case(tmp_path)
     session = load_session(paths["t1"], paths["t2"], paths["flair"])
     rng = np.random.default_rng(3)
-    write(tmp_path / "pred.nii.gz", np.clip(session.inputs[0] + 0.1 * rng.random(session.shape), 0, 1)
-          * session.brain_mask, session.affine)
+    write(
+        tmp_path / "pred.nii.gz",
+        np.clip(session.inputs[0] + 0.1 * rng.random(session.shape), 0, 1) * session.brain_mask,
+        session.affine,
+    )
     _checkpoint_with_discriminator(tmp_path / "g.pt")
-    argv = ["--pred", tmp_path / "pred.nii.gz", "--seg", paths["seg"], "--t1", paths["t1"], "--t2", paths["t2"],
-            "--flair", paths["flair"], "--checkpoint", tmp_path / "g.pt"]
+    argv = [
+        "--pred",
+        tmp_path / "pred.nii.gz",
+        "--seg",
+        paths["seg"],
+        "--t1",
+        paths["t1"],
+        "--t2",
+        paths["t2"],
+        "--flair",
+        paths["flair"],
+        "--checkpoint",
+        tmp_path / "g.pt",
+    ]
     reference, _ = run_json(capsys, *argv, "--target", paths["t1ce"])
     # The same target, world placement and segmentation, on a grid padded by two voxels before y = 0.
     image = nib.load(paths["t1ce"])
     affine = image.affine.copy()
     affine[:3, 3] -= 2 * affine[:3, 1]
     padded = write(tmp_path / "t1ce_big.nii.gz", np.pad(np.asarray(image.dataobj), ((0, 0), (2, 0), (0, 0))), affine)
-    seg = write(tmp_path / "seg_big.nii.gz", np.pad(np.asarray(nib.load(paths["seg"]).dataobj), ((0, 0), (2, 0), (0, 0))),
-                affine)
+    seg = write(
+        tmp_path / "seg_big.nii.gz",
+        np.pad(np.asarray(nib.load(paths["seg"]).dataobj), ((0, 0), (2, 0), (0, 0))),
+        affine,
+    )
     argv[argv.index(paths["seg"])] = seg
     result, err = run_json(capsys, *argv, "--target", padded)
     assert "resampled onto the target's grid" in err
     for name in ("discriminator", "edge_map"):
         for region in ("brain", "tumour"):
-            assert result["reliability"][name][region] == pytest.approx(reference["reliability"][name][region],
-                                                                        abs=1e-5), (name, region)
+            assert result["reliability"][name][region] == pytest.approx(
+                reference["reliability"][name][region], abs=1e-5
+            ), (name, region)

@@ -30,10 +30,24 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def synthesize(checkpoint: Path, out: Path, **paths: Path) -> int:
     files = {"t1": tcga("t1"), "t2": tcga("t2"), "flair": tcga("flair"), **paths}
-    return main([
-        "synthesize", "--t1", str(files["t1"]), "--t2", str(files["t2"]), "--flair", str(files["flair"]),
-        "--checkpoint", str(checkpoint), "--out", str(out), "--no-progress", "--batch-size", "8",
-    ])
+    return main(
+        [
+            "synthesize",
+            "--t1",
+            str(files["t1"]),
+            "--t2",
+            str(files["t2"]),
+            "--flair",
+            str(files["flair"]),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--batch-size",
+            "8",
+        ]
+    )
 
 
 @needs_tcga
@@ -102,8 +116,21 @@ def test_checkpoint_of_another_architecture(checkpoint, tmp_path, capsys):
 
 
 def test_output_directory_must_exist(checkpoint, tmp_path, capsys):
-    code = main(["synthesize", "--t1", "a.nii.gz", "--t2", "b.nii.gz", "--flair", "c.nii.gz", "--checkpoint",
-                 str(checkpoint), "--out", str(tmp_path / "missing" / "t1ce.nii.gz")])
+    code = main(
+        [
+            "synthesize",
+            "--t1",
+            "a.nii.gz",
+            "--t2",
+            "b.nii.gz",
+            "--flair",
+            "c.nii.gz",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "missing" / "t1ce.nii.gz"),
+        ]
+    )
     assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
@@ -122,10 +149,23 @@ def phantom(tmp_path_factory) -> dict[str, Path]:
 
 
 def synthesize_phantom(phantom: dict[str, Path], checkpoint: Path, out: Path, *extra: str) -> int:
-    return main([
-        "synthesize", "--t1", str(phantom["t1"]), "--t2", str(phantom["t2"]), "--flair", str(phantom["flair"]),
-        "--checkpoint", str(checkpoint), "--out", str(out), "--no-progress", *extra,
-    ])
+    return main(
+        [
+            "synthesize",
+            "--t1",
+            str(phantom["t1"]),
+            "--t2",
+            str(phantom["t2"]),
+            "--flair",
+            str(phantom["flair"]),
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize("in_channels", [4, 1])
@@ -174,8 +214,11 @@ def test_difficulty_without_a_discriminator_writes_nothing(phantom, checkpoint, 
 
 @pytest.mark.parametrize(
     "name, message",
-    [("difficulty.png", "expected a .nii or .nii.gz path"), ("missing/d.nii.gz", "does not exist"),
-     ("t1ce.nii.gz", "the same path as --out")],
+    [
+        ("difficulty.png", "expected a .nii or .nii.gz path"),
+        ("missing/d.nii.gz", "does not exist"),
+        ("t1ce.nii.gz", "the same path as --out"),
+    ],
 )
 def test_difficulty_path_is_checked(phantom, checkpoint, tmp_path, capsys, name, message):
     out = tmp_path / "t1ce.nii.gz"

@@ -36,7 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> list[Path]:
-    return write_phantom_cohort(tmp_path_factory.mktemp("cohort") / "c", cases=3, shape=SMALL_SHAPE, seed=2, progress=False)
+    return write_phantom_cohort(
+        tmp_path_factory.mktemp("cohort") / "c", cases=3, shape=SMALL_SHAPE, seed=2, progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,9 @@ def test_float16_bound_is_the_stated_tolerance():
 @pytest.mark.parametrize("min_brain_fraction", [0.0, 0.05])
 def test_cached_slices_equal_direct_slices(cohort, cached, image_size, min_brain_fraction):
     direct = SliceDataset(cohort, with_target=True, image_size=image_size, min_brain_fraction=min_brain_fraction)
-    from_cache = CachedSliceDataset(cached.cases, with_target=True, image_size=image_size,
-                                    min_brain_fraction=min_brain_fraction)
+    from_cache = CachedSliceDataset(
+        cached.cases, with_target=True, image_size=image_size, min_brain_fraction=min_brain_fraction
+    )
     assert from_cache.index == direct.index
     worst = 0.0
     for index in range(len(direct)):
@@ -201,8 +204,13 @@ _KILLED_RUN = textwrap.dedent("""
 def test_preprocessing_resumes_after_a_kill(cohort, tmp_path):
     cases = _copy_cohort(cohort, tmp_path / "data") + _copy_cohort(cohort[:1], tmp_path / "more")
     cache = tmp_path / "cache"
-    run = subprocess.run([sys.executable, "-c", _KILLED_RUN, *map(str, cases), str(cache)], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, *map(str, cases), str(cache)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == -signal.SIGKILL, run.stderr
     finished = _entries(cache)
     assert len(finished) == 2  # the third case died half-written: no entry for it
@@ -231,7 +239,9 @@ def test_preprocess_cli(cohort, tmp_path, capsys):
 
 def test_preprocess_with_worker_processes(cohort, tmp_path):
     result = preprocess_cases(cohort, cache_dir=tmp_path / "cache", workers=2, progress=False)
-    assert sorted(result.built) == sorted(cohort) and [case.case_id for case in result.cases] == [c.name for c in cohort]
+    assert sorted(result.built) == sorted(cohort) and [case.case_id for case in result.cases] == [
+        c.name for c in cohort
+    ]
     reference = preprocess_cases(cohort, cache_dir=tmp_path / "serial", progress=False)
     for ours, theirs in zip(result.cases, reference.cases):
         np.testing.assert_array_equal(ours.array("inputs"), theirs.array("inputs"))

@@ -69,7 +69,9 @@ def test_center_crop_or_pad_round_trip():
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> list[Path]:
-    return write_phantom_cohort(tmp_path_factory.mktemp("cohort") / "c", cases=3, shape=SMALL_SHAPE, seed=2, progress=False)
+    return write_phantom_cohort(
+        tmp_path_factory.mktemp("cohort") / "c", cases=3, shape=SMALL_SHAPE, seed=2, progress=False
+    )
 
 
 def test_items_match_the_sessions(cohort):

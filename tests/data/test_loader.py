@@ -43,7 +43,9 @@ def dataset(tmp_path_factory) -> CachedSliceDataset:
 
 def _expected(dataset: Dataset, rule: SeededRule, step: int) -> dict[str, torch.Tensor]:
     items = [dataset[i] for i in rule(step)]
-    return {key: torch.stack([item[key] for item in items]) for key in ("inputs", "brain_mask", "tumour_mask", "target")}
+    return {
+        key: torch.stack([item[key] for item in items]) for key in ("inputs", "brain_mask", "tumour_mask", "target")
+    }
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

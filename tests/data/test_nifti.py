@@ -161,7 +161,9 @@ def test_resample_matches_independent_map_coordinates():
     source_affine = _oblique_affine(20.0, zooms=(0.9, 1.0, 2.5), shift=(-12.0, -14.0, -15.0))
     reference_affine = _oblique_affine(-8.0, zooms=(1.3, 1.1, 2.0), shift=(-10.0, -9.0, -10.0))
     reference_shape = (23, 27, 11)
-    out = resample_to_reference(_volume(source, source_affine), _volume(np.zeros(reference_shape, np.float32), reference_affine))
+    out = resample_to_reference(
+        _volume(source, source_affine), _volume(np.zeros(reference_shape, np.float32), reference_affine)
+    )
     assert out.data.shape == reference_shape
     np.testing.assert_array_equal(out.affine, reference_affine)
     voxels = np.stack([rng.integers(0, n, 60) for n in reference_shape])

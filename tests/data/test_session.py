@@ -26,22 +26,46 @@ def _touch(folder: Path, *names: str) -> Path:
     [
         (
             ["C_t1.nii.gz", "C_t1ce.nii.gz", "C_t2.nii.gz", "C_flair.nii.gz", "C_seg.nii.gz"],
-            {"t1": "C_t1.nii.gz", "t2": "C_t2.nii.gz", "flair": "C_flair.nii.gz", "t1ce": "C_t1ce.nii.gz", "seg": "C_seg.nii.gz"},
+            {
+                "t1": "C_t1.nii.gz",
+                "t2": "C_t2.nii.gz",
+                "flair": "C_flair.nii.gz",
+                "t1ce": "C_t1ce.nii.gz",
+                "seg": "C_seg.nii.gz",
+            },
         ),
         (  # BraTS 2020 case 355: odd seg name, plain .nii
-            ["BraTS20_Training_355_t1.nii", "BraTS20_Training_355_t1ce.nii", "BraTS20_Training_355_t2.nii",
-             "BraTS20_Training_355_flair.nii", "W39_1998.09.19_Segm.nii"],
-            {"t1": "BraTS20_Training_355_t1.nii", "seg": "W39_1998.09.19_Segm.nii", "t1ce": "BraTS20_Training_355_t1ce.nii"},
+            [
+                "BraTS20_Training_355_t1.nii",
+                "BraTS20_Training_355_t1ce.nii",
+                "BraTS20_Training_355_t2.nii",
+                "BraTS20_Training_355_flair.nii",
+                "W39_1998.09.19_Segm.nii",
+            ],
+            {
+                "t1": "BraTS20_Training_355_t1.nii",
+                "seg": "W39_1998.09.19_Segm.nii",
+                "t1ce": "BraTS20_Training_355_t1ce.nii",
+            },
         ),
         (  # t1Gd, upper case
             ["X_T1.NII.GZ", "X_t1Gd.nii.gz", "X_T2.nii.gz", "X_FLAIR.nii.gz"],
             {"t1": "X_T1.NII.GZ", "t1ce": "X_t1Gd.nii.gz", "flair": "X_FLAIR.nii.gz"},
         ),
         (  # BraTS 2023
-            ["BraTS-GLI-00000-000-t1n.nii.gz", "BraTS-GLI-00000-000-t1c.nii.gz", "BraTS-GLI-00000-000-t2w.nii.gz",
-             "BraTS-GLI-00000-000-t2f.nii.gz", "BraTS-GLI-00000-000-seg.nii.gz"],
-            {"t1": "BraTS-GLI-00000-000-t1n.nii.gz", "t1ce": "BraTS-GLI-00000-000-t1c.nii.gz",
-             "t2": "BraTS-GLI-00000-000-t2w.nii.gz", "flair": "BraTS-GLI-00000-000-t2f.nii.gz"},
+            [
+                "BraTS-GLI-00000-000-t1n.nii.gz",
+                "BraTS-GLI-00000-000-t1c.nii.gz",
+                "BraTS-GLI-00000-000-t2w.nii.gz",
+                "BraTS-GLI-00000-000-t2f.nii.gz",
+                "BraTS-GLI-00000-000-seg.nii.gz",
+            ],
+            {
+                "t1": "BraTS-GLI-00000-000-t1n.nii.gz",
+                "t1ce": "BraTS-GLI-00000-000-t1c.nii.gz",
+                "t2": "BraTS-GLI-00000-000-t2w.nii.gz",
+                "flair": "BraTS-GLI-00000-000-t2f.nii.gz",
+            },
         ),
     ],
 )
@@ -144,7 +168,9 @@ def test_load_session_with_explicit_mask_and_volumes_on_other_grids(tmp_path, sm
     assert session.case_id == "s" and session.target is None and session.seg is None
     # voxels 2.. of the T1 grid are the T2's voxels 0..; they land back exactly
     expected = session.scalings["t2"].normalize(small_case["t2"])
-    np.testing.assert_allclose(session.inputs[1, 2:][session.brain_mask[2:]], expected[2:][session.brain_mask[2:]], atol=1e-5)
+    np.testing.assert_allclose(
+        session.inputs[1, 2:][session.brain_mask[2:]], expected[2:][session.brain_mask[2:]], atol=1e-5
+    )
     assert not session.inputs[1, :2].any()
 
 
@@ -210,7 +236,9 @@ def _as_2023(seg: np.ndarray) -> np.ndarray:
 
 def test_brats2023_case_maps_enhancing_3_to_the_internal_4(tmp_path, enhancing_case):
     case_2020 = _write_case(tmp_path / "BraTS20_Training_001", enhancing_case, _NAMES_2020, enhancing_case["seg"])
-    case_2023 = _write_case(tmp_path / "BraTS-GLI-00001-000", enhancing_case, _NAMES_2023, _as_2023(enhancing_case["seg"]))
+    case_2023 = _write_case(
+        tmp_path / "BraTS-GLI-00001-000", enhancing_case, _NAMES_2023, _as_2023(enhancing_case["seg"])
+    )
     old, new = load_brats_case(case_2020), load_brats_case(case_2023)
     assert new.case_id == "BraTS-GLI-00001-000"
     np.testing.assert_array_equal(new.seg, enhancing_case["seg"])  # the same regions, the same internal labels
@@ -227,12 +255,16 @@ def test_label_convention_is_detected_from_names_and_can_be_overridden(tmp_path,
     assert detect_label_convention(["X_T1CE.NII.GZ", "X_t1Gd.nii.gz"]) == "brats2020"
     # 2020 names holding 2023 labels: refused with a hint, read with the explicit option
     case = _write_case(tmp_path / "Renamed_001", enhancing_case, _NAMES_2020, _as_2023(enhancing_case["seg"]))
-    with pytest.raises(InputError, match=r"_seg\.nii\.gz.*\{0, 1, 2, 4\}, found 3 \(brats2020.*label_convention='brats2023'"):
+    with pytest.raises(
+        InputError, match=r"_seg\.nii\.gz.*\{0, 1, 2, 4\}, found 3 \(brats2020.*label_convention='brats2023'"
+    ):
         load_brats_case(case)
     np.testing.assert_array_equal(load_brats_case(case, label_convention="brats2023").seg, enhancing_case["seg"])
     # 2023 names holding 2020 labels: refused with the other hint, read with the explicit option
     other = _write_case(tmp_path / "BraTS-MEN-00002-000", enhancing_case, _NAMES_2023, enhancing_case["seg"])
-    with pytest.raises(InputError, match=r"-seg\.nii\.gz.*\{0, 1, 2, 3\}, found 4 \(brats2023.*label_convention='brats2020'"):
+    with pytest.raises(
+        InputError, match=r"-seg\.nii\.gz.*\{0, 1, 2, 3\}, found 4 \(brats2023.*label_convention='brats2020'"
+    ):
         load_brats_case(other)
     np.testing.assert_array_equal(load_brats_case(other, label_convention="brats2020").seg, enhancing_case["seg"])
     with pytest.raises(ValueError, match="label_convention must be one of auto, brats2020, brats2023, got 'brats2021'"):

@@ -144,7 +144,9 @@ def test_l1_gradcheck():
 
 def test_module_equals_functional():
     pred, target, weight, mask = tensors(6)
-    torch.testing.assert_close(DifficultyL1Loss()(pred, target, weight, mask), difficulty_l1(pred, target, weight, mask=mask))
+    torch.testing.assert_close(
+        DifficultyL1Loss()(pred, target, weight, mask), difficulty_l1(pred, target, weight, mask=mask)
+    )
     torch.testing.assert_close(
         DifficultyL1Loss("none")(pred, target, weight), difficulty_l1(pred, target, weight, reduction="none")
     )

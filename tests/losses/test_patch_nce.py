@@ -90,7 +90,8 @@ def test_streaming_gradcheck_float64(small_tiles, monkeypatch):
         query = unit_rows(2, 11, 6, dtype=torch.float64, seed=8).requires_grad_()
         key = unit_rows(2, 11, 6, dtype=torch.float64, seed=9).requires_grad_()
         assert torch.autograd.gradcheck(
-            lambda q, k, reduction=reduction: patch_nce(q, k, weight=weight, reduction=reduction, backend="streaming"), (query, key)
+            lambda q, k, reduction=reduction: patch_nce(q, k, weight=weight, reduction=reduction, backend="streaming"),
+            (query, key),
         )
 
 
@@ -184,8 +185,9 @@ def test_difficulty_sampling_prefers_difficult_locations():
     loss = PatchNCELoss([4], num_patches=4, sampling="difficulty")
     difficulty = torch.full((1, 1, 10, 10), 1e-6)
     difficulty[0, 0, :2, :2] = 1.0  # flat 0, 1, 10, 11
-    locations, weights = loss.sample(torch.Size((1, 4, 10, 10)), 4, difficulty, torch.Generator().manual_seed(1),
-                                     torch.device("cpu"))
+    locations, weights = loss.sample(
+        torch.Size((1, 4, 10, 10)), 4, difficulty, torch.Generator().manual_seed(1), torch.device("cpu")
+    )
     assert set(locations[0].tolist()) == {0, 1, 10, 11} and weights is None
 
 

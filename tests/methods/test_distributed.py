@@ -34,8 +34,9 @@ def _worker(rank: int, world_size: int, init_file: str, result_file: str) -> Non
     inputs, target = _data()
     half = inputs.shape[0] // world_size
     for _ in range(3):
-        method.training_step({"inputs": inputs[rank * half : (rank + 1) * half],
-                              "target": target[rank * half : (rank + 1) * half]}, None)
+        method.training_step(
+            {"inputs": inputs[rank * half : (rank + 1) * half], "target": target[rank * half : (rank + 1) * half]}, None
+        )
     if rank == 0:
         torch.save(method.net.state_dict(), result_file)
     dist.barrier()

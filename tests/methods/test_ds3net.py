@@ -97,7 +97,11 @@ def record_inputs(generator: torch.nn.Module, monkeypatch) -> list[torch.Tensor]
 def test_only_the_teacher_trains_before_the_warmup_ends(step):
     method = make_method()
     assert method.warmup_steps == 3
-    student, student_d, teacher = snapshot(method.student), snapshot(method.student_discriminator), snapshot(method.teacher)
+    student, student_d, teacher = (
+        snapshot(method.student),
+        snapshot(method.student_discriminator),
+        snapshot(method.teacher),
+    )
     logs = run_step(method, step)
     assert logs and all(name.startswith("teacher/") for name in logs), sorted(logs)
     assert {"teacher/adv", "teacher/pixel", "teacher/nce", "teacher/d_real", "teacher/d_fake"} <= logs.keys()
@@ -111,7 +115,13 @@ def test_joint_training_logs_student_terms_from_the_warmup_step_on():
     method = make_method()
     logs = run_step(method, method.warmup_steps)
     assert {
-        "teacher/adv", "student/adv", "student/feature", "student/image", "student/nce", "student/d_real", "student/d_fake"
+        "teacher/adv",
+        "student/adv",
+        "student/feature",
+        "student/image",
+        "student/nce",
+        "student/d_real",
+        "student/d_fake",
     } <= logs.keys()
 
 
@@ -276,8 +286,16 @@ def test_a_student_without_any_loss_term_is_refused():
         use_feature_distillation=False, use_image_distillation=False, use_nce=False, lambda_student_adv=0.0
     )
     with pytest.raises(ValueError, match="the student has no loss term"):
-        DS3Net(build_generator("tiny"), build_generator("tiny"), build_discriminator("tiny"),
-               build_discriminator("tiny"), options, total_steps=10, lr=1e-3, betas=(0.5, 0.999))
+        DS3Net(
+            build_generator("tiny"),
+            build_generator("tiny"),
+            build_discriminator("tiny"),
+            build_discriminator("tiny"),
+            options,
+            total_steps=10,
+            lr=1e-3,
+            betas=(0.5, 0.999),
+        )
 
 
 def test_student_pixel_adds_l_pid_on_the_paired_batch_and_nothing_without_it(monkeypatch):
@@ -289,8 +307,13 @@ def test_student_pixel_adds_l_pid_on_the_paired_batch_and_nothing_without_it(mon
     paired, _ = batches()
     assert any(x.shape == paired["inputs"].shape and torch.equal(x, paired["inputs"]) for x in seen)
     # Alone it is a complete student objective.
-    make_method(student_pixel=True, use_feature_distillation=False, use_image_distillation=False, use_nce=False,
-                lambda_student_adv=0.0)
+    make_method(
+        student_pixel=True,
+        use_feature_distillation=False,
+        use_image_distillation=False,
+        use_nce=False,
+        lambda_student_adv=0.0,
+    )
 
 
 def test_the_student_is_selectable_only_after_the_teachers_warm_up():
@@ -301,8 +324,14 @@ def test_the_student_is_selectable_only_after_the_teachers_warm_up():
     assert warmup == round(0.3 * TOTAL_STEPS) > 0
     assert [method.has_trained("student", step) for step in (1, warmup, warmup + 1)] == [False, False, True]
     assert method.has_trained("teacher", 1)
-    teacher = PairedTeacher(build_generator("tiny"), build_discriminator("tiny"), DS3NetOptions(), total_steps=5,
-                            lr=1e-3, betas=(0.5, 0.999))
+    teacher = PairedTeacher(
+        build_generator("tiny"),
+        build_discriminator("tiny"),
+        DS3NetOptions(),
+        total_steps=5,
+        lr=1e-3,
+        betas=(0.5, 0.999),
+    )
     assert teacher.has_trained("teacher", 1) and not teacher.has_trained("teacher", 0)
 
 

@@ -20,8 +20,20 @@ def _check(tmp_path: Path, *arguments: str) -> tuple[subprocess.CompletedProcess
     # A fresh process without the interpreter: the kernels must be decorated as compiled ones.
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     out = tmp_path / "check.json"
-    command = [sys.executable, "-m", "ds3kit", "kernels", "check", "--json", str(out), "--cubin-dir",
-               str(tmp_path / "cubins"), "--jobs", "1", *arguments]
+    command = [
+        sys.executable,
+        "-m",
+        "ds3kit",
+        "kernels",
+        "check",
+        "--json",
+        str(out),
+        "--cubin-dir",
+        str(tmp_path / "cubins"),
+        "--jobs",
+        "1",
+        *arguments,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     return result, json.loads(out.read_text()) if out.is_file() else []
 
@@ -32,8 +44,19 @@ def test_check_compiles_the_dispatched_variants_and_they_fit(tmp_path):
     assert [e["kernel"] for e in entries] == ["forward", "dq", "dk"]
     expected = configs.default_config((8, 6), torch.bfloat16, 256).short()
     for entry in entries:
-        assert set(entry) >= {"arch", "dtype", "dim", "kernel", "config", "registers", "stack_bytes", "shared_bytes",
-                              "limit_bytes", "fits", "cubin"}
+        assert set(entry) >= {
+            "arch",
+            "dtype",
+            "dim",
+            "kernel",
+            "config",
+            "registers",
+            "stack_bytes",
+            "shared_bytes",
+            "limit_bytes",
+            "fits",
+            "cubin",
+        }
         assert (entry["arch"], entry["dtype"], entry["dim"], entry["config"]) == ("sm_86", "bf16", 256, expected)
         assert entry["fits"] and entry["stack_bytes"] == 0 and 0 < entry["registers"] <= 255
         assert 0 < entry["shared_bytes"] <= entry["limit_bytes"] == 99 * 1024
@@ -45,8 +68,20 @@ def test_check_compiles_the_dispatched_variants_and_they_fit(tmp_path):
 def test_check_fails_for_a_forced_config_that_does_not_fit(tmp_path):
     # The table's sm_86 bf16 D = 256 tiles with four pipeline stages instead of two: each extra stage buffers
     # another key tile, 130+ KiB of shared memory against the 99 KiB of an RTX 30 / 40.
-    result, entries = _check(tmp_path, "--arch", "sm_86", "--dim", "256", "--dtype", "bf16", "--config",
-                             "block_m=64", "block_n=64", "num_warps=8", "num_stages=4")
+    result, entries = _check(
+        tmp_path,
+        "--arch",
+        "sm_86",
+        "--dim",
+        "256",
+        "--dtype",
+        "bf16",
+        "--config",
+        "block_m=64",
+        "block_n=64",
+        "num_warps=8",
+        "num_stages=4",
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert [e["fits"] for e in entries] == [False, False, False]
     assert all(e["config"] == "64x64xD w8 s4" for e in entries)
@@ -93,8 +128,9 @@ def test_roofline_counts():
     assert dq.flops == (3 + 1) * 2 * batch * n * n * dim  # three score recomputes and one accumulation
     # A compute-bound case: the time is FLOPs over the peak.
     seconds = forward.seconds(roofline.A100, "bf16")
-    assert seconds == pytest.approx(max(forward.flops / 312e12, forward.exps / roofline.A100.exp_per_second,
-                                        forward.bytes / 2.039e12))
+    assert seconds == pytest.approx(
+        max(forward.flops / 312e12, forward.exps / roofline.A100.exp_per_second, forward.bytes / 2.039e12)
+    )
     table = roofline.roofline_markdown()
     assert table.count("| 16384 | forward |") == 3  # one row per precision
 
@@ -113,7 +149,8 @@ def test_kernel_search_keeps_only_configs_that_fit(tmp_path):
     )
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO / "benchmarks")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.triton
 INTERPRETED = os.environ["TRITON_INTERPRET"] == "1"
 DEVICE = "cpu" if INTERPRETED or not torch.cuda.is_available() else "cuda"
 if DEVICE == "cpu" and not INTERPRETED:
-    pytest.skip("compiled Triton kernels need CUDA; set TRITON_INTERPRET=1 to run them on the CPU",
-                allow_module_level=True)
+    pytest.skip(
+        "compiled Triton kernels need CUDA; set TRITON_INTERPRET=1 to run them on the CPU", allow_module_level=True
+    )
 
 
 # ------------------------------------------------------------------------------------------------ references
@@ -212,8 +213,11 @@ def test_half_precision_no_worse_than_eager_torch(dtype, batch, n, dim):
     eager_dq, eager_dk = torch.autograd.grad(eager, (query, key), upstream.to(dtype))
     exact, (exact_dq, exact_dk) = fp64_grads(query, key, weight, "none", upstream)
 
-    for name, mine, theirs, truth in (("loss", ours, eager, exact), ("dq", ours_dq, eager_dq, exact_dq),
-                                      ("dk", ours_dk, eager_dk, exact_dk)):
+    for name, mine, theirs, truth in (
+        ("loss", ours, eager, exact),
+        ("dq", ours_dq, eager_dq, exact_dq),
+        ("dk", ours_dk, eager_dk, exact_dk),
+    ):
         error = (mine.double() - truth).abs()
         bound = 2 * (theirs.double() - truth).abs() + torch.finfo(dtype).eps / 2 * truth.abs().max()
         worst = (error - bound).max().item()
@@ -240,8 +244,9 @@ def test_search_call_signature():
     query = unit_rows(1, 13, 16, seed=23).requires_grad_()
     key, weight = unit_rows(1, 13, 16, seed=24), weights(1, 13)
     loss = ops.PatchNCEFunction.apply(query, key, weight)
-    torch.testing.assert_close(loss.double(), reference_fp64(query.detach(), key, weight=weight).mean(),
-                               rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(
+        loss.double(), reference_fp64(query.detach(), key, weight=weight).mean(), rtol=2e-5, atol=2e-5
+    )
     loss.sum().backward()
     assert query.grad is not None
 
@@ -263,11 +268,20 @@ def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
         ops.patch_nce_triton(query, key)
 
 
-@pytest.mark.parametrize("case, match", [
-    ("float64", "float64"), ("mixed", "must share a dtype"), ("shape", "same shape"), ("empty", "at least one patch"),
-    ("reduction", "reduction"), ("temperature", "temperature"), ("weight_shape", "weight must be"),
-    ("weight_grad", "must not require grad"), ("dim", "D <="),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("float64", "float64"),
+        ("mixed", "must share a dtype"),
+        ("shape", "same shape"),
+        ("empty", "at least one patch"),
+        ("reduction", "reduction"),
+        ("temperature", "temperature"),
+        ("weight_shape", "weight must be"),
+        ("weight_grad", "must not require grad"),
+        ("dim", "D <="),
+    ],
+)
 def test_bad_inputs(case, match):
     query, key = unit_rows(2, 17, 8, seed=27), unit_rows(2, 17, 8, seed=28)
     kwargs = {}
@@ -311,8 +325,16 @@ def test_kernel_config_loads_the_search_file(fake_gpu):
     ops.clear_kernel_config_cache()
     fake_gpu.parent.mkdir(parents=True)
     # What benchmarks/search.py writes: the best trial's parameters under "config", beside its bookkeeping.
-    fake_gpu.write_text(json.dumps({"kernel": "patch_nce", "device": "NVIDIA H100 80GB HBM3", "median_ms": 0.4,
-                                    "config": {"block_m": 32, "block_n": 128, "num_warps": 8, "num_stages": 3}}))
+    fake_gpu.write_text(
+        json.dumps(
+            {
+                "kernel": "patch_nce",
+                "device": "NVIDIA H100 80GB HBM3",
+                "median_ms": 0.4,
+                "config": {"block_m": 32, "block_n": 128, "num_warps": 8, "num_stages": 3},
+            }
+        )
+    )
     expected = ops.KernelConfig(block_m=32, block_n=128, num_warps=8, num_stages=3)
     assert ops.get_kernel_config("cuda") == expected
     # Read once: a later change of the file is not seen until the cache is cleared.
@@ -369,9 +391,15 @@ def test_kernel_config_rejects_bad_values():
 
 
 # ------------------------------------------------------------------------------------------------ D in chunks
-@pytest.mark.parametrize("batch, n, dim, block_d", [
-    (2, 41, 512, 128), (1, 23, 1024, 256), (2, 19, 200, 64), (1, 17, 48, 16),
-])
+@pytest.mark.parametrize(
+    "batch, n, dim, block_d",
+    [
+        (2, 41, 512, 128),
+        (1, 23, 1024, 256),
+        (2, 19, 200, 64),
+        (1, 17, 48, 16),
+    ],
+)
 def test_feature_chunks_match_fp64(batch, n, dim, block_d):
     # block_d < D: the forward sums each score tile over D chunks; each gradient program writes one chunk and
     # recomputes its scores. D = 200 and 48 leave a ragged last chunk.
@@ -413,8 +441,11 @@ def test_half_precision_chunks_no_worse_than_eager_torch(dtype):
     eager = reference_same_dtype(query, key)
     eager_dq, eager_dk = torch.autograd.grad(eager, (query, key), upstream.to(dtype))
     exact, (exact_dq, exact_dk) = fp64_grads(query, key, None, "none", upstream)
-    for name, mine, theirs, truth in (("loss", ours, eager, exact), ("dq", ours_dq, eager_dq, exact_dq),
-                                      ("dk", ours_dk, eager_dk, exact_dk)):
+    for name, mine, theirs, truth in (
+        ("loss", ours, eager, exact),
+        ("dq", ours_dq, eager_dq, exact_dq),
+        ("dk", ours_dk, eager_dk, exact_dk),
+    ):
         error = (mine.double() - truth).abs()
         bound = 2 * (theirs.double() - truth).abs() + torch.finfo(dtype).eps / 2 * truth.abs().max()
         assert (error <= bound).all(), f"{name}: max error {error.max().item():.3g}"
@@ -444,6 +475,7 @@ class _FakeDevice:
                         raise ops.OutOfResources(required, device.limit, "shared memory")
                     device.launched.append((name, kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_D"]))
                     return kernel[grid](*args, **kwargs)
+
                 return launch
 
         return Launcher()
@@ -508,7 +540,9 @@ def test_backward_kernel_that_does_not_fit_gets_the_streaming_gradient(fake_devi
                 def __getitem__(self, grid):
                     def launch(*args, **kwargs):
                         raise ops.OutOfResources(1, 0, "shared memory")
+
                     return launch
+
             return Refuse()
         return real_wrap(name, kernel)
 

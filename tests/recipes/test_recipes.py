@@ -34,7 +34,9 @@ def test_ds3net_smoke_writes_the_whole_run_directory(small_cohort, tmp_path, cap
     assert "student" in table and "teacher" in table and "tumour_ssim" in table
 
 
-@pytest.mark.parametrize("recipe, roles", [("paired_only", {"teacher"}), ("pix2pix", {"generator"}), ("cut", {"generator"})])
+@pytest.mark.parametrize(
+    "recipe, roles", [("paired_only", {"teacher"}), ("pix2pix", {"generator"}), ("cut", {"generator"})]
+)
 def test_baseline_smoke(recipe, roles, small_cohort, tmp_path):
     out = tmp_path / recipe
     assert smoke(recipe, small_cohort, out, "--steps", "6") == 0
@@ -61,7 +63,9 @@ def test_existing_run_is_not_overwritten(small_cohort, tmp_path, capsys):
     assert (out / "checkpoints" / "last.pt").read_bytes() == before
 
 
-def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(small_cohort, tmp_path, capsys, monkeypatch):
+def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(
+    small_cohort, tmp_path, capsys, monkeypatch
+):
     import ds3kit.methods.ds3net as ds3net_module
 
     out = tmp_path / "run"
@@ -109,8 +113,9 @@ def test_segmenter_adds_dice_rows_to_the_report(small_cohort, tmp_path, capsys):
         smoke("pix2pix", small_cohort, tmp_path / "again", "--steps", "4", "--segmenter", str(checkpoint))
 
 
-def test_other_subjects_t1ce_feeds_d_s_from_subjects_whose_inputs_the_student_never_sees(small_cohort, tmp_path, capsys,
-                                                                                          monkeypatch):
+def test_other_subjects_t1ce_feeds_d_s_from_subjects_whose_inputs_the_student_never_sees(
+    small_cohort, tmp_path, capsys, monkeypatch
+):
     from ds3kit.train.trainer import Trainer
 
     streams = {}
@@ -118,8 +123,12 @@ def test_other_subjects_t1ce_feeds_d_s_from_subjects_whose_inputs_the_student_ne
 
     def recording(self, split, method):
         found = original(self, split, method)
-        streams.update({name: None if s is None else {c.case_id for c in s.dataset.cases}
-                        for name, s in zip(("paired", "unpaired", "reference"), found)})
+        streams.update(
+            {
+                name: None if s is None else {c.case_id for c in s.dataset.cases}
+                for name, s in zip(("paired", "unpaired", "reference"), found)
+            }
+        )
         streams["split_unpaired"] = {p.name for p in split.train_unpaired}
         return found
 
@@ -161,9 +170,22 @@ def test_a_recipe_checkpoint_draws_its_reliability_map(small_cohort, tmp_path, c
     case = small_cohort / report["split"]["test"][0]
     modality = {m: next(case.glob(f"*_{m}.nii.gz")) for m in ("t1", "t2", "flair")}
     synthesis, difficulty = tmp_path / "t1ce.nii.gz", tmp_path / "difficulty.nii.gz"
-    argv = ["synthesize", "--t1", str(modality["t1"]), "--t2", str(modality["t2"]), "--flair", str(modality["flair"]),
-            "--checkpoint", str(out / "checkpoints" / "student.pt"), "--out", str(synthesis),
-            "--difficulty", str(difficulty), "--no-progress"]
+    argv = [
+        "synthesize",
+        "--t1",
+        str(modality["t1"]),
+        "--t2",
+        str(modality["t2"]),
+        "--flair",
+        str(modality["flair"]),
+        "--checkpoint",
+        str(out / "checkpoints" / "student.pt"),
+        "--out",
+        str(synthesis),
+        "--difficulty",
+        str(difficulty),
+        "--no-progress",
+    ]
     assert cli(argv) == 0
     volume = load_volume(difficulty, allow_constant=True).data
     assert volume.shape == load_volume(synthesis).data.shape and 0.0 <= volume.min() and volume.max() <= 1.0

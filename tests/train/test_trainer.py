@@ -245,7 +245,8 @@ def test_every_trainer_attribute_is_set_in_init():
     tree = ast.parse(inspect.getsource(trainer_module.Trainer))
     assigned = {
         target.attr
-        for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
         for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
         if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
     }
