@@ -52,6 +52,14 @@ ARMS = (
         "DS3-Net 5% (EMA teacher, student also on paired)", "ds3net", 0.05, {"teacher_ema": 0.99, "student_pixel": True}
     ),
     Arm("DS3-Net 5% (unpaired T1ce of other subjects)", "ds3net", 0.05, run={"unpaired_t1ce": "other-subjects"}),
+    # The student's adversarial term (weight 1, against a D^S whose only real images are the paired subjects') off,
+    # with the two mechanisms above: the student then learns from L_pid, L_id and L_fd only.
+    Arm(
+        "DS3-Net 5% (EMA teacher, student also on paired, no student adversarial)",
+        "ds3net",
+        0.05,
+        {"teacher_ema": 0.99, "student_pixel": True, "lambda_student_adv": 0.0},
+    ),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net and its mechanisms) and the

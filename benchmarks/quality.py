@@ -91,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", default=None, help="a subset of the arms, by name")
     parser.add_argument("--smoke", action="store_true", help="CI: one seed, tiny networks, a few steps")
     parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="train nothing: report the runs of --out that finished (an arm missing a seed shows its count)",
+    )
+    parser.add_argument(
         "--no-dice", dest="dice", action="store_false", help="skip the segmenter per seed and the ET/TC/WT Dice columns"
     )
     parser.add_argument(
@@ -129,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         for arm in arms:
             t0 = time.perf_counter()
             cached = (out / _run_name(arm, seed) / "metrics.json").exists()
+            if args.finished_only and not cached:
+                results[arm.name].append({})  # keeps the arms' lists aligned by seed; shown as "k of n seeds"
+                continue
             reused += cached
             trained += not cached
             report_of_run = run_report(arm, seed, base, out)
@@ -159,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     diagnosed = next((arm for arm in arms if arm.name == DIAGNOSED_ARM), None)
     if diagnosed is not None:
         for seed in seeds:
-            diagnostics.append(diagnose(diagnosed, seed, base, out))
+            if not args.finished_only or (out / _run_name(diagnosed, seed) / "metrics.json").exists():
+                diagnostics.append(diagnose(diagnosed, seed, base, out))
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     note = " ".join(argv if argv is not None else sys.argv[1:])

@@ -361,3 +361,15 @@ def test_plot_adds_the_paired_panel_only_with_several_seeds(tmp_path: Path) -> N
     quality.plot(tmp_path / "no-reference.png", {PAIRED: several[PAIRED]})
     assert width(tmp_path / "three.png") == 1800  # three panels of 6 inches at 100 dpi
     assert width(tmp_path / "one.png") == width(tmp_path / "no-reference.png") == 1200
+
+
+def test_finished_only_reports_what_finished_and_trains_nothing(small_cohort: Path, tmp_path: Path) -> None:
+    out, report = tmp_path / "out", tmp_path / "q.md"
+    common = ["--smoke", "--device", "cpu", "--data", str(small_cohort), "--out", str(out), "--no-dice"]
+    assert quality.main([*common, "--arms", PAIRED, "--report", str(report)]) == 0
+    before = sorted(path.name for path in out.iterdir())
+    assert quality.main([*common, "--arms", PAIRED, DS3, "--finished-only", "--report", str(report)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == before  # DS3-Net was not trained
+    rows = {row.split(" | ")[0]: row for row in _table_rows(report.read_text())}
+    assert "n/a" not in rows[f"| {PAIRED} **(loses to copy-T1)**"]
+    assert rows[f"| {DS3}"].count("n/a") == len(quality.METRICS)  # no seed finished: every cell n/a
