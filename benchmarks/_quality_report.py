@@ -69,7 +69,9 @@ def write_report(
             ("n/a" if m not in values else f"{values[m][0]:.4f}" + (f" ± {values[m][1]:.4f}" if len(seeds) > 1 else ""))
             for m in columns
         ]
-        rows.append(f"| {labels[arm]} | " + " | ".join(cells) + " |")
+        measured = sum(1 for run in results.get(arm, []) if "brain_psnr" in run)
+        count = f" ({measured} of {len(seeds)} seeds)" if arm in results and 0 < measured < len(seeds) else ""
+        rows.append(f"| {labels[arm]}{count} | " + " | ".join(cells) + " |")
         if references and arm == list(results)[-1]:
             rows.append("| *references (no training)* |" + " |" * len(columns))
     text = f"""# Quality study

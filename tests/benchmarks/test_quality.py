@@ -373,3 +373,10 @@ def test_finished_only_reports_what_finished_and_trains_nothing(small_cohort: Pa
     rows = {row.split(" | ")[0]: row for row in _table_rows(report.read_text())}
     assert "n/a" not in rows[f"| {PAIRED} **(loses to copy-T1)**"]
     assert rows[f"| {DS3}"].count("n/a") == len(quality.METRICS)  # no seed finished: every cell n/a
+
+
+def test_the_pix2pix_gap_is_paired_by_seed_over_the_seeds_all_three_ran() -> None:
+    # Seed 2 (paired-only 15, DS3-Net 15.5) has no pix2pix run: it must not enter the gap's paired-only mean.
+    results = {PAIRED: _runs(20.0, 21.0, 15.0), DS3: _runs(20.5, 21.5, 15.5), PIX: [*_runs(21.0, 22.0), {}]}
+    third = _line(quality.claims(results), "3. ")
+    assert "spans +1.00 dB, of which DS3-Net covers 50 % (seeds where all three ran: 2)" in third
