@@ -211,15 +211,34 @@ def run_dice(arm: Arm, seed: int, base: RunConfig, out: Path, segmenter: Path) -
     model, metadata = load_segmenter(segmenter, device=device)
     check_held_out(metadata, cases)
     root = Path(base.data) if base.data else default_cohort(cases=base.phantom_cases, shape=base.phantom_shape)
-    per_row: dict[str, list[dict[str, float]]] = {"__shipped__": [], REAL_T1CE: [], COPY_T1: []}
+    # The reference rows depend on the seed's subjects only: recipes/segmenter.py already scored them on its test
+    # subjects, so they are read from its report when the run scored the same ones, and computed otherwise.
+    references = _segmenter_reference_rows(segmenter, cases)
+    per_row: dict[str, list[dict[str, float]]] = {"__shipped__": []}
+    if references is None:
+        per_row.update({REAL_T1CE: [], COPY_T1: []})
     for case in cases:
         session = load_brats_case(root / case)
         prediction = load_volume(run_dir / "predictions" / shipped / f"{case}_t1ce.nii.gz").data
         per_row["__shipped__"].append(session_dice(model, session, prediction, device=device))
-        per_row[REAL_T1CE].append(session_dice(model, session, reference_t1ce(session, "real_t1ce"), device=device))
-        per_row[COPY_T1].append(session_dice(model, session, reference_t1ce(session, "copy_t1"), device=device))
+        if references is None:
+            for row, name in ((REAL_T1CE, "real_t1ce"), (COPY_T1, "copy_t1")):
+                per_row[row].append(session_dice(model, session, reference_t1ce(session, name), device=device))
     rows = {
         row: {key: float(np.mean([s[key] for s in scores])) for key in scores[0]} for row, scores in per_row.items()
     }
+    rows.update(references or {})
     atomic_write_text(cache, json.dumps({"segmenter": str(segmenter), "rows": rows}, indent=2))
     return rows
+
+
+def _segmenter_reference_rows(segmenter: Path, cases: list[str]) -> dict[str, dict[str, float]] | None:
+    """``{REAL_T1CE: means, COPY_T1: means}`` from the segmenter run's own ``metrics.json`` (its test rows), or None
+    when it is missing or scored other subjects than ``cases``."""
+    report_file = segmenter.parent.parent / "metrics.json"
+    if not report_file.exists():
+        return None
+    test = json.loads(report_file.read_text()).get("rows", {}).get("test", {})
+    if not {"real_t1ce", "copy_t1"} <= test.keys() or set(test["real_t1ce"]["subjects"]) != set(cases):
+        return None
+    return {REAL_T1CE: test["real_t1ce"]["mean"], COPY_T1: test["copy_t1"]["mean"]}

@@ -380,3 +380,18 @@ def test_the_pix2pix_gap_is_paired_by_seed_over_the_seeds_all_three_ran() -> Non
     results = {PAIRED: _runs(20.0, 21.0, 15.0), DS3: _runs(20.5, 21.5, 15.5), PIX: [*_runs(21.0, 22.0), {}]}
     third = _line(quality.claims(results), "3. ")
     assert "spans +1.00 dB, of which DS3-Net covers 50 % (seeds where all three ran: 2)" in third
+
+
+def test_segmenter_reference_rows_are_read_only_for_the_same_subjects(tmp_path: Path) -> None:
+    from _quality_runs import COPY_T1, REAL_T1CE, _segmenter_reference_rows
+
+    checkpoint = tmp_path / "segmenter-seed0" / "checkpoints" / "segmenter.pt"
+    checkpoint.parent.mkdir(parents=True)
+    assert _segmenter_reference_rows(checkpoint, ["a", "b"]) is None  # no segmenter report
+    rows = {
+        name: {"mean": {"dice_et": value}, "subjects": {"a": {}, "b": {}}}
+        for name, value in (("real_t1ce", 0.9), ("copy_t1", 0.1))
+    }
+    (checkpoint.parent.parent / "metrics.json").write_text(json.dumps({"rows": {"test": rows}}))
+    assert _segmenter_reference_rows(checkpoint, ["b", "a"]) == {REAL_T1CE: {"dice_et": 0.9}, COPY_T1: {"dice_et": 0.1}}
+    assert _segmenter_reference_rows(checkpoint, ["a"]) is None  # other subjects: computed by run_dice instead

@@ -9,6 +9,11 @@ import pytest
 from ds3kit.cli import main
 
 
+def _input_flags(paths) -> list[str]:
+    """``--t1 T1 --t2 T2 --flair FLAIR`` of a case written by :func:`_phantom_case`."""
+    return [flag for m in ("t1", "t2", "flair") for flag in (f"--{m}", str(paths[m]))]
+
+
 def write(path, data, affine=None):
     nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4) if affine is None else affine), str(path))
     return path
@@ -247,12 +252,7 @@ def test_baselines_beside_the_prediction(tmp_path, capsys):
         str(paths["t1ce"]),
         "--seg",
         str(paths["seg"]),
-        "--t1",
-        str(paths["t1"]),
-        "--t2",
-        str(paths["t2"]),
-        "--flair",
-        str(paths["flair"]),
+        *_input_flags(paths),
         "--checkpoint",
         str(tmp_path / "g.pt"),
     ]
@@ -285,12 +285,7 @@ def test_baseline_flags_are_checked(tmp_path, capsys):
         main(
             [
                 *base,
-                "--t1",
-                str(paths["t1"]),
-                "--t2",
-                str(paths["t2"]),
-                "--flair",
-                str(paths["flair"]),
+                *_input_flags(paths),
                 "--checkpoint",
                 str(tmp_path / "missing.pt"),
             ]
@@ -328,12 +323,7 @@ def test_segmenter_adds_dice_for_the_prediction_and_both_reference_rows(tmp_path
                 *base,
                 "--seg",
                 str(paths["seg"]),
-                "--t1",
-                str(paths["t1"]),
-                "--t2",
-                str(paths["t2"]),
-                "--flair",
-                str(paths["flair"]),
+                *_input_flags(paths),
             ]
         )
         == 0
@@ -383,12 +373,7 @@ def test_reliability_correlations_match_an_independent_computation(tmp_path, cap
         paths["t1ce"],
         "--seg",
         paths["seg"],
-        "--t1",
-        paths["t1"],
-        "--t2",
-        paths["t2"],
-        "--flair",
-        paths["flair"],
+        *_input_flags(paths),
         "--checkpoint",
         tmp_path / "g.pt",
     )
@@ -430,12 +415,7 @@ def test_reliability_without_linear_baseline_or_tumour(tmp_path, capsys):
         tmp_path / "pred.nii.gz",
         "--target",
         paths["t1ce"],
-        "--t1",
-        paths["t1"],
-        "--t2",
-        paths["t2"],
-        "--flair",
-        paths["flair"],
+        *_input_flags(paths),
         "--checkpoint",
         tmp_path / "g.pt",
     )
@@ -484,12 +464,7 @@ def test_reliability_on_a_target_grid_other_than_the_t1_grid(tmp_path, capsys):
         tmp_path / "pred.nii.gz",
         "--seg",
         paths["seg"],
-        "--t1",
-        paths["t1"],
-        "--t2",
-        paths["t2"],
-        "--flair",
-        paths["flair"],
+        *_input_flags(paths),
         "--checkpoint",
         tmp_path / "g.pt",
     ]
