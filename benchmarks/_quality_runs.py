@@ -60,6 +60,10 @@ ARMS = (
         0.05,
         {"teacher_ema": 0.99, "student_pixel": True, "lambda_student_adv": 0.0},
     ),
+    # The synthesis issue's sampling lead: every paired slice holding tumour listed three times per epoch
+    # (`--tumour-repeats 2`). One paired subject holds a few hundred enhancing voxels at most.
+    Arm("paired-only 5% (tumour slices x3)", "paired_only", 0.05, run={"tumour_repeats": 2}),
+    Arm("DS3-Net 5% (tumour slices x3)", "ds3net", 0.05, run={"tumour_repeats": 2}),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net and its mechanisms) and the
