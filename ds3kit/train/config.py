@@ -41,6 +41,7 @@ class RunConfig:
     encoder: str = "builtin"
     generator_output: str = "residual"  # "residual": a learned mix of the inputs plus a correction; or "sigmoid"
     augment: bool = True
+    augment_intensity: bool = True  # the augmentation's random gamma, bias field and noise on the inputs
     tumour_repeats: int = 0  # paired stream: each tumour slice listed 1 + N times per epoch
     unpaired_t1ce: str = "none"  # "other-subjects": half the unpaired subjects lend real T1ce, the others inputs
     val_every: int = 100
@@ -145,6 +146,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunConfig | Non
         # default None: config_from_args tells "not given" (smoke settings apply) from "given".
         parser.add_argument(flag, dest=name, type=kind, default=None, help=f"{help_text} (default: {getattr(d, name)})")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no kornia augmentation")
+    parser.add_argument(
+        "--no-augment-intensity",
+        dest="augment_intensity",
+        action="store_false",
+        help="augmentation warps only: no random gamma, bias field or noise on the inputs",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
@@ -162,6 +169,7 @@ def config_from_args(args: argparse.Namespace, defaults: RunConfig | None = None
         config,
         **given,
         augment=args.augment,
+        augment_intensity=args.augment_intensity,
         resume=args.resume,
         compile=args.compile,
         amp=args.amp,

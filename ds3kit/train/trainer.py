@@ -95,6 +95,15 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
+def training_augmentation(config: RunConfig) -> MRIAugmentation | None:
+    """The augmentation a run applies to every training batch: kornia warps plus, unless
+    ``config.augment_intensity`` is off, the random gamma, bias field and noise on the inputs; None without
+    ``config.augment``."""
+    if not config.augment:
+        return None
+    return MRIAugmentation(intensity=config.augment_intensity)
+
+
 class Trainer:
     """Runs one training job for a method built by ``build_method``; see the module docstring."""
 
@@ -259,7 +268,8 @@ class Trainer:
             for module in {*method.generators().values(), *method.discriminators().values()}:
                 module.compile()
         schedule = LinearDecay(total, cfg.lr_decay_fraction)
-        augment = MRIAugmentation().to(self.device) if cfg.augment else None
+        augment = training_augmentation(cfg)
+        augment = augment.to(self.device) if augment is not None else None
 
         stop_at = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
         start = 0

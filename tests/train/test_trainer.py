@@ -251,3 +251,26 @@ def test_every_trainer_attribute_is_set_in_init():
         if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
     }
     assert assigned <= made, f"set outside __init__: {sorted(assigned - made)}"
+
+
+def test_no_augment_intensity_keeps_the_warps_and_drops_the_intensity_changes():
+    import argparse
+
+    from ds3kit.train import add_run_arguments, config_from_args
+    from ds3kit.train.trainer import training_augmentation
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    default = training_augmentation(config_from_args(parser.parse_args([])))
+    warps_only = training_augmentation(config_from_args(parser.parse_args(["--no-augment-intensity"])))
+    assert default.geometric and default.intensity
+    assert warps_only.geometric and not warps_only.intensity
+    assert training_augmentation(config_from_args(parser.parse_args(["--no-augment"]))) is None
+
+    batch = {"inputs": torch.rand(4, 3, 16, 16), "target": torch.rand(4, 1, 16, 16)}
+    warps_only.p_geometric = 0.0  # nothing warped: with the intensity part off the inputs must come back as they were
+    torch.manual_seed(0)
+    assert torch.equal(warps_only(batch)["inputs"], batch["inputs"])
+    default.p_geometric = 0.0
+    torch.manual_seed(0)
+    assert not torch.equal(default(batch)["inputs"], batch["inputs"])
