@@ -395,3 +395,13 @@ def test_segmenter_reference_rows_are_read_only_for_the_same_subjects(tmp_path: 
     (checkpoint.parent.parent / "metrics.json").write_text(json.dumps({"rows": {"test": rows}}))
     assert _segmenter_reference_rows(checkpoint, ["b", "a"]) == {REAL_T1CE: {"dice_et": 0.9}, COPY_T1: {"dice_et": 0.1}}
     assert _segmenter_reference_rows(checkpoint, ["a"]) is None  # other subjects: computed by run_dice instead
+
+
+def test_a_paired_only_variant_is_compared_with_paired_only_in_brain_and_tumour() -> None:
+    results = {
+        PAIRED: _runs(20.0, 21.0, tumour=(15.0, 16.0)),
+        "paired-only 5% (tumour slices x3)": _runs(19.8, 20.8, tumour=(16.0, 17.0)),
+    }
+    line = _line(quality.claims(results), "7. paired-only 5% (tumour slices x3) against paired-only 5 %:")
+    assert "brain PSNR -0.20 ± 0.00 dB" in line and "tumour PSNR +1.00 ± 0.00 dB" in line, line
+    assert "ET Dice" not in line  # no Dice in these runs
