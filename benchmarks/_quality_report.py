@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _quality_stats import DICE_METRICS, METRICS, Runs, claims, difference, flag_losers, summarise
@@ -42,6 +43,40 @@ def diagnostics_table(diagnostics: list[dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def selection_table(selection: dict[str, list[dict[str, dict[str, Any]]]]) -> str:
+    """Markdown: per arm and generator, test PSNR at the shipped (best-validation) step and at the last step, and
+    their difference paired by seed (mean ± std over the seeds the arm finished)."""
+    lines = [
+        "| arm | model | seeds | shipped step (median) | shipped: brain / tumour PSNR | last step: brain / tumour PSNR "
+        "| shipped - last: brain / tumour |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(values: list[float]) -> str:
+        return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+
+    for arm, runs in selection.items():
+        for role in dict.fromkeys(role for run in runs for role in run):
+            found = [run[role] for run in runs if role in run]
+            steps = [entry["selected_step"] for entry in found if entry["selected_step"] is not None]
+            metric = {
+                (which, region): [entry[which][f"{region}_psnr"] for entry in found]
+                for which in ("selected", "last")
+                for region in ("brain", "tumour")
+            }
+            gain = {
+                region: [a - b for a, b in zip(metric["selected", region], metric["last", region])]
+                for region in ("brain", "tumour")
+            }
+            lines.append(
+                f"| {arm} | {role} | {len(found)} | {np.median(steps):.0f} | "
+                f"{cell(metric['selected', 'brain'])} / {cell(metric['selected', 'tumour'])} | "
+                f"{cell(metric['last', 'brain'])} / {cell(metric['last', 'tumour'])} | "
+                f"{cell(gain['brain'])} / {cell(gain['tumour'])} |"
+            )
+    return "\n".join(lines)
+
+
 def write_report(
     path: Path,
     results: Runs,
@@ -53,6 +88,7 @@ def write_report(
     reused: int,
     diagnostics=None,
     references: Runs | None = None,
+    selection: dict[str, list[dict[str, dict[str, Any]]]] | None = None,
 ) -> None:
     table = summarise({**results, **(references or {})})
     labels = flag_losers(table, set(results))
@@ -103,6 +139,15 @@ A teacher far better on its paired subjects than on the test ones has overfitted
 has to help; a student below the teacher on its own unpaired subjects is not yet reproducing its target there.
 
 {diagnostics_table(diagnostics) if diagnostics else "(not run: no DS3-Net 5% arm in this study)"}
+
+## What the step selection chose
+
+Every run validates every 100 steps on its validation subjects (brain PSNR) and ships the best step's weights
+(`--select best-val`). Here each generator at that step and at the run's last step (what `--select last` would have
+shipped), on the test subjects; the last column, paired by seed, is what the selection gained. With a few
+validation subjects the choice is itself noisy: a gain near zero, or one of either sign across seeds, says so.
+
+{selection_table(selection) if selection else "(no finished runs)"}
 
 ## The paper (BraTS2020, whole image)
 

@@ -164,6 +164,45 @@ def diagnose(arm: Arm, seed: int, base: RunConfig, out: Path, *, max_subjects: i
     return result
 
 
+def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, dict[str, Any]]:
+    """What the step selection chose: each generator of a finished run at the step that shipped (best validation)
+    and at the run's last step (``checkpoints/last.pt``, what ``--select last`` would ship), on the test subjects.
+
+    Returns ``{role: {"selected_step", "last_step", "selected": means, "last": means}}``, cached in the run
+    directory as ``last_step.json``. The network is rebuilt by the arm's recipe from the run's own configuration.
+    """
+    from ds3kit.checkpoint import TRAINING_FORMAT, load_checkpoint
+    from ds3kit.data import default_cohort, load_brats_case
+    from ds3kit.evaluation import evaluate_generator
+
+    run_dir = out / _run_name(arm, seed)
+    cache = run_dir / "last_step.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    report = json.loads((run_dir / "metrics.json").read_text())
+    payload = load_checkpoint(run_dir / "checkpoints" / "last.pt", kind=TRAINING_FORMAT, map_location="cpu")
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    config = RunConfig(**{key: value for key, value in payload["config"].items() if key in known})
+    method = load_recipe(arm.recipe).build(config, payload["schedule"]["total"])
+    method.load_state_dict(payload["model"])
+    root = Path(base.data) if base.data else default_cohort(cases=base.phantom_cases, shape=base.phantom_shape)
+    cases = report["split"]["test"][: config.max_test_subjects] if config.max_test_subjects else report["split"]["test"]
+    tests = [load_brats_case(root / case) for case in cases]  # the subjects the shipped model was scored on
+    device = base.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = {}
+    for role, generator in method.generators().items():
+        if role not in report["models"]:
+            continue
+        result[role] = {
+            "selected_step": report["selected_step"].get(role),
+            "last_step": payload["step"],
+            "selected": report["models"][role]["mean"],
+            "last": evaluate_generator(generator.to(device).eval(), tests, device=device).mean,
+        }
+    atomic_write_text(cache, json.dumps(result, indent=2))
+    return result
+
+
 def _run_name(arm: Arm, seed: int) -> str:
     return f"{arm.recipe}-{_slug(arm.name)}-seed{seed}"
 

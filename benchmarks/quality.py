@@ -12,7 +12,8 @@ weights, as the recipes do, and scores its shipped model on the seed's held-out 
 seed only). Per seed a segmenter is trained on the seed's training subjects (``recipes/segmenter.py``) and run on
 each arm's saved test predictions: ET / TC / WT Dice (``--no-dice`` skips it). Writes ``docs/results/quality.md``
 (mean ± std over seeds, whole brain, tumour and Dice, copy-T1, linear and the ceilings beside them, the paper's
-tables, paired t-tests of each claim, and DS3-Net's teacher and student on the subjects each trained on) and
+tables, paired t-tests of each claim, DS3-Net's teacher and student on the subjects each trained on, and what
+the step selection chose: every generator at its shipped step and at its last step on the test subjects) and
 ``docs/results/quality.png``.
 
 A run whose ``metrics.json`` exists is reused, so an interrupted study resumes where it stopped; ``--out`` may be
@@ -39,6 +40,7 @@ from _quality_runs import (
     Arm,
     _run_name,
     diagnose,
+    last_step_scores,
     reference_rows,
     run_arm,
     run_dice,
@@ -169,11 +171,30 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             if not args.finished_only or (out / _run_name(diagnosed, seed) / "metrics.json").exists():
                 diagnostics.append(diagnose(diagnosed, seed, base, out))
+    selection = {
+        arm.name: [
+            last_step_scores(arm, seed, base, out)
+            for seed in seeds
+            if (out / _run_name(arm, seed) / "checkpoints" / "last.pt").exists()
+            and (out / _run_name(arm, seed) / "metrics.json").exists()
+        ]
+        for arm in arms
+    }
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     note = " ".join(argv if argv is not None else sys.argv[1:])
     write_report(
-        report, results, seeds, base, time.perf_counter() - started, note, trained, reused, diagnostics, references
+        report,
+        results,
+        seeds,
+        base,
+        time.perf_counter() - started,
+        note,
+        trained,
+        reused,
+        diagnostics,
+        references,
+        selection,
     )
     plot(report.with_suffix(".png"), results)
     print(report.read_text())

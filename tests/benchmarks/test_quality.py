@@ -278,10 +278,10 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     assert "2 run(s) trained by this invocation (0 reused)" in text
     assert "1 seed(s) (0)" in text
     rows = _table_rows(text)
-    arm_rows = [row for row in rows if row.startswith((f"| {PAIRED} ", f"| {DS3} "))]
+    first_table = _table_rows(text.split("![quality]", 1)[0])
+    arm_rows = [row for row in first_table if row.startswith((f"| {PAIRED} ", f"| {DS3} "))]
     # Eight steps of tiny networks lose to copying T1, and the page says so.
     assert [row.split(" | ")[0] for row in arm_rows] == [f"| {label} **(loses to copy-T1)**" for label in (PAIRED, DS3)]
-    first_table = _table_rows(text.split("![quality]", 1)[0])
     references = [row.split(" | ")[0] for row in first_table if not row.startswith((f"| {PAIRED} ", f"| {DS3} "))]
     assert references[1:] == [
         "| *references (no training)*",
@@ -311,12 +311,24 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     ]
     assert not any("n/a" in row for row in diag_rows)
 
+    section = text.split("## What the step selection chose", 1)[1].split("\n## ", 1)[0]
+    selection_rows = [[cell.strip() for cell in row.strip("|").split("|")] for row in _table_rows(section)[1:]]
+    assert [row[:3] for row in selection_rows] == [
+        [PAIRED, "teacher", "1"],
+        [DS3, "student", "1"],
+        [DS3, "teacher", "1"],
+    ]
+    at_last_step = [row for row in selection_rows if row[3] == "8"]
+    assert at_last_step, selection_rows  # the smoke runs ship their last step: the check below must have rows
+    for row in at_last_step:  # rebuilt from last.pt by the recipe, the network must score exactly what shipped
+        assert row[4] == row[5] and row[6] == "0.00 ± 0.00 / 0.00 ± 0.00", row
+
     png = report.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     run_dirs = sorted(path for path in out.iterdir() if path.is_dir() and not path.name.startswith("segmenter-"))
     assert len(run_dirs) == 2 and all((path / "metrics.json").is_file() for path in run_dirs)
-    assert all((path / "dice.json").is_file() for path in run_dirs)
+    assert all((path / "dice.json").is_file() and (path / "last_step.json").is_file() for path in run_dirs)
     assert (out / "segmenter-seed0" / "checkpoints" / "segmenter.pt").is_file()
     ds3_dirs = [path for path in run_dirs if path.name.startswith("ds3net-")]
     assert len(ds3_dirs) == 1
