@@ -52,8 +52,8 @@ def selection_table(selection: dict[str, list[dict[str, dict[str, Any]]]]) -> st
         "|---|---|---|---|---|---|---|",
     ]
 
-    def cell(values: list[float]) -> str:
-        return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+    def cell(values: list[float], sign: str = "") -> str:
+        return f"{np.mean(values):{sign}.2f} ± {np.std(values):.2f}"
 
     for arm, runs in selection.items():
         for role in dict.fromkeys(role for run in runs for role in run):
@@ -72,7 +72,7 @@ def selection_table(selection: dict[str, list[dict[str, dict[str, Any]]]]) -> st
                 f"| {arm} | {role} | {len(found)} | {np.median(steps):.0f} | "
                 f"{cell(metric['selected', 'brain'])} / {cell(metric['selected', 'tumour'])} | "
                 f"{cell(metric['last', 'brain'])} / {cell(metric['last', 'tumour'])} | "
-                f"{cell(gain['brain'])} / {cell(gain['tumour'])} |"
+                f"{cell(gain['brain'], '+')} / {cell(gain['tumour'], '+')} |"
             )
     return "\n".join(lines)
 
@@ -89,9 +89,10 @@ def write_report(
     diagnostics=None,
     references: Runs | None = None,
     selection: dict[str, list[dict[str, dict[str, Any]]]] | None = None,
+    floor: list[float | None] | None = None,
 ) -> None:
     table = summarise({**results, **(references or {})})
-    labels = flag_losers(table, set(results))
+    labels = flag_losers(table, results, floor or [])
     if trained:
         cost = f"wall time {wall / 60:.1f} min for {trained} run(s) trained by this invocation ({reused} reused)"
     else:

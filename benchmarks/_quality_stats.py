@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ds3kit.baselines import COPY_T1
-
 NOISE_FLOOR_DB = 0.1  # differences below this are not reported as better or worse, whatever the test says
 METRICS = ("brain_ssim", "brain_psnr", "brain_mse", "tumour_ssim", "tumour_psnr", "tumour_mse")
 DICE_METRICS = ("dice_et", "dice_tc", "dice_wt")  # a segmenter run on the synthesis (docs/metrics.md)
@@ -97,12 +95,20 @@ def difference(a: list[dict[str, float]], b: list[dict[str, float]], metric: str
     return Difference(tuple(float(d) for d in deltas if math.isfinite(d)), seeds=len(a))
 
 
-def flag_losers(table: dict[str, dict[str, tuple[float, float]]], trained: set[str]) -> dict[str, str]:
-    """Arm -> its row label: trained arms whose mean brain PSNR does not beat copy-T1's are marked."""
-    floor = table.get(COPY_T1, {}).get("brain_psnr", (None,))[0]
+def flag_losers(
+    table: dict[str, dict[str, tuple[float, float]]], results: Runs, floor: list[float | None]
+) -> dict[str, str]:
+    """Row -> its label: a trained arm (one of ``results``) whose brain PSNR does not beat copy-T1's, over the seeds
+    the arm finished (``floor``: copy-T1's brain PSNR per seed, aligned with each arm's runs; None where unknown), is
+    marked. Compared seed by seed, so an arm run at some seeds only meets copy-T1 on those seeds' test subjects."""
     labels = {}
-    for arm, values in table.items():
-        loses = floor is not None and arm in trained and values.get("brain_psnr", (math.inf,))[0] <= floor
+    for arm in table:
+        deltas = [
+            run["brain_psnr"] - copy
+            for run, copy in zip(results.get(arm, []), floor)
+            if "brain_psnr" in run and copy is not None
+        ]
+        loses = bool(deltas) and float(np.mean(deltas)) <= 0
         labels[arm] = f"{arm} **(loses to copy-T1)**" if loses else arm
     return labels
 
