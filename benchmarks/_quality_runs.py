@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from _recipes import load_recipe
 
 from ds3kit.baselines import CEILING_NOISE_FREE, CEILING_PAIRED_LEVELS, CEILING_TISSUE, COPY_T1, LINEAR
 from ds3kit.train import RunConfig, Trainer
+from ds3kit.train.trainer import resolve_device
 from ds3kit.utils.atomic import atomic_write_text
 
 
@@ -137,7 +137,7 @@ def diagnose(arm: Arm, seed: int, base: RunConfig, out: Path, *, max_subjects: i
     ``max_subjects`` of) its unpaired training subjects and on all its test subjects (the main table's); the result
     is cached in the run directory. Returns ``{"<model>/<subset>": held-out-style mean metrics}``.
     """
-    from ds3kit.data import default_cohort, load_brats_case
+    from ds3kit.data import load_brats_case
     from ds3kit.evaluation import evaluate_generator
     from ds3kit.inference import load_generator
 
@@ -146,14 +146,14 @@ def diagnose(arm: Arm, seed: int, base: RunConfig, out: Path, *, max_subjects: i
     if cache.exists():
         return json.loads(cache.read_text())
     split = json.loads((run_dir / "metrics.json").read_text())["split"]
-    root = Path(base.data) if base.data else default_cohort(cases=base.phantom_cases, shape=base.phantom_shape)
+    root = _cohort_root(base)
     # Every paired and every test subject (the test row is then the main table's own); at most max_subjects of
     # the unpaired ones.
     limits = {"train_paired": None, "train_unpaired": max_subjects, "test": None}
     sessions = {
         name: [load_brats_case(root / case) for case in split[name][: limits[name]]] for name in DIAGNOSTIC_SUBSETS
     }
-    device = base.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(base.device)
     result = {}
     for model in ("teacher", "student"):
         generator, _ = load_generator(run_dir / "checkpoints" / f"{model}.pt", device=device)
@@ -172,7 +172,7 @@ def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
     directory as ``last_step.json``. The network is rebuilt by the arm's recipe from the run's own configuration.
     """
     from ds3kit.checkpoint import TRAINING_FORMAT, load_checkpoint
-    from ds3kit.data import default_cohort, load_brats_case
+    from ds3kit.data import load_brats_case
     from ds3kit.evaluation import evaluate_generator
 
     run_dir = out / _run_name(arm, seed)
@@ -185,10 +185,10 @@ def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
     config = RunConfig(**{key: value for key, value in payload["config"].items() if key in known})
     method = load_recipe(arm.recipe).build(config, payload["schedule"]["total"])
     method.load_state_dict(payload["model"])
-    root = Path(base.data) if base.data else default_cohort(cases=base.phantom_cases, shape=base.phantom_shape)
+    root = _cohort_root(base)
     cases = report["split"]["test"][: config.max_test_subjects] if config.max_test_subjects else report["split"]["test"]
     tests = [load_brats_case(root / case) for case in cases]  # the subjects the shipped model was scored on
-    device = base.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(base.device)
     result = {}
     for role, generator in method.generators().items():
         if role not in report["models"]:
@@ -201,6 +201,13 @@ def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
         }
     atomic_write_text(cache, json.dumps(result, indent=2))
     return result
+
+
+def _cohort_root(base: RunConfig) -> Path:
+    """The study's data: ``--data``, or the phantom cohort of the study's size (generated on first use)."""
+    from ds3kit.data import default_cohort
+
+    return Path(base.data) if base.data else default_cohort(cases=base.phantom_cases, shape=base.phantom_shape)
 
 
 def _run_name(arm: Arm, seed: int) -> str:
@@ -238,7 +245,7 @@ def run_dice(arm: Arm, seed: int, base: RunConfig, out: Path, segmenter: Path) -
 
     Cached in the run directory as ``dice.json``, keyed by the segmenter, so a finished study is only read.
     """
-    from ds3kit.data import default_cohort, load_brats_case, load_volume
+    from ds3kit.data import load_brats_case, load_volume
     from ds3kit.segment import check_held_out, load_segmenter, reference_t1ce, session_dice
 
     run_dir = out / _run_name(arm, seed)
@@ -250,10 +257,10 @@ def run_dice(arm: Arm, seed: int, base: RunConfig, out: Path, segmenter: Path) -
     report = json.loads((run_dir / "metrics.json").read_text())
     shipped = report["shipped"]
     cases = list(report["models"][shipped]["subjects"])  # the subjects the run scored (and wrote predictions of)
-    device = base.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(base.device)
     model, metadata = load_segmenter(segmenter, device=device)
     check_held_out(metadata, cases)
-    root = Path(base.data) if base.data else default_cohort(cases=base.phantom_cases, shape=base.phantom_shape)
+    root = _cohort_root(base)
     # The reference rows depend on the seed's subjects only: recipes/segmenter.py already scored them on its test
     # subjects, so they are read from its report when the run scored the same ones, and computed otherwise.
     references = _segmenter_reference_rows(segmenter, cases)

@@ -95,13 +95,13 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def training_augmentation(config: RunConfig) -> MRIAugmentation | None:
-    """The augmentation a run applies to every training batch: kornia warps plus, unless
+def training_augmentation(config: RunConfig, device: torch.device | str = "cpu") -> MRIAugmentation | None:
+    """The augmentation a run applies to every training batch, on ``device``: kornia warps plus, unless
     ``config.augment_intensity`` is off, the random gamma, bias field and noise on the inputs; None without
     ``config.augment``."""
     if not config.augment:
         return None
-    return MRIAugmentation(intensity=config.augment_intensity)
+    return MRIAugmentation(intensity=config.augment_intensity).to(device)
 
 
 class Trainer:
@@ -268,8 +268,7 @@ class Trainer:
             for module in {*method.generators().values(), *method.discriminators().values()}:
                 module.compile()
         schedule = LinearDecay(total, cfg.lr_decay_fraction)
-        augment = training_augmentation(cfg)
-        augment = augment.to(self.device) if augment is not None else None
+        augment = training_augmentation(cfg, self.device)
 
         stop_at = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
         start = 0
