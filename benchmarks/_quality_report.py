@@ -90,6 +90,7 @@ def write_report(
     references: Runs | None = None,
     selection: dict[str, list[dict[str, dict[str, Any]]]] | None = None,
     floor: list[float | None] | None = None,
+    versus: dict[str, tuple[str, ...]] | None = None,
 ) -> None:
     table = summarise({**results, **(references or {})})
     labels = flag_losers(table, results, floor or [])
@@ -130,7 +131,7 @@ of the real T1ce; `real T1ce (segmenter)` is its ceiling, copy-T1 its floor.
 
 ## What the numbers say
 
-{chr(10).join(claims(results))}
+{chr(10).join(claims(results, versus))}
 
 ## Where the student's error comes from
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from _recipes import load_recipe
 
 from ds3kit.baselines import CEILING_NOISE_FREE, CEILING_PAIRED_LEVELS, CEILING_TISSUE, COPY_T1, LINEAR
@@ -27,6 +28,15 @@ class Arm:
     paired_fraction: float
     options: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)  # RunConfig fields, e.g. the unpaired pool's data setting
+    # The arms the page compares this one with; empty: its recipe's default arm (DS3-Net variants: DS3-Net 5 % and
+    # paired-only 5 %). An arm measured on earlier defaults names the arms of those defaults.
+    versus: tuple[str, ...] = ()
+
+
+# The defaults before tumour-slice oversampling (`--tumour-repeats 0`, 2026-12-02): the mechanism probes below were
+# measured on them, so they pin them and are compared with these arms.
+EARLIER = {"tumour_repeats": 0}
+EARLIER_ARMS = ("DS3-Net 5% (no tumour oversampling)", "paired-only 5% (no tumour oversampling)")
 
 
 ARMS = (
@@ -34,6 +44,11 @@ ARMS = (
     Arm("DS3-Net 5%", "ds3net", 0.05),
     Arm("pix2pix 100%", "pix2pix", 1.0),
     Arm("CUT 0%", "cut", 0.0),
+    # The synthesis issue's sampling lead, now the default (`--tumour-repeats 2`: every paired slice holding tumour
+    # listed three times per epoch); these arms are the defaults before it.
+    Arm("paired-only 5% (no tumour oversampling)", "paired_only", 0.05, run=EARLIER),
+    Arm("DS3-Net 5% (no tumour oversampling)", "ds3net", 0.05, run=EARLIER),
+    Arm("pix2pix 100% (no tumour oversampling)", "pix2pix", 1.0, run=EARLIER),
     Arm("DS3-Net 5% - difficulty map", "ds3net", 0.05, {"use_difficulty": False}),
     # PatchNCE and the adversarial term are off in the recipes' defaults (docs/method.md); this arm puts them back
     # at the paper's weights, the figure-faithful method.
@@ -48,10 +63,22 @@ ARMS = (
     Arm("DS3-Net 5% (student also on paired)", "ds3net", 0.05, {"student_pixel": True}),
     # Ours, for the semi-supervision issue (docs/method.md): pseudo-targets from a moving average of the teacher, the
     # student also on the paired subjects; and the data setting where other unpaired subjects lend real T1ce to D^S.
+    # Measured on the earlier defaults.
     Arm(
-        "DS3-Net 5% (EMA teacher, student also on paired)", "ds3net", 0.05, {"teacher_ema": 0.99, "student_pixel": True}
+        "DS3-Net 5% (EMA teacher, student also on paired)",
+        "ds3net",
+        0.05,
+        {"teacher_ema": 0.99, "student_pixel": True},
+        run=EARLIER,
+        versus=EARLIER_ARMS,
     ),
-    Arm("DS3-Net 5% (unpaired T1ce of other subjects)", "ds3net", 0.05, run={"unpaired_t1ce": "other-subjects"}),
+    Arm(
+        "DS3-Net 5% (unpaired T1ce of other subjects)",
+        "ds3net",
+        0.05,
+        run={**EARLIER, "unpaired_t1ce": "other-subjects"},
+        versus=EARLIER_ARMS,
+    ),
     # The student's adversarial term (weight 1, against a D^S whose only real images are the paired subjects') off,
     # with the two mechanisms above: the student then learns from L_pid, L_id and L_fd only.
     Arm(
@@ -59,22 +86,14 @@ ARMS = (
         "ds3net",
         0.05,
         {"teacher_ema": 0.99, "student_pixel": True, "lambda_student_adv": 0.0},
+        run=EARLIER,
+        versus=EARLIER_ARMS,
     ),
-    # The synthesis issue's sampling lead: every paired slice holding tumour listed three times per epoch
-    # (`--tumour-repeats 2`). One paired subject holds a few hundred enhancing voxels at most.
-    Arm("paired-only 5% (tumour slices x3)", "paired_only", 0.05, run={"tumour_repeats": 2}),
-    Arm("DS3-Net 5% (tumour slices x3)", "ds3net", 0.05, run={"tumour_repeats": 2}),
 )
 
-# Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net and its mechanisms) and the
-# fully supervised reference. The ablations and CUT are a --arms away.
-DEFAULT_ARMS = (
-    "paired-only 5%",
-    "DS3-Net 5%",
-    "DS3-Net 5% (EMA teacher, student also on paired)",
-    "DS3-Net 5% (unpaired T1ce of other subjects)",
-    "pix2pix 100%",
-)
+# Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised
+# reference, on the current defaults. The mechanisms, the earlier defaults, the ablations and CUT are a --arms away.
+DEFAULT_ARMS = ("paired-only 5%", "DS3-Net 5%", "pix2pix 100%")
 
 
 def run_arm(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, float]:
@@ -87,19 +106,22 @@ def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any
     ``report["models"]["__shipped__"]``."""
     run_dir = out / _run_name(arm, seed)
     metrics_file = run_dir / "metrics.json"
+    last = run_dir / "checkpoints" / "last.pt"
+    # Each arm starts from its recipe's own defaults (learning rate, method options), then the arm's changes.
+    defaults = getattr(load_recipe(arm.recipe), "DEFAULTS", base)
+    config = dataclasses.replace(
+        base,
+        **arm.run,
+        out=str(run_dir),
+        seed=seed,
+        paired_fraction=arm.paired_fraction,
+        lr=defaults.lr,
+        method_options={**defaults.method_options, **arm.options},
+        resume=last.exists(),
+    )
+    if last.exists():
+        _check_reusable(run_dir, last, config)
     if not metrics_file.exists():
-        # Each arm starts from its recipe's own defaults (learning rate, method options), then the arm's changes.
-        defaults = getattr(load_recipe(arm.recipe), "DEFAULTS", base)
-        config = dataclasses.replace(
-            base,
-            **arm.run,
-            out=str(run_dir),
-            seed=seed,
-            paired_fraction=arm.paired_fraction,
-            lr=defaults.lr,
-            method_options={**defaults.method_options, **arm.options},
-            resume=(run_dir / "checkpoints" / "last.pt").exists(),
-        )
         Trainer(config, load_recipe(arm.recipe).build, name=arm.recipe).fit()
     report = json.loads(metrics_file.read_text())
     asked = {"steps": base.steps, "paired_fraction": arm.paired_fraction, "seed": seed}
@@ -111,6 +133,27 @@ def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any
         )
     report["models"]["__shipped__"] = report["models"][report["shipped"]]["mean"]
     return report
+
+
+# What makes two runs of one arm and seed different trainings; a run is resumed or reused only when these match.
+REUSE_KEYS = ("steps", "paired_fraction", "seed", "lr", "method_options", "tumour_repeats", "unpaired_t1ce")
+
+
+def _check_reusable(run_dir: Path, checkpoint: Path, config: RunConfig) -> None:
+    """Refuse a run directory whose checkpoint was trained with other settings than ``config`` asks: a changed
+    default (or arm) must not silently reuse runs of the old one."""
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True).get("config", {})
+    differ = {
+        key: (stored[key], getattr(config, key))
+        for key in REUSE_KEYS
+        if key in stored and stored[key] != getattr(config, key)
+    }
+    if differ:
+        found = ", ".join(f"{key} {old!r} (asked {new!r})" for key, (old, new) in differ.items())
+        raise SystemExit(
+            f"{run_dir} was trained with {found}: pass another --out, or move the run to the arm it belongs to "
+            "(finished runs are reused only when they match)"
+        )
 
 
 def reference_rows(report: dict[str, Any], paired_fraction: float) -> dict[str, dict[str, float]]:

@@ -113,9 +113,14 @@ def flag_losers(
     return labels
 
 
-def claims(results: Runs) -> list[str]:
-    """What the numbers say about each of the paper's claims (computed, not asserted), from the per-seed runs."""
+def claims(results: Runs, versus: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    """What the numbers say about each of the paper's claims (computed, not asserted), from the per-seed runs.
+
+    ``versus`` names, per variant arm, the arms it is compared with (an arm run on earlier defaults is compared with
+    the arms of those defaults); a DS3-Net variant defaults to DS3-Net 5 % and paired-only 5 %, a paired-only or
+    pix2pix variant to its own recipe's default arm."""
     ds3, paired, pix = "DS3-Net 5%", "paired-only 5%", "pix2pix 100%"
+    versus = versus or {}
     table = summarise(results)
 
     def mean(arm: str, metric: str) -> float:
@@ -164,20 +169,23 @@ def claims(results: Runs) -> list[str]:
                 f"4. Removing the {arm.removeprefix('DS3-Net 5% - ')}: brain PSNR {psnr(arm, ds3)}; "
                 f"tumour PSNR {psnr(arm, ds3, 'tumour')}."
             )
-        elif arm.startswith("DS3-Net 5% (") and {ds3, paired} <= set(results):
-            lines.append(
-                f"5. {arm}: brain PSNR {psnr(arm, ds3)} against DS3-Net 5 %; {psnr(arm, paired)} against paired-only."
-            )
-        elif arm.startswith("paired-only 5% (") and paired in results:
-            # A change to the paired-only training itself (a sampling or augmentation lead of the synthesis issue).
+        elif arm.startswith("DS3-Net 5% (") and set(bases := versus.get(arm, (ds3, paired))) <= set(results):
+            against = "; ".join(f"{psnr(arm, other)} against {_spoken(other)}" for other in bases)
+            lines.append(f"5. {arm}: brain PSNR {against}.")
+        elif arm.startswith(("paired-only 5% (", "pix2pix 100% (")):
+            # A change to the paired-only (or fully paired) training itself: a sampling or augmentation lead of the
+            # synthesis issue, or the earlier defaults.
+            other = versus.get(arm, (paired if arm.startswith("paired-only") else pix,))[0]
+            if other not in results:
+                continue
             et = (
-                f"; ET Dice {difference(results[arm], results[paired], 'dice_et').plain()}"
-                if "dice_et" in table[arm]
+                f"; ET Dice {difference(results[arm], results[other], 'dice_et').plain()}"
+                if "dice_et" in table[arm] and "dice_et" in table[other]
                 else ""
             )
             lines.append(
-                f"7. {arm} against paired-only 5 %: brain PSNR {psnr(arm, paired)}; tumour PSNR "
-                f"{psnr(arm, paired, 'tumour')}{et}."
+                f"7. {arm} against {_spoken(other)}: brain PSNR {psnr(arm, other)}; tumour PSNR "
+                f"{psnr(arm, other, 'tumour')}{et}."
             )
     if not lines:
         return []
@@ -194,3 +202,8 @@ def claims(results: Runs) -> list[str]:
             f"{NOISE_FLOOR_DB} dB."
         )
     return [preamble, "", *lines]
+
+
+def _spoken(arm: str) -> str:
+    """An arm's name as the claims write it, a space before the percent sign: "DS3-Net 5 %"."""
+    return arm.replace("%", " %", 1)

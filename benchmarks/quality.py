@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         references,
         selection,
         [floor.get(seed) for seed in seeds],
+        {arm.name: arm.versus for arm in arms if arm.versus},
     )
     plot(report.with_suffix(".png"), results)
     print(report.read_text())

@@ -42,7 +42,7 @@ class RunConfig:
     generator_output: str = "residual"  # "residual": a learned mix of the inputs plus a correction; or "sigmoid"
     augment: bool = True
     augment_intensity: bool = True  # the augmentation's random gamma, bias field and noise on the inputs
-    tumour_repeats: int = 0  # paired stream: each tumour slice listed 1 + N times per epoch
+    tumour_repeats: int = 2  # paired stream: each tumour slice listed 1 + N times per epoch (0: uniform)
     unpaired_t1ce: str = "none"  # "other-subjects": half the unpaired subjects lend real T1ce, the others inputs
     val_every: int = 100
     select: str = "best-val"  # which step's weights ship: "best-val" (validation brain PSNR) or "last"
@@ -128,7 +128,11 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
         "what the unpaired pool holds: 'none' (inputs only, the paper) or 'other-subjects' (half of "
         "the unpaired subjects lend real T1ce, unaligned with the inputs of the other half)",
     ),
-    "tumour_repeats": ("--tumour-repeats", int, "paired stream: list each slice holding tumour 1 + N times per epoch"),
+    "tumour_repeats": (
+        "--tumour-repeats",
+        int,
+        "paired stream: list each slice holding tumour 1 + N times per epoch (0: every slice once)",
+    ),
     "val_every": ("--val-every", int, "validate every N steps"),
     "select": ("--select", str, "weights that ship: 'best-val' (best validation brain PSNR) or 'last'"),
     "checkpoint_every": ("--checkpoint-every", int, "write a resumable checkpoint every N steps"),

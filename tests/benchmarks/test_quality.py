@@ -360,6 +360,12 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     # Finished runs of other settings are never passed off as this study's.
     with pytest.raises(SystemExit, match="pass another --out"):
         quality.main([arg for arg in argv if arg != "--smoke"])  # the full-size settings, same --out
+    # Nor a run of the current defaults as one of the earlier defaults' arms (a default changed under a run).
+    earlier = "paired-only 5% (no tumour oversampling)"
+    arm = {arm.name: arm for arm in quality.ARMS}
+    (out / quality._run_name(arm[PAIRED], 0)).rename(out / quality._run_name(arm[earlier], 0))
+    with pytest.raises(SystemExit, match=r"tumour_repeats 2 \(asked 0\)"):
+        quality.main([*argv[: argv.index("--arms") + 1], earlier, *argv[argv.index("--out") :]])
 
 
 def test_claims_without_tumour_metrics_do_not_crash() -> None:
@@ -423,10 +429,33 @@ def test_segmenter_reference_rows_are_read_only_for_the_same_subjects(tmp_path: 
 
 
 def test_a_paired_only_variant_is_compared_with_paired_only_in_brain_and_tumour() -> None:
-    results = {
-        PAIRED: _runs(20.0, 21.0, tumour=(15.0, 16.0)),
-        "paired-only 5% (tumour slices x3)": _runs(19.8, 20.8, tumour=(16.0, 17.0)),
-    }
-    line = _line(quality.claims(results), "7. paired-only 5% (tumour slices x3) against paired-only 5 %:")
+    variant = "paired-only 5% (no tumour oversampling)"
+    results = {PAIRED: _runs(20.0, 21.0, tumour=(15.0, 16.0)), variant: _runs(19.8, 20.8, tumour=(16.0, 17.0))}
+    line = _line(quality.claims(results), f"7. {variant} against paired-only 5 %:")
     assert "brain PSNR -0.20 ± 0.00 dB" in line and "tumour PSNR +1.00 ± 0.00 dB" in line, line
     assert "ET Dice" not in line  # no Dice in these runs
+    # pix2pix's variants likewise, against pix2pix 100 %; without it there is no line.
+    results = {PIX: _runs(22.0, 23.0), "pix2pix 100% (no tumour oversampling)": _runs(21.5, 22.7)}
+    line = _line(quality.claims(results), "7. pix2pix 100% (no tumour oversampling) against pix2pix 100 %:")
+    assert "brain PSNR -0.40 ± 0.14 dB" in line, line
+    assert quality.claims({"pix2pix 100% (no tumour oversampling)": _runs(21.5)}) == []
+
+
+def test_an_arm_on_earlier_defaults_is_compared_with_the_arms_it_names() -> None:
+    earlier_ds3, earlier_paired = "DS3-Net 5% (no tumour oversampling)", "paired-only 5% (no tumour oversampling)"
+    results = {
+        PAIRED: _runs(30.0, 31.0),
+        DS3: _runs(30.0, 31.0),
+        earlier_paired: _runs(20.0, 21.0),
+        earlier_ds3: _runs(20.5, 21.5),
+        PROBE: _runs(21.0, 22.0),
+    }
+    versus = {PROBE: (earlier_ds3, earlier_paired)}
+    fifth = _line(quality.claims(results, versus), f"5. {PROBE}: ")
+    assert fifth.endswith(
+        "brain PSNR +0.50 ± 0.00 dB, p = 0.000 (better) against DS3-Net 5 % (no tumour oversampling); "
+        "+1.00 ± 0.00 dB, p = 0.000 (better) against paired-only 5 % (no tumour oversampling)."
+    ), fifth
+    # Without the arms it names there is nothing to put it beside, whatever the current defaults' arms say.
+    del results[earlier_ds3]
+    assert not any(line.startswith(f"5. {PROBE}") for line in quality.claims(results, versus))
