@@ -8,7 +8,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ds3kit.checkpoint import load_generator, save_generator  # noqa: F401  (re-exported: the synthesis API)
-from ds3kit.models import Generator
+from ds3kit.models import Generator, for_inference
 
 # A CPU forward pass is fastest when one batch holds about one 240 x 240 slice: its activations then stay in the
 # caches. GPUs want more work per launch: 16 slices of 240 x 240. The timings: docs/benchmarks.md, "Synthesis batch
@@ -41,7 +41,7 @@ def synthesize_volume(
 ) -> np.ndarray:
     """Synthesize T1ce for every axial slice of a normalised session.
 
-    A :class:`~ds3kit.models.Generator` runs as its :meth:`~ds3kit.models.Generator.for_inference` copy (grouped
+    A :class:`~ds3kit.models.Generator` runs as its :func:`~ds3kit.models.for_inference` copy (grouped
     modality encoders), in ``channels_last`` memory format, under ``torch.inference_mode``; slices without a
     brain voxel (when ``brain_mask`` is given) are not computed: they are 0 in the output either way.
 
@@ -66,7 +66,7 @@ def synthesize_volume(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(generator, Generator):
-        generator = generator.for_inference().to(device, memory_format=memory_format)  # a copy: ours to change
+        generator = for_inference(generator).to(device, memory_format=memory_format)  # a copy: ours to change
     else:
         generator.eval()
     output = np.zeros(inputs.shape[1:], dtype=np.float32)

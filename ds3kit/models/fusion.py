@@ -1,6 +1,6 @@
 """The generator's inference copy: the same function, restructured to run faster (as timm's reparameterize_model).
 
-:func:`for_inference` (also :meth:`ds3kit.models.Generator.for_inference`) deep-copies a :class:`Generator` and
+:func:`for_inference` (exported as ``ds3kit.models.for_inference``) deep-copies a :class:`Generator` and
 
 - groups its builtin modality encoders into one encoder of grouped convolutions (:class:`GroupedEncoders`),
 - splits each decoder level's first convolution so that it never concatenates (:class:`SplitDecoderLevel`),

@@ -208,12 +208,6 @@ class Generator(nn.Module):
         levels = self._encode_padded(self._pad(x))
         return self._crop_features([*levels, self.fusion(levels[-1])], height, width)
 
-    def for_inference(self) -> Generator:
-        """A copy for synthesis that computes the same function faster: :func:`ds3kit.models.fusion.for_inference`."""
-        from ds3kit.models.fusion import for_inference  # the fusion module builds on this one
-
-        return for_inference(self)
-
     def _output(self, head: Tensor, x: Tensor) -> Tensor:
         if self.input_mix is None:
             return torch.sigmoid(head)
