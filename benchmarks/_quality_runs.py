@@ -136,7 +136,16 @@ def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any
 
 
 # What makes two runs of one arm and seed different trainings; a run is resumed or reused only when these match.
-REUSE_KEYS = ("steps", "paired_fraction", "seed", "lr", "method_options", "tumour_repeats", "unpaired_t1ce")
+REUSE_KEYS = (
+    "steps",
+    "paired_fraction",
+    "seed",
+    "lr",
+    "method_options",
+    "tumour_repeats",
+    "unpaired_t1ce",
+    "phantom_cases",
+)
 
 
 def _check_reusable(run_dir: Path, checkpoint: Path, config: RunConfig) -> None:

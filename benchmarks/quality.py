@@ -3,6 +3,7 @@
     python benchmarks/quality.py                       # the default arms, 5 seeds, 1200 steps: hours on 2 CPU cores
     python benchmarks/quality.py --arms "paired-only 5%" "DS3-Net 5%" --seeds 0 1 2 3 4
     python benchmarks/quality.py --smoke               # CI: one seed, a few steps, tiny networks
+    python benchmarks/quality.py --phantom-cases 160 --out runs/quality-160   # 5 % paired = 6 subjects, not 1
     python benchmarks/quality.py --data /data/BraTS2020 --preset large --steps 20000 --device cuda
 
 Each arm is a recipe at a paired fraction with method options, started from the recipe's own defaults
@@ -82,6 +83,12 @@ REPO = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None)
+    parser.add_argument(
+        "--phantom-cases",
+        type=int,
+        default=RunConfig.phantom_cases,
+        help="subjects of the built-in phantom cohort when --data is not given (5 %% of 40 is one paired subject)",
+    )
     parser.add_argument("--out", default=None, help="run directories (default: runs/quality, runs/quality-smoke)")
     parser.add_argument("--report", default=str(REPO / "docs" / "results" / "quality.md"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = RunConfig(
         data=args.data,
+        phantom_cases=args.phantom_cases,
         steps=args.steps,
         batch_size=args.batch_size,
         image_size=args.image_size,
