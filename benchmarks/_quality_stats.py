@@ -189,6 +189,7 @@ def claims(results: Runs, versus: dict[str, tuple[str, ...]] | None = None) -> l
             )
     if not lines:
         return []
+    lines.sort(key=lambda line: int(line.split(".", 1)[0]))  # by claim, each claim's lines in the arms' order
     seeds = max(len(runs) for runs in results.values())
     if seeds > 1:
         preamble = (

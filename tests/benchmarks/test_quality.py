@@ -459,3 +459,14 @@ def test_an_arm_on_earlier_defaults_is_compared_with_the_arms_it_names() -> None
     # Without the arms it names there is nothing to put it beside, whatever the current defaults' arms say.
     del results[earlier_ds3]
     assert not any(line.startswith(f"5. {PROBE}") for line in quality.claims(results, versus))
+
+
+def test_claims_come_in_the_order_of_their_numbers_whatever_the_arms_order() -> None:
+    results = {
+        "paired-only 5% (no tumour oversampling)": _runs(19.8, 20.8),
+        PROBE: _runs(20.5, 21.6),
+        PAIRED: _runs(20.0, 21.0),
+        DS3: _runs(21.0, 22.0),
+    }
+    numbers = [line.split(".", 1)[0] for line in quality.claims(results)[2:]]
+    assert numbers == ["1", "2", "5", "7"], numbers
