@@ -119,46 +119,30 @@ def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any
         method_options={**defaults.method_options, **arm.options},
         resume=last.exists(),
     )
-    if last.exists():
-        _check_reusable(run_dir, last, config)
-    if not metrics_file.exists():
+    if metrics_file.exists():
+        _check_reusable(run_dir, config)
+    else:  # a fresh run, or one the trainer resumes (it refuses a checkpoint of other settings itself)
         Trainer(config, load_recipe(arm.recipe).build, name=arm.recipe).fit()
     report = json.loads(metrics_file.read_text())
-    asked = {"steps": base.steps, "paired_fraction": arm.paired_fraction, "seed": seed}
-    found = {key: report.get(key) for key in asked}
-    if found != asked:
-        raise SystemExit(
-            f"{run_dir} holds a finished run with {found}, this study asks for {asked}: "
-            "pass another --out (finished runs are reused only when they match)"
-        )
     report["models"]["__shipped__"] = report["models"][report["shipped"]]["mean"]
     return report
 
 
-# What makes two runs of one arm and seed different trainings; a run is resumed or reused only when these match.
-REUSE_KEYS = (
-    "steps",
-    "paired_fraction",
-    "seed",
-    "lr",
-    "method_options",
-    "tumour_repeats",
-    "unpaired_t1ce",
-    "phantom_cases",
-)
-
-
-def _check_reusable(run_dir: Path, checkpoint: Path, config: RunConfig) -> None:
-    """Refuse a run directory whose checkpoint was trained with other settings than ``config`` asks: a changed
-    default (or arm) must not silently reuse runs of the old one."""
-    stored = torch.load(checkpoint, map_location="cpu", weights_only=True).get("config", {})
-    differ = {
-        key: (stored[key], getattr(config, key))
-        for key in REUSE_KEYS
-        if key in stored and stored[key] != getattr(config, key)
-    }
-    if differ:
-        found = ", ".join(f"{key} {old!r} (asked {new!r})" for key, (old, new) in differ.items())
+def _check_reusable(run_dir: Path, config: RunConfig) -> None:
+    """Refuse a finished run trained with other settings than ``config`` asks (its length, or a
+    :data:`~ds3kit.train.config.TRAINING_SETTINGS` entry): a changed default (or arm) must not silently reuse runs
+    of the old one. The settings come from the run's checkpoint; a run without one has its metrics.json's."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():  # memory-mapped: only the config is read, not the weights
+        stored = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("config", {})
+    else:
+        report = json.loads((run_dir / "metrics.json").read_text())
+        stored = {key: report[key] for key in ("steps", "paired_fraction", "seed") if key in report}
+    changed = config.differences(stored)
+    if "steps" in stored and stored["steps"] != config.steps:
+        changed["steps"] = (stored["steps"], config.steps)
+    if changed:
+        found = ", ".join(f"{key} {old!r} (asked {new!r})" for key, (old, new) in changed.items())
         raise SystemExit(
             f"{run_dir} was trained with {found}: pass another --out, or move the run to the arm it belongs to "
             "(finished runs are reused only when they match)"

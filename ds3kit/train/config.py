@@ -12,6 +12,23 @@ SELECTIONS = ("best-val", "last")
 UNPAIRED_T1CE = ("none", "other-subjects")
 
 
+# The settings that make two runs of one length different trainings (the length is checked on its own): a run
+# resumes only with these unchanged, and the quality study reuses a finished run only when they match its arm's.
+TRAINING_SETTINGS = (
+    "seed",
+    "paired_fraction",
+    "batch_size",
+    "image_size",
+    "lr",
+    "method_options",
+    "augment",
+    "augment_intensity",
+    "tumour_repeats",
+    "unpaired_t1ce",
+    "phantom_cases",
+)
+
+
 @dataclass
 class RunConfig:
     """What a training run needs besides the method's own options.
@@ -74,6 +91,15 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def differences(self, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """``{setting: (stored value, this config's value)}`` for the :data:`TRAINING_SETTINGS` where ``stored`` (a
+        run's saved :meth:`to_dict`) differs from this config; settings ``stored`` predates are not compared."""
+        return {
+            key: (stored[key], getattr(self, key))
+            for key in TRAINING_SETTINGS
+            if key in stored and stored[key] != getattr(self, key)
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:

@@ -370,6 +370,12 @@ class Trainer:
         payload = load_checkpoint(path, kind=TRAINING_FORMAT, map_location=self.device)
         if payload["method"] != self.name:
             raise InputError(f"{path}: a checkpoint of {payload['method']!r}, not {self.name!r}")
+        changed = self.config.differences(payload.get("config", {}))
+        if changed:
+            found = ", ".join(f"{key} {old!r} (asked {new!r})" for key, (old, new) in changed.items())
+            raise InputError(
+                f"{path}: the run was trained with {found}; resume with its settings, or start a new run in another --out"
+            )
         try:
             method.load_state_dict(payload["model"])
         except RuntimeError as error:

@@ -197,6 +197,24 @@ def test_resuming_with_another_length_is_refused_by_name(tmp_path):
         trainer._restore(path, _Tiny(), LinearDecay(total=60, fraction=0.5))
 
 
+def test_resuming_with_other_training_settings_is_refused_by_name(tmp_path):
+    from ds3kit.errors import InputError
+    from ds3kit.train import Trainer
+
+    path = tmp_path / "last.pt"
+    Trainer(RunConfig(out=str(tmp_path), tumour_repeats=0), _build, name="tiny")._save(
+        path, 7, _Tiny(), LinearDecay(total=20, fraction=0.5)
+    )
+    later = Trainer(RunConfig(out=str(tmp_path), tumour_repeats=2, lr=1e-3), _build, name="tiny")
+    with pytest.raises(InputError, match=r"lr 0.0002 \(asked 0.001\), tumour_repeats 0 \(asked 2\)"):
+        later._restore(path, _Tiny(), LinearDecay(total=20, fraction=0.5))
+    # What does not change the training (where it runs, how often it logs) may differ.
+    same = Trainer(RunConfig(out=str(tmp_path), tumour_repeats=0, log_every=1, device="cpu"), _build, name="tiny")
+    assert same._restore(path, _Tiny(), LinearDecay(total=20, fraction=0.5)) == 7
+    # A checkpoint older than a setting is not refused for it.
+    assert RunConfig(tumour_repeats=2).differences({"seed": 0}) == {}
+
+
 # ------------------------------------------------------------------------------------- the method it builds
 def test_the_trainer_reads_the_method_class_from_the_factory_without_building_it():
     from ds3kit.train import Trainer
