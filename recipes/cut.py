@@ -19,7 +19,7 @@ DEFAULTS = RunConfig(out="runs/cut", paired_fraction=0.0)
 
 def build(config: RunConfig, total_steps: int) -> CUT:
     return CUT(
-        build_generator(preset=config.preset, encoder=config.encoder, output=config.generator_output),
+        build_generator(**config.generator_kwargs()),
         build_discriminator(config.preset, in_channels=1),
         CUTOptions(**config.method_options),
         lr=config.lr,

@@ -25,7 +25,7 @@ DEFAULTS = RunConfig(out="runs/ds3net", lr=5e-4, method_options={"lambda_adv": 0
 
 def build(config: RunConfig, total_steps: int) -> DS3Net:
     options = DS3NetOptions(**config.method_options)
-    generator = dict(preset=config.preset, encoder=config.encoder, output=config.generator_output)
+    generator = config.generator_kwargs()
     return DS3Net(
         teacher=build_generator(**generator),
         student=build_generator(**generator),

@@ -19,7 +19,7 @@ DEFAULTS = RunConfig(out="runs/paired_only", lr=5e-4, method_options={"lambda_ad
 
 def build(config: RunConfig, total_steps: int) -> PairedTeacher:
     return PairedTeacher(
-        build_generator(preset=config.preset, encoder=config.encoder, output=config.generator_output),
+        build_generator(**config.generator_kwargs()),
         build_discriminator(config.preset),
         DS3NetOptions(**config.method_options),
         total_steps=total_steps,

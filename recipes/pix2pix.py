@@ -41,7 +41,7 @@ def build(config: RunConfig, total_steps: int) -> PairedTeacher:
         **dataclasses.asdict(Pix2PixOptions(**config.method_options)), use_difficulty=False, use_nce=False
     )
     return PairedTeacher(
-        build_generator(preset=config.preset, encoder=config.encoder, output=config.generator_output),
+        build_generator(**config.generator_kwargs()),
         build_discriminator(config.preset),
         options,
         total_steps=total_steps,

@@ -26,6 +26,11 @@ TRAINING_SETTINGS = (
     "tumour_repeats",
     "unpaired_t1ce",
     "phantom_cases",
+    "preset",
+    "encoder",
+    "generator_output",
+    "base_channels",
+    "num_levels",
 )
 
 
@@ -57,6 +62,8 @@ class RunConfig:
     preset: str = "small"
     encoder: str = "builtin"
     generator_output: str = "residual"  # "residual": a learned mix of the inputs plus a correction; or "sigmoid"
+    base_channels: int | None = None  # generator width (first level's channels per modality); None: the preset's
+    num_levels: int | None = None  # generator depth (encoder levels); None: the preset's
     augment: bool = True
     augment_intensity: bool = True  # the augmentation's random gamma, bias field and noise on the inputs
     tumour_repeats: int = 2  # paired stream: each tumour slice listed 1 + N times per epoch (0: uniform)
@@ -88,6 +95,19 @@ class RunConfig:
             raise ValueError(f"unpaired_t1ce must be one of {UNPAIRED_T1CE}, got {self.unpaired_t1ce!r}")
         if self.generator_output not in ("residual", "sigmoid"):
             raise ValueError(f"generator_output must be 'residual' or 'sigmoid', got {self.generator_output!r}")
+        if self.base_channels is not None and self.base_channels < 1:
+            raise ValueError(f"base_channels must be >= 1 (None: the preset's), got {self.base_channels}")
+        if self.num_levels is not None and self.num_levels < 2:
+            raise ValueError(f"num_levels must be >= 2 (None: the preset's), got {self.num_levels}")
+
+    def generator_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`ds3kit.models.build_generator` for this run: preset, encoder, head, and
+        the width / depth overrides where they are set."""
+        kwargs: dict[str, Any] = dict(preset=self.preset, encoder=self.encoder, output=self.generator_output)
+        for key in ("base_channels", "num_levels"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        return kwargs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,6 +162,12 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "device": ("--device", str, "cpu, cuda, cuda:1 ... (default: CUDA when present)"),
     "seed": ("--seed", int, "seed of the split, the initialisation and the sampling"),
     "preset": ("--preset", str, "network size preset: tiny, small, large"),
+    "base_channels": (
+        "--base-channels",
+        int,
+        "generator width: first-level channels per modality (default: the preset's)",
+    ),
+    "num_levels": ("--num-levels", int, "generator depth: encoder levels (default: the preset's)"),
     "encoder": ("--encoder", str, "modality encoders: 'builtin' or 'timm:<model name>'"),
     "generator_output": (
         "--generator-output",

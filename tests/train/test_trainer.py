@@ -89,6 +89,10 @@ def test_run_config_refuses_unknown_choices():
         RunConfig(generator_output="tanh")
     with pytest.raises(ValueError, match="unpaired_t1ce must be one of"):
         RunConfig(unpaired_t1ce="same-subjects")
+    with pytest.raises(ValueError, match="base_channels must be >= 1"):
+        RunConfig(base_channels=0)
+    with pytest.raises(ValueError, match="num_levels must be >= 2"):
+        RunConfig(num_levels=1)
 
 
 @pytest.mark.parametrize("options", ["DS3NetOptions", "CUTOptions"])
@@ -250,6 +254,30 @@ def test_recipes_declare_their_method_class_and_name_their_discriminators(recipe
     found = {id(m) for m in method.modules() if isinstance(m, PatchDiscriminator)}
     assert found and {id(m) for m in method.discriminators().values()} == found
     assert set(method.discriminators()) <= set(method.generators())  # keyed by the role each one judges
+
+
+@pytest.mark.parametrize("recipe", ["ds3net", "cut", "pix2pix", "paired_only"])
+def test_width_and_depth_flags_override_the_preset_in_every_generator(recipe):
+    import argparse
+
+    from _recipes import load_recipe
+
+    from ds3kit.models import Generator
+    from ds3kit.train import add_run_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    config = config_from_args(parser.parse_args(["--preset", "tiny", "--base-channels", "6", "--num-levels", "4"]))
+    method = load_recipe(recipe).build(config, 10)
+    generators = [m for m in method.generators().values() if isinstance(m, Generator)]
+    assert generators
+    for generator in generators:
+        built = generator.config()
+        assert (built["base_channels"], built["num_levels"]) == (6, 4)
+        assert built["fusion_blocks"] == 1  # the rest is the preset's
+    # Unset, the preset decides; and a run of another width is another training.
+    assert RunConfig(preset="tiny").generator_kwargs() == dict(preset="tiny", encoder="builtin", output="residual")
+    assert RunConfig(base_channels=8).differences(RunConfig().to_dict()) == {"base_channels": (None, 8)}
 
 
 def test_every_trainer_attribute_is_set_in_init():
