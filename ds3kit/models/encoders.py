@@ -60,10 +60,7 @@ class BuiltinEncoder(nn.Module):
 
     def __init__(self, *, base_channels: int = 16, num_levels: int = 3, norm: str = "instance", in_channels: int = 1):
         super().__init__()
-        if num_levels < 1:
-            raise ValueError(f"num_levels must be >= 1, got {num_levels}")
-        if base_channels < 1:
-            raise ValueError(f"base_channels must be >= 1, got {base_channels}")
+        check_encoder_size("builtin", base_channels=base_channels, num_levels=num_levels)
         self.channels = [base_channels * 2**level for level in range(num_levels)]
         self.reductions = [2**level for level in range(num_levels)]
         blocks = []
@@ -105,10 +102,7 @@ class TimmEncoder(nn.Module):
             import timm
         except ImportError as error:  # timm is a dependency, but a stripped environment should say what is missing
             raise ImportError(f"encoder 'timm:{model_name}' needs the timm package: {error}") from None
-        if num_levels < 2:
-            raise ValueError(
-                f"a timm encoder needs num_levels >= 2 (full-resolution stem + timm levels), got {num_levels}"
-            )
+        check_encoder_size(TIMM_PREFIX + model_name, base_channels=base_channels, num_levels=num_levels)
         if not timm.is_model(model_name):
             raise ValueError(f"unknown timm model {model_name!r} (see timm.list_models())")
         try:
@@ -129,6 +123,20 @@ class TimmEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return [self.stem(x), *self.backbone(x)]
+
+
+def check_encoder_size(encoder: str, *, base_channels: int | None = None, num_levels: int | None = None) -> None:
+    """Refuse a width or depth the ``encoder`` spec cannot be built with (None: not checked); what the encoders and
+    the recipes' ``--base-channels`` / ``--num-levels`` both check."""
+    if num_levels is not None:
+        if encoder.startswith(TIMM_PREFIX) and num_levels < 2:
+            raise ValueError(
+                f"a timm encoder needs num_levels >= 2 (full-resolution stem + timm levels), got {num_levels}"
+            )
+        if num_levels < 1:
+            raise ValueError(f"num_levels must be >= 1, got {num_levels}")
+    if base_channels is not None and base_channels < 1:
+        raise ValueError(f"base_channels must be >= 1, got {base_channels}")
 
 
 def build_encoder(encoder: str, *, base_channels: int, num_levels: int, norm: str) -> BuiltinEncoder | TimmEncoder:

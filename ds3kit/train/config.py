@@ -7,6 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ds3kit.models.encoders import check_encoder_size
+
 SELECTIONS = ("best-val", "last")
 #: The data settings of the unpaired pool: inputs only (the paper), or also real T1ce of other unpaired subjects.
 UNPAIRED_T1CE = ("none", "other-subjects")
@@ -95,10 +97,8 @@ class RunConfig:
             raise ValueError(f"unpaired_t1ce must be one of {UNPAIRED_T1CE}, got {self.unpaired_t1ce!r}")
         if self.generator_output not in ("residual", "sigmoid"):
             raise ValueError(f"generator_output must be 'residual' or 'sigmoid', got {self.generator_output!r}")
-        if self.base_channels is not None and self.base_channels < 1:
-            raise ValueError(f"base_channels must be >= 1 (None: the preset's), got {self.base_channels}")
-        if self.num_levels is not None and self.num_levels < 2:
-            raise ValueError(f"num_levels must be >= 2 (None: the preset's), got {self.num_levels}")
+        # The encoders' own rule, checked before the cohort is read rather than after.
+        check_encoder_size(self.encoder, base_channels=self.base_channels, num_levels=self.num_levels)
 
     def generator_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`ds3kit.models.build_generator` for this run: preset, encoder, head, and

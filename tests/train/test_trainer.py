@@ -91,8 +91,10 @@ def test_run_config_refuses_unknown_choices():
         RunConfig(unpaired_t1ce="same-subjects")
     with pytest.raises(ValueError, match="base_channels must be >= 1"):
         RunConfig(base_channels=0)
-    with pytest.raises(ValueError, match="num_levels must be >= 2"):
-        RunConfig(num_levels=1)
+    with pytest.raises(ValueError, match="num_levels must be >= 1"):
+        RunConfig(num_levels=0)
+    with pytest.raises(ValueError, match="timm encoder needs num_levels >= 2"):
+        RunConfig(encoder="timm:resnet18", num_levels=1)
 
 
 @pytest.mark.parametrize("options", ["DS3NetOptions", "CUTOptions"])
