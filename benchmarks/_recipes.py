@@ -11,7 +11,6 @@ import functools
 import importlib.util
 import sys
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -94,7 +93,7 @@ class TrainStep:
     """One DS3-Net iteration (teacher, student, both discriminators, every loss) on fixed device-resident batches.
 
     Built like the trainer builds it: ``recipes/ds3net.py``'s ``build(config, total_steps)``, moved to the device,
-    channels_last and bf16 autocast on CUDA. ``method.step`` is set past the teacher's warm-up (and inside the
+    channels_last on CUDA, bf16 autocast where the trainer uses it (CUDA, CPUs with native bf16). ``method.step`` is set past the teacher's warm-up (and inside the
     difficulty ramp) so the student runs as well.
     """
 
@@ -129,7 +128,9 @@ class TrainStep:
         assert method.step < total_steps
         self.method = method
         self.paired, self.unpaired = (self.batch(stream, 0) for stream in self.streams)
-        self.autocast = self.config.amp and device.type == "cuda"
+        from ds3kit.train.trainer import bf16_autocast_pays
+
+        self.autocast = self.config.amp and bf16_autocast_pays(device)
 
     @property
     def dtype(self) -> str:
@@ -147,8 +148,9 @@ class TrainStep:
         return prepare_batch(stream(step), self.device, channels_last=self.channels_last)
 
     def __call__(self) -> dict[str, float]:
-        context = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else nullcontext()
-        with context:
+        from ds3kit.train.trainer import training_autocast
+
+        with training_autocast(self.device, self.autocast):
             return self.method.training_step(self.paired, self.unpaired)
 
     def shapes(self) -> dict[str, Any]:

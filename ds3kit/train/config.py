@@ -76,7 +76,7 @@ class RunConfig:
     checkpoint_every: int = 250
     stop_after_steps: int | None = None
     resume: bool = False
-    amp: bool = True  # bf16 autocast, CUDA only
+    amp: bool = True  # bf16 autocast: on CUDA, and on CPUs with native bf16 (trainer.bf16_autocast_pays)
     channels_last: bool = True  # CUDA only
     compile: bool = False
     val_fraction: float = 0.1
@@ -210,7 +210,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunConfig | Non
     )
     parser.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    parser.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    parser.add_argument(
+        "--no-amp", dest="amp", action="store_false", help="no bf16 autocast (on CUDA, and on CPUs with native bf16)"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--smoke", action="store_true", help="tiny configuration for CI (8 steps, small phantom)")
 

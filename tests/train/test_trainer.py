@@ -322,3 +322,22 @@ def test_no_augment_intensity_keeps_the_warps_and_drops_the_intensity_changes():
     default.p_geometric = 0.0
     torch.manual_seed(0)
     assert not torch.equal(default(batch)["inputs"], batch["inputs"])
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_training_autocast_uses_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch, native_bf16):
+    from ds3kit.train import trainer
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
+    cpu = trainer.training_autocast(torch.device("cpu"), amp=True)
+    if native_bf16:
+        assert isinstance(cpu, torch.autocast) and cpu.fast_dtype == torch.bfloat16 and cpu.device == "cpu"
+        with cpu:
+            assert nn.Conv2d(1, 1, 1)(torch.rand(1, 1, 2, 2)).dtype == torch.bfloat16
+    else:  # emulated bf16 would be slower than float32
+        assert not isinstance(cpu, torch.autocast)
+    assert not isinstance(trainer.training_autocast(torch.device("cpu"), amp=False), torch.autocast)
+    cuda = trainer.training_autocast(torch.device("cuda"), amp=True)
+    assert isinstance(cuda, torch.autocast) and cuda.fast_dtype == torch.bfloat16 and cuda.device == "cuda"
+    assert not isinstance(trainer.training_autocast(torch.device("cuda"), amp=False), torch.autocast)
