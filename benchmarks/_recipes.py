@@ -93,8 +93,8 @@ class TrainStep:
     """One DS3-Net iteration (teacher, student, both discriminators, every loss) on fixed device-resident batches.
 
     Built like the trainer builds it: ``recipes/ds3net.py``'s ``build(config, total_steps)``, moved to the device,
-    channels_last on CUDA, bf16 autocast where the trainer uses it (CUDA, CPUs with native bf16). ``method.step`` is set past the teacher's warm-up (and inside the
-    difficulty ramp) so the student runs as well.
+    channels_last on CUDA, bf16 autocast where the trainer uses it (CUDA, CPUs with native bf16). ``method.step``
+    is set past the teacher's warm-up (and inside the difficulty ramp) so the student runs as well.
     """
 
     def __init__(

@@ -469,7 +469,7 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def bf16_autocast_pays(device: torch.device) -> bool:
     """Whether the training step runs under bf16 autocast on ``device``: always on CUDA; on the CPU only where
     oneDNN has native bf16 (AVX512-BF16 or AMX), which runs the generator's step about 1.7x faster
-    (docs/training.md); elsewhere the CPU would emulate bf16, slower than float32."""
+    (docs/method.md, "bf16 autocast on the CPU"); elsewhere the CPU would emulate bf16, slower than float32."""
     if device.type == "cuda":
         return True
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
