@@ -80,7 +80,7 @@ ARMS = (
         versus=EARLIER_ARMS,
     ),
     # The data setting where other unpaired subjects lend real T1ce to D^S, on the current defaults (the arm above is
-    # the same setting on the earlier ones): the issue's first candidate, to be run at every seed.
+    # the same setting on the earlier ones): the issue's first candidate, run at every seed on the bf16 defaults.
     Arm("DS3-Net 5% (other subjects' T1ce)", "ds3net", 0.05, run={"unpaired_t1ce": "other-subjects"}),
     # The student's adversarial term (weight 1, against a D^S whose only real images are the paired subjects') off,
     # with the two mechanisms above: the student then learns from L_pid, L_id and L_fd only.
