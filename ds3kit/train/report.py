@@ -43,6 +43,7 @@ def write_final_report(
     device: torch.device,
     run_dir: Path,
     total: int,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate every generator of ``method`` on the test subjects and write what a run leaves behind.
 
@@ -51,6 +52,8 @@ def write_final_report(
     (``checkpoints/<role>.pt``), the test predictions (``predictions/<role>/<case>_t1ce.nii.gz``, with Dice when
     ``config.segmenter`` is given), ``metrics.json`` (every model and the baselines and ceilings, per subject, mean
     and std), the PNG panels of the shipped model and the learning curves. Returns the report (``metrics.json``).
+    ``precision`` is what the training step ran in (:func:`ds3kit.train.trainer.training_precision`); the report
+    records it and the table's title line prints it.
     """
     cfg = config
     cases = split.test[: cfg.max_test_subjects] if cfg.max_test_subjects else split.test
@@ -61,6 +64,7 @@ def write_final_report(
         "paired_fraction": cfg.paired_fraction,
         "unpaired_t1ce": cfg.unpaired_t1ce if method.uses_reference_t1ce else None,
         "seed": cfg.seed,
+        "precision": precision,
         "shipped": method.shipped_generator(),
         "split": {key: [p.name for p in value] for key, value in vars(split).items()},
         "models": {},
@@ -255,7 +259,8 @@ def format_table(report: Mapping[str, Any]) -> str:
     header = f"{'model':<{width}}" + "".join(f"{c:>18}" for c in columns) + "   brain PSNR vs copy-T1"
     lines = [
         f"{report['method']}: held-out subjects, {report['steps']} steps, paired fraction {report['paired_fraction']}"
-        + (f", unpaired T1ce: {report['unpaired_t1ce']}" if report.get("unpaired_t1ce") else ""),
+        + (f", unpaired T1ce: {report['unpaired_t1ce']}" if report.get("unpaired_t1ce") else "")
+        + (f", step in {report['precision']}" if report.get("precision") else ""),
         header,
         "-" * len(header),
     ]

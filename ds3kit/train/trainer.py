@@ -456,6 +456,7 @@ class Trainer:
             device=self.device,
             run_dir=run_dir,
             total=total,
+            precision=training_precision(self.device, self.config.amp),
         )
         self.log.close()
         print(format_table(report), file=sys.stdout)
@@ -475,8 +476,15 @@ def bf16_autocast_pays(device: torch.device) -> bool:
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def training_precision(device: torch.device, amp: bool) -> str:
+    """What the method's step runs in on ``device``: ``"bf16 autocast"`` where :func:`bf16_autocast_pays` (and
+    ``amp``), else ``"float32"``. The run's report records it: the same command runs in float32 on a CPU without
+    native bf16, about 1.8x slower and with other rounding."""
+    return "bf16 autocast" if amp and bf16_autocast_pays(device) else "float32"
+
+
 def training_autocast(device: torch.device, amp: bool) -> Any:
-    """The context the method's step runs in: bf16 autocast where :func:`bf16_autocast_pays`, else nothing."""
-    if amp and bf16_autocast_pays(device):
+    """The context the method's step runs in: bf16 autocast where :func:`training_precision` says so, else nothing."""
+    if training_precision(device, amp) == "bf16 autocast":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()

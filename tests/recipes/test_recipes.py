@@ -149,8 +149,23 @@ def test_other_subjects_t1ce_feeds_d_s_from_subjects_whose_inputs_the_student_ne
 def test_the_paper_setting_is_the_default_and_is_printed(small_cohort, tmp_path, capsys):
     out = tmp_path / "run"
     assert smoke("ds3net", small_cohort, out, "--steps", "6") == 0
-    assert json.loads((out / "metrics.json").read_text())["unpaired_t1ce"] == "none"
-    assert "unpaired T1ce: none" in capsys.readouterr().out
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["unpaired_t1ce"] == "none"
+    printed = capsys.readouterr().out
+    assert "unpaired T1ce: none" in printed
+    # The step's precision depends on the CPU (bf16 autocast only with native bf16): the report says which ran.
+    from ds3kit.train.trainer import bf16_autocast_pays
+
+    expected = "bf16 autocast" if bf16_autocast_pays(torch.device("cpu")) else "float32"
+    assert report["precision"] == expected
+    assert f"step in {expected}" in printed
+
+
+def test_without_amp_the_report_says_float32(small_cohort, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert smoke("paired_only", small_cohort, out, "--steps", "4", "--no-amp") == 0
+    assert json.loads((out / "metrics.json").read_text())["precision"] == "float32"
+    assert "step in float32" in capsys.readouterr().out
 
 
 def test_a_recipe_checkpoint_draws_its_reliability_map(small_cohort, tmp_path, capsys):
