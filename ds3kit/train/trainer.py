@@ -479,7 +479,7 @@ def bf16_autocast_pays(device: torch.device) -> bool:
 def training_precision(device: torch.device, amp: bool) -> str:
     """What the method's step runs in on ``device``: ``"bf16 autocast"`` where :func:`bf16_autocast_pays` (and
     ``amp``), else ``"float32"``. The run's report records it: the same command runs in float32 on a CPU without
-    native bf16, about 1.8x slower and with other rounding."""
+    native bf16, at another speed and with other rounding."""
     return "bf16 autocast" if amp and bf16_autocast_pays(device) else "float32"
 
 
