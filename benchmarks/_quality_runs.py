@@ -13,7 +13,14 @@ import numpy as np
 import torch
 from _recipes import load_recipe
 
-from ds3kit.baselines import CEILING_NOISE_FREE, CEILING_PAIRED_LEVELS, CEILING_TISSUE, COPY_T1, LINEAR
+from ds3kit.baselines import (
+    CEILING_NOISE_FREE,
+    CEILING_PAIRED_LEVELS,
+    CEILING_POPULATION_LEVELS,
+    CEILING_TISSUE,
+    COPY_T1,
+    LINEAR,
+)
 from ds3kit.train import RunConfig, Trainer
 from ds3kit.train.trainer import resolve_device
 from ds3kit.utils.atomic import atomic_write_text
@@ -156,7 +163,7 @@ def reference_rows(report: dict[str, Any], paired_fraction: float) -> dict[str, 
     """The baselines and ceilings of one run's report, as study rows: those that depend on the paired subjects
     (``linear``, the paired-levels ceiling) are labelled with the paired fraction, the others are not."""
     rows = {}
-    order = (COPY_T1, LINEAR, CEILING_PAIRED_LEVELS, CEILING_TISSUE, CEILING_NOISE_FREE)
+    order = (COPY_T1, LINEAR, CEILING_PAIRED_LEVELS, CEILING_POPULATION_LEVELS, CEILING_TISSUE, CEILING_NOISE_FREE)
     baselines = report.get("baselines", {})
     for name, result in sorted(baselines.items(), key=lambda item: order.index(item[0]) if item[0] in order else 99):
         depends_on_paired = name in (LINEAR, CEILING_PAIRED_LEVELS)

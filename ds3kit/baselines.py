@@ -16,6 +16,11 @@ On phantom data (:mod:`ds3kit.data.phantom`) the cohort also records what no mod
   training subjects. It knows the anatomy perfectly but, like any model trained on those subjects, learns the
   T1ce levels from them alone: each subject's own contrasts and intensity scale are out of its reach. It is the
   ceiling that moves with the paired fraction.
+- ``ceiling: tissue map, population levels``: the same with each tissue's mean T1ce over *every* training subject
+  (paired and unpaired). It is what perfect anatomy plus fully supervised levels gives without looking at the test
+  subject's T1ce: the ceiling of pix2pix at 100 % and of any setting that learns the cohort's levels. ``ceiling:
+  tissue map`` sits above it only by fitting each test subject's own scale to its real T1ce, which no synthesis
+  can do (the phantom draws every subject's contrasts, bias field and scale per modality, independently).
 
 Every predictor maps a :class:`~ds3kit.data.Session` to an (X, Y, Z) float32 volume in the normalised T1ce scale,
 0 outside the brain, like :func:`ds3kit.inference.synthesize_volume`.
@@ -40,6 +45,7 @@ LINEAR = "linear"
 CEILING_TISSUE = "ceiling: tissue map"
 CEILING_NOISE_FREE = "ceiling: noise-free T1ce"
 CEILING_PAIRED_LEVELS = "ceiling: tissue map, paired levels"
+CEILING_POPULATION_LEVELS = "ceiling: tissue map, population levels"
 
 
 def copy_t1(session: Session) -> np.ndarray:
@@ -147,12 +153,16 @@ def tissue_levels(sessions_and_tissues: Iterable[tuple[Session, np.ndarray]]) ->
 
 
 def ceiling_predictors(
-    case_dirs: Sequence[str | Path], paired_case_dirs: Sequence[str | Path] = ()
+    case_dirs: Sequence[str | Path],
+    paired_case_dirs: Sequence[str | Path] = (),
+    training_case_dirs: Sequence[str | Path] = (),
 ) -> dict[str, Predictor] | None:
     """The phantom's ceilings for the sessions of ``case_dirs``, or None when a case has no phantom truth.
 
-    With ``paired_case_dirs`` (the paired training subjects) also ``ceiling: tissue map, paired levels``.
-    The returned predictors look the session up by ``case_id`` (the case folder's name).
+    With ``paired_case_dirs`` (the paired training subjects) also ``ceiling: tissue map, paired levels``; with
+    ``training_case_dirs`` (every training subject) also ``ceiling: tissue map, population levels``. Either is left
+    out when one of its subjects has no phantom truth. The returned predictors look the session up by ``case_id``
+    (the case folder's name).
     """
     truths = {}
     for case_dir in case_dirs:
@@ -170,20 +180,30 @@ def ceiling_predictors(
         clean = session.scalings["t1ce"].normalize(truth_of(session)["t1ce_clean"])
         return np.where(session.brain_mask, clean, 0.0).astype(np.float32)
 
+    def painted_with_levels_of(level_case_dirs: Sequence[str | Path]) -> Predictor | None:
+        level_truths = [load_phantom_truth(case_dir) for case_dir in level_case_dirs]
+        if not level_case_dirs or any(truth is None for truth in level_truths):
+            return None
+        from ds3kit.data import load_brats_case
+
+        levels = tissue_levels(
+            (load_brats_case(case_dir), truth["tissue"]) for case_dir, truth in zip(level_case_dirs, level_truths)
+        )
+
+        def painted(session: Session) -> np.ndarray:
+            return np.where(session.brain_mask, levels[truth_of(session)["tissue"]], 0.0).astype(np.float32)
+
+        return painted
+
     ceilings: dict[str, Predictor] = {
         CEILING_TISSUE: lambda session: tissue_map_ceiling(session, truth_of(session)["tissue"]),
         CEILING_NOISE_FREE: noise_free,
     }
-    paired_truths = [load_phantom_truth(case_dir) for case_dir in paired_case_dirs]
-    if paired_case_dirs and all(truth is not None for truth in paired_truths):
-        from ds3kit.data import load_brats_case
-
-        levels = tissue_levels(
-            (load_brats_case(case_dir), truth["tissue"]) for case_dir, truth in zip(paired_case_dirs, paired_truths)
-        )
-
-        def paired_levels(session: Session) -> np.ndarray:
-            return np.where(session.brain_mask, levels[truth_of(session)["tissue"]], 0.0).astype(np.float32)
-
-        ceilings[CEILING_PAIRED_LEVELS] = paired_levels
+    for name, level_case_dirs in (
+        (CEILING_PAIRED_LEVELS, paired_case_dirs),
+        (CEILING_POPULATION_LEVELS, training_case_dirs),
+    ):
+        predictor = painted_with_levels_of(level_case_dirs)
+        if predictor is not None:
+            ceilings[name] = predictor
     return ceilings

@@ -188,3 +188,26 @@ def test_paired_levels_ceiling_paints_each_tissue_with_its_paired_mean(cohort):
     brain = sessions[2].brain_mask
     np.testing.assert_allclose(prediction[brain], levels[truths[2]][brain], rtol=1e-6)
     assert CEILING_PAIRED_LEVELS not in ceiling_predictors(folders[2:])
+
+
+def test_population_levels_ceiling_paints_each_tissue_with_its_training_cohort_mean(cohort):
+    from ds3kit.baselines import CEILING_PAIRED_LEVELS, CEILING_POPULATION_LEVELS
+
+    folders, sessions = cohort
+    truths = [load_phantom_truth(folder)["tissue"] for folder in folders]
+    ceilings = ceiling_predictors(folders[2:], folders[:1], folders[:2])
+    test, tissue = sessions[2], truths[2]
+    brain = test.brain_mask
+    # Independent: per tissue code, the mean normalised T1ce of the voxels of that code in both training subjects,
+    # pooled voxel by voxel (not a mean of per-subject means), in float64.
+    for name, members in ((CEILING_POPULATION_LEVELS, (0, 1)), (CEILING_PAIRED_LEVELS, (0,))):
+        prediction = ceilings[name](test)
+        for code in np.unique(tissue[brain]):
+            values = np.concatenate(
+                [sessions[i].target[(truths[i] == code) & sessions[i].brain_mask].astype(np.float64) for i in members]
+            )
+            if values.size:
+                np.testing.assert_allclose(prediction[(tissue == code) & brain], values.mean(), rtol=1e-5)
+        assert not prediction[~brain].any()
+    assert not np.array_equal(ceilings[CEILING_POPULATION_LEVELS](test), ceilings[CEILING_PAIRED_LEVELS](test))
+    assert CEILING_POPULATION_LEVELS not in ceiling_predictors(folders[2:], folders[:1])

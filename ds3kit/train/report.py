@@ -143,7 +143,7 @@ def write_final_report(
                 key: float(np.mean([scores[key] for scores in reliability.values() if key in scores])) for key in keys
             }
     report["baselines"] = {}
-    ceilings = ceiling_predictors(cases, split.train_paired) or {}
+    ceilings = ceiling_predictors(cases, split.train_paired, split.train) or {}
     if segmenter is not None:
         # The segmenter's own ceiling: the real T1ce in place of a synthesis (Dice only: its image metrics are
         # perfect by definition).
