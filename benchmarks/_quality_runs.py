@@ -89,6 +89,12 @@ ARMS = (
     # The data setting where other unpaired subjects lend real T1ce to D^S, on the current defaults (the arm above is
     # the same setting on the earlier ones): the issue's first candidate, run at every seed on the bf16 defaults.
     Arm("DS3-Net 5% (other subjects' T1ce)", "ds3net", 0.05, run={"unpaired_t1ce": "other-subjects"}),
+    # The synthesis issue's width lead (2026-12-02: +0.42 / +0.50 dB at seed 0, -0.06 dB at seed 1), at every seed:
+    # 24 base channels instead of the small preset's 16, about twice the generator's step time.
+    Arm("paired-only 5% (width 24)", "paired_only", 0.05, run={"base_channels": 24}),
+    # The semi-supervision issue's noisy student on the current defaults: the student's unpaired inputs get an
+    # intensity perturbation its teacher does not see (`student_noise`), so it distils under a consistency constraint.
+    Arm("DS3-Net 5% (noisy student)", "ds3net", 0.05, {"student_noise": True}),
     # The student's adversarial term (weight 1, against a D^S whose only real images are the paired subjects') off,
     # with the two mechanisms above: the student then learns from L_pid, L_id and L_fd only.
     Arm(
