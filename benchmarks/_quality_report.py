@@ -53,7 +53,9 @@ def selection_table(selection: dict[str, list[dict[str, dict[str, Any]]]]) -> st
     ]
 
     def cell(values: list[float], sign: str = "") -> str:
-        return f"{np.mean(values):{sign}.2f} ± {np.std(values):.2f}"
+        mean = float(np.mean(values))
+        mean = 0.0 if round(mean, 2) == 0 else mean  # a difference that rounds to zero prints +0.00, not -0.00
+        return f"{mean:{sign}.2f} ± {np.std(values):.2f}"
 
     for arm, runs in selection.items():
         for role in dict.fromkeys(role for run in runs for role in run):

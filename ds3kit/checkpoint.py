@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ds3kit.data.normalize import NORMALIZATION
 from ds3kit.errors import CheckpointError
 from ds3kit.models import Generator, PatchDiscriminator
 from ds3kit.utils.atomic import atomic_path
@@ -142,7 +143,12 @@ def save_generator(
             how its raw scores are read as realness. Stored only with a discriminator.
         metadata: plain values (str/int/float/bool/None and containers of them), returned by :func:`load_generator`.
     """
-    payload: dict[str, Any] = {"config": generator.config(), "state_dict": _cpu_state(generator), "metadata": metadata}
+    payload: dict[str, Any] = {
+        "config": generator.config(),
+        "state_dict": _cpu_state(generator),
+        "metadata": metadata,
+        "normalization": NORMALIZATION,
+    }
     if discriminator is not None:
         from ds3kit.losses.adversarial import GAN_MODES  # here: the losses package is not needed to synthesize
 
@@ -160,6 +166,20 @@ def save_generator(
     save_checkpoint(path, payload, kind=GENERATOR_FORMAT)
 
 
+def check_normalization(path: str | Path, payload: dict[str, Any]) -> None:
+    """Refuse a network trained on intensities normalised by another rule than the one sessions are read with.
+
+    Its inputs would be on another scale, so its output would be wrong without any error. Checkpoints written before
+    the rule was recorded (ds3kit before 2026-12-03) were trained on the ``"percentile"`` rule.
+    """
+    trained_on = payload.get("normalization", "percentile")
+    if trained_on != NORMALIZATION:
+        raise CheckpointError(
+            f"{path}: trained on intensities normalised by the {trained_on!r} rule, but this ds3kit normalises "
+            f"sessions by {NORMALIZATION!r} (docs/data.md, 'Intensity normalisation'): retrain it with this version"
+        )
+
+
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
 
@@ -171,6 +191,7 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> t
         CheckpointError: not a ds3kit generator checkpoint, or weights that do not fit the stored architecture.
     """
     payload = load_checkpoint(path, kind=GENERATOR_FORMAT)
+    check_normalization(path, payload)
     try:
         # Checkpoints written before the residual head existed hold sigmoid generators.
         generator = Generator(**{"output": "sigmoid", **payload["config"]})

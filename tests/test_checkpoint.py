@@ -190,3 +190,33 @@ def test_save_generator_checks_the_discriminator(tmp_path):
     with pytest.raises(ValueError, match="gan_mode must be one of"):
         save_generator(tmp_path / "g.pt", generator, discriminator=discriminator, gan_mode="wgan")
     assert not (tmp_path / "g.pt").exists()
+
+
+def test_a_network_trained_on_another_normalisation_is_refused(tmp_path):
+    from ds3kit.checkpoint import load_generator, save_generator
+    from ds3kit.data.normalize import NORMALIZATION
+    from ds3kit.segment import Segmenter, load_segmenter, save_segmenter
+
+    generator, _ = _generator_and_discriminator(4)
+    path = tmp_path / "g.pt"
+    save_generator(path, generator, role="student")
+    payload = torch.load(path, weights_only=True)
+    assert payload["normalization"] == NORMALIZATION == "zscore"
+    load_generator(path)
+    # As ds3kit wrote it before the rule was recorded (trained on percentiles), and a rule this version does not use.
+    for name, stored in (("old.pt", None), ("other.pt", "percentile")):
+        changed = dict(payload)
+        changed.pop("normalization")
+        if stored is not None:
+            changed["normalization"] = stored
+        torch.save(changed, tmp_path / name)
+        with pytest.raises(CheckpointError, match="normalised by the 'percentile' rule.*retrain"):
+            load_generator(tmp_path / name)
+    segmenter_path = tmp_path / "s.pt"
+    save_segmenter(segmenter_path, Segmenter())
+    segmenter_payload = torch.load(segmenter_path, weights_only=True)
+    load_segmenter(segmenter_path)
+    segmenter_payload.pop("normalization")
+    torch.save(segmenter_payload, segmenter_path)
+    with pytest.raises(CheckpointError, match="'percentile' rule"):
+        load_segmenter(segmenter_path)

@@ -2,7 +2,7 @@
 
 Intensity units (``--scaling``, see ``docs/metrics.md``): metrics are only meaningful when both volumes are in the
 same units, so ONE map is used for both. By default (``auto``) the real T1ce is put on ds3kit's training scale (the
-0.5th / 99.5th percentiles inside the brain -> [0, 1], 0 outside the brain, exactly what training and
+brain mean minus / plus 3 sd -> [0, 1], 0 outside the brain, exactly what training and
 ``evaluate_generator`` do); a prediction that already lies in [0, 1] is taken to be on that scale (what
 ``ds3kit synthesize`` writes) and used as is, any other prediction is taken to be in the target's scanner units and
 gets the target's map. The prediction never gets a map fitted on itself: that would hide a global intensity error.
@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the brain (--mask, else estimated from the target as in training) and the tumour (--seg > 0; keys left out "
         "when the segmentation has no tumour). A prediction on another grid is resampled onto the target's grid "
         "through the affines (trilinear), with a note on stderr. --scaling auto (default): the target is normalised "
-        "as in training (0.5/99.5th percentiles inside the brain -> [0, 1], 0 outside); a prediction already in "
+        "as in training (brain mean +- 3 sd -> [0, 1], 0 outside); a prediction already in "
         "[0, 1] is used as is (ds3kit synthesize writes that scale), any other gets the target's map; when both "
         "files are already in [0, 1] both are used as is. --scaling target: the target's map for both (both in "
         "scanner units). --scaling none: both as is (set --data-range). An infinite PSNR (identical volumes) is "
@@ -319,8 +319,9 @@ def _scale(target: np.ndarray, pred: np.ndarray, brain: np.ndarray, scaling: str
     if scaling == "none" or (scaling == "auto" and in_unit_range(target) and in_unit_range(pred)):
         return target, pred, "none"
     mapping = fit_intensity_scaling(target, brain)
-    # As in training (ds3kit.data.Session): [0, 1] from the percentiles inside the brain, 0 outside it.
+    # As in training (ds3kit.data.Session): [0, 1] from the brain's mean and spread, 0 outside it. The map's 0 is
+    # not scanner 0 (the mean minus 3 sd is usually negative), so the prediction is cut to the brain the same way.
     truth = np.where(brain, mapping.normalize(target), np.float32(0.0))
     if scaling == "auto" and in_unit_range(pred):
         return truth, pred, "target"
-    return truth, mapping.normalize(pred), "target_map_on_both"
+    return truth, np.where(brain, mapping.normalize(pred), np.float32(0.0)), "target_map_on_both"

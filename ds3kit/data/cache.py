@@ -1,7 +1,7 @@
 """A preprocessed on-disk cache of BraTS-layout cases, read back through memory maps.
 
 Preprocessing (:func:`preprocess_cases`, ``ds3kit preprocess``) loads each case once as :func:`load_brats_case`
-does (T1 grid, per-modality percentile normalisation to [0, 1], brain mask, seg in {0, 1, 2, 4}), crops it to the
+does (T1 grid, per-modality z-score normalisation to [0, 1], brain mask, seg in {0, 1, 2, 4}), crops it to the
 bounding box of the brain and the tumour, and writes plain ``.npy`` files plus a ``case.json`` manifest:
 
 =================  ============================  =======================================================
@@ -63,7 +63,7 @@ from ds3kit.utils.atomic import fsync_dir
 PathLike = str | os.PathLike
 
 # Bump when what an entry holds or how it is computed changes: entries of another version are never reused.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: sessions normalised by the brain's z-score (ds3kit.data.normalize), not percentiles
 # The largest difference between a cached value and the float32 normalisation (values in [0, 1], float16).
 CACHE_TOLERANCE = 2.0**-12
 MANIFEST = "case.json"

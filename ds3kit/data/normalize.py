@@ -1,4 +1,4 @@
-"""Intensity normalisation (robust percentiles inside the brain -> [0, 1]) and brain masks."""
+"""Intensity normalisation (the brain's mean and spread, or its percentiles -> [0, 1]) and brain masks."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ class IntensityScaling:
     """The linear map from scanner units to [0, 1]: ``(x - low) / (high - low)``, clipped.
 
     Attributes:
-        low: the scanner value mapped to 0 (a low percentile inside the brain).
-        high: the scanner value mapped to 1 (a high percentile inside the brain); ``high > low``.
+        low: the scanner value mapped to 0 (see :func:`fit_intensity_scaling`).
+        high: the scanner value mapped to 1; ``high > low``.
     """
 
     low: float
@@ -32,7 +32,7 @@ class IntensityScaling:
             raise ValueError(f"IntensityScaling needs finite low < high, got low={self.low}, high={self.high}")
 
     def normalize(self, data: np.ndarray) -> np.ndarray:
-        """Scanner units -> [0, 1]; any shape; float32. Values beyond the percentiles clip to 0 or 1."""
+        """Scanner units -> [0, 1]; any shape; float32. Values beyond ``low`` / ``high`` clip to 0 or 1."""
         scaled = (np.asarray(data, dtype=np.float32) - np.float32(self.low)) / np.float32(self.high - self.low)
         return np.clip(scaled, 0.0, 1.0, out=scaled)
 
@@ -41,27 +41,43 @@ class IntensityScaling:
         return np.asarray(data, dtype=np.float32) * np.float32(self.high - self.low) + np.float32(self.low)
 
 
+#: The rules :func:`fit_intensity_scaling` knows; the first is what every session is normalised with.
+NORMALIZATIONS = ("zscore", "percentile")
+NORMALIZATION = NORMALIZATIONS[0]
+#: ``zscore`` maps the brain's mean minus / plus this many standard deviations to 0 / 1.
+ZSCORE_HALF_WIDTH = 3.0
+
+
 def fit_intensity_scaling(
     data: np.ndarray,
     mask: np.ndarray,
     *,
+    method: str = NORMALIZATION,
     lower_percentile: float = 0.5,
     upper_percentile: float = 99.5,
 ) -> IntensityScaling:
-    """Fit the [0, 1] map to the robust intensity range inside ``mask``.
+    """Fit the [0, 1] map of one volume from its intensities inside ``mask``.
 
-    Percentiles (not min/max) so a few hot voxels or vessels do not compress the brain into a
-    narrow band. Falls back to the min/max inside the mask when the two percentiles coincide.
+    ``"zscore"`` (the default) maps the mean inside the mask minus / plus :data:`ZSCORE_HALF_WIDTH` standard
+    deviations to 0 / 1: a z-score inside the brain, nnU-Net's convention for MRI, rescaled to the unit range.
+    The scale is set by the bulk of the brain, so one tissue sits at nearly the same value in every subject, and a
+    bright rim or vessel is kept rather than clipped. ``"percentile"`` maps ``lower_percentile`` /
+    ``upper_percentile`` to 0 / 1 (ds3kit before 2026-12-03: 0.5 / 99.5); there the 99.5th percentile falls on the
+    enhancing rim and the vessels, so their volume sets the subject's scale and a large rim is clipped to 1
+    (docs/data.md). Either falls back to the min / max inside the mask when its range is empty.
 
     Args:
         data: (X, Y, Z) scanner units.
         mask: bool (X, Y, Z), the voxels to measure (the brain).
-        lower_percentile, upper_percentile: in [0, 100], lower < upper.
+        method: one of :data:`NORMALIZATIONS`.
+        lower_percentile, upper_percentile: ``"percentile"`` only; in [0, 100], lower < upper.
 
     Raises:
         InputError: the mask is empty or the intensity inside it is constant.
-        ValueError: shapes differ or the percentiles are out of order.
+        ValueError: an unknown method, shapes differ or the percentiles are out of order.
     """
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"method must be one of {NORMALIZATIONS}, got {method!r}")
     values = np.asarray(data)
     inside = np.asarray(mask, dtype=bool)
     if values.shape != inside.shape:
@@ -73,7 +89,12 @@ def fit_intensity_scaling(
     selected = values[inside]
     if selected.size == 0:
         raise InputError("brain mask is empty: no voxels to fit the intensity scaling on")
-    low, high = np.percentile(selected, [lower_percentile, upper_percentile])
+    if method == "zscore":
+        selected = selected.astype(np.float64)
+        mean, spread = selected.mean(), selected.std()
+        low, high = mean - ZSCORE_HALF_WIDTH * spread, mean + ZSCORE_HALF_WIDTH * spread
+    else:
+        low, high = np.percentile(selected, [lower_percentile, upper_percentile])
     if high <= low:
         low, high = selected.min(), selected.max()
     if high <= low:

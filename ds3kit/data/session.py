@@ -108,7 +108,7 @@ def load_session(
 
     T2, FLAIR and T1ce are resampled trilinearly, seg and mask by nearest neighbour; the grids
     may differ in shape, orientation and field of view (a real clinical session), but must
-    overlap. Each modality is then normalised to [0, 1] by its own robust percentiles inside the
+    overlap. Each modality is then normalised to [0, 1] by its own mean and spread inside the
     brain mask (``mask`` if given, else :func:`brain_mask` of T1/T2/FLAIR), and set to 0 outside.
 
     Args:

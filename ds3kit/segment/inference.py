@@ -38,8 +38,8 @@ def segment_volume(
     Args:
         segmenter: maps (B, 4, H, W) T1, T1ce, T2, FLAIR to (B, 3, H, W) logits of WT, TC, ET (a
             :class:`~ds3kit.segment.Segmenter`).
-        t1, t1ce, t2, flair: float (X, Y, Z), each normalised as ``ds3kit.data`` sessions are (robust percentiles
-            inside the brain -> [0, 1], 0 outside); slices along the last axis.
+        t1, t1ce, t2, flair: float (X, Y, Z), each normalised as ``ds3kit.data`` sessions are (brain mean
+            +- 3 sd -> [0, 1], 0 outside); slices along the last axis.
         brain_mask: bool (X, Y, Z).
         batch_size: slices per forward pass; None: :func:`ds3kit.inference.default_batch_size`.
         device: where the segmenter runs (it is moved there and put in eval mode); None: where its parameters are.

@@ -97,7 +97,7 @@ def write_final_report(
             role=role,
             step=report["selected_step"][role],
             image_size=cfg.image_size,
-            intensity="per-modality robust percentiles in the brain -> [0, 1]",
+            intensity="per-modality brain mean +- 3 sd -> [0, 1]",
             **provenance,
         )
         folder = run_dir / "predictions" / role

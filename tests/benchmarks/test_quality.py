@@ -293,14 +293,23 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     rows = _table_rows(text)
     first_table = _table_rows(text.split("![quality]", 1)[0])
     arm_rows = [row for row in first_table if row.startswith((f"| {PAIRED} ", f"| {DS3} "))]
-    # Eight steps of tiny networks lose to copying T1, and the page says so.
-    assert [row.split(" | ")[0] for row in arm_rows] == [f"| {label} **(loses to copy-T1)**" for label in (PAIRED, DS3)]
+    # An arm is marked exactly when its brain PSNR does not beat copy-T1's (one seed: the table's own figures).
+    psnr_column = 1 + list(quality.METRICS).index("brain_psnr")
+
+    def brain_psnr(row: str) -> float:
+        return float(row.strip("|").split("|")[psnr_column])
+
+    copy_row = next(row for row in first_table if row.startswith("| copy-T1 "))
+    for label, row in zip((PAIRED, DS3), arm_rows):
+        loses = brain_psnr(row) <= brain_psnr(copy_row)
+        assert row.split(" | ")[0] == (f"| {label} **(loses to copy-T1)**" if loses else f"| {label}")
     references = [row.split(" | ")[0] for row in first_table if not row.startswith((f"| {PAIRED} ", f"| {DS3} "))]
     assert references[1:] == [
         "| *references (no training)*",
         "| copy-T1",
         "| linear (5% paired)",
         "| ceiling: tissue map, paired levels (5% paired)",
+        "| ceiling: tissue map, population levels",
         "| ceiling: tissue map",
         "| ceiling: noise-free T1ce",
         "| real T1ce (segmenter)",
@@ -333,7 +342,9 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     ]
     at_last_step = [row for row in selection_rows if row[3] == "8"]
     assert at_last_step, selection_rows  # the smoke runs ship their last step: the check below must have rows
-    for row in at_last_step:  # rebuilt from last.pt by the recipe, the network must score exactly what shipped
+    # Rebuilt from last.pt by the recipe, the network must score what shipped, to the table's precision (the recipe
+    # scored the float16 cache, this the float32 volumes: 1e-4 dB apart).
+    for row in at_last_step:
         assert row[4] == row[5] and row[6] == "+0.00 ± 0.00 / +0.00 ± 0.00", row
 
     png = report.with_suffix(".png")
@@ -401,8 +412,9 @@ def test_finished_only_reports_what_finished_and_trains_nothing(small_cohort: Pa
     before = sorted(path.name for path in out.iterdir())
     assert quality.main([*common, "--arms", PAIRED, DS3, "--finished-only", "--report", str(report)]) == 0
     assert sorted(path.name for path in out.iterdir()) == before  # DS3-Net was not trained
-    rows = {row.split(" | ")[0]: row for row in _table_rows(report.read_text())}
-    assert "n/a" not in rows[f"| {PAIRED} **(loses to copy-T1)**"]
+    # Keyed by the arm's name, with or without the page's mark of an arm that loses to copy-T1.
+    rows = {row.split(" | ")[0].replace(" **(loses to copy-T1)**", ""): row for row in _table_rows(report.read_text())}
+    assert "n/a" not in rows[f"| {PAIRED}"]
     assert rows[f"| {DS3}"].count("n/a") == len(quality.METRICS)  # no seed finished: every cell n/a
 
 

@@ -12,7 +12,7 @@ def test_fit_matches_numpy_percentiles_inside_mask():
     rng = np.random.default_rng(0)
     data = rng.gamma(2.0, 100.0, size=(17, 19, 11)).astype(np.float32)
     mask = rng.random(data.shape) > 0.4
-    scaling = fit_intensity_scaling(data, mask, lower_percentile=1.0, upper_percentile=98.0)
+    scaling = fit_intensity_scaling(data, mask, method="percentile", lower_percentile=1.0, upper_percentile=98.0)
     low, high = np.percentile(data[mask].astype(np.float64), [1.0, 98.0])
     assert scaling.low == pytest.approx(low, rel=1e-5) and scaling.high == pytest.approx(high, rel=1e-5)
     normalised = scaling.normalize(data)
@@ -105,3 +105,29 @@ def test_mask_errors():
         brain_mask([])
     with pytest.raises(ValueError, match="share one shape"):
         brain_mask([np.ones((4, 5, 6)), np.ones((4, 5, 7))])
+
+
+def test_zscore_fit_maps_the_brain_mean_plus_minus_three_sd_to_the_unit_range():
+    rng = np.random.default_rng(1)
+    data = rng.gamma(3.0, 50.0, size=(13, 17, 9)).astype(np.float32)
+    mask = rng.random(data.shape) > 0.3
+    data[~mask] = 1e6  # outside the mask: must not count
+    scaling = fit_intensity_scaling(data, mask)  # the default rule
+    inside = data[mask].astype(np.float64)
+    # Independent: the moments by their definitions, in float64.
+    mean = inside.sum() / inside.size
+    spread = np.sqrt(((inside - mean) ** 2).sum() / inside.size)
+    assert scaling.low == pytest.approx(mean - 3 * spread, rel=1e-9)
+    assert scaling.high == pytest.approx(mean + 3 * spread, rel=1e-9)
+    normalised = scaling.normalize(data)[mask]
+    assert normalised.mean() == pytest.approx(0.5, abs=0.01)  # the mean lands in the middle
+    assert np.mean((normalised == 0.0) | (normalised == 1.0)) < 0.02  # a gamma's tail is barely clipped
+    assert fit_intensity_scaling(data, mask, method="zscore") == scaling
+
+
+def test_the_rule_is_checked_by_name():
+    data = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    with pytest.raises(ValueError, match="method must be one of"):
+        fit_intensity_scaling(data, np.ones(data.shape, bool), method="minmax")
+    with pytest.raises(InputError, match="constant"):
+        fit_intensity_scaling(np.ones((3, 4, 5), np.float32), np.ones((3, 4, 5), bool), method="zscore")

@@ -221,6 +221,21 @@ def test_resuming_with_other_training_settings_is_refused_by_name(tmp_path):
     assert RunConfig(tumour_repeats=2).differences({"seed": 0}) == {}
 
 
+def test_resuming_a_run_trained_on_another_normalisation_is_refused(tmp_path):
+    from ds3kit.checkpoint import TRAINING_FORMAT, load_checkpoint, save_checkpoint
+    from ds3kit.errors import CheckpointError
+    from ds3kit.train import Trainer
+
+    trainer = Trainer(RunConfig(out=str(tmp_path), steps=20), _build, name="tiny")
+    path = tmp_path / "last.pt"
+    trainer._save(path, 7, _Tiny(), LinearDecay(total=20, fraction=0.5))
+    payload = load_checkpoint(path, kind=TRAINING_FORMAT)
+    del payload["normalization"]  # a run saved before the rule was recorded: trained on percentiles
+    save_checkpoint(path, payload, kind=TRAINING_FORMAT)
+    with pytest.raises(CheckpointError, match="'percentile' rule"):
+        trainer._restore(path, _Tiny(), LinearDecay(total=20, fraction=0.5))
+
+
 # ------------------------------------------------------------------------------------- the method it builds
 def test_the_trainer_reads_the_method_class_from_the_factory_without_building_it():
     from ds3kit.train import Trainer
