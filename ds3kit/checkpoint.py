@@ -39,8 +39,12 @@ TRAINING_FORMAT = "ds3kit.training"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any], *, kind: str) -> None:
-    """Write ``payload`` under the ds3kit envelope to ``path`` atomically (temp file, fsync, rename)."""
-    envelope = {"format": kind, "version": FORMAT_VERSION, **payload}
+    """Write ``payload`` under the ds3kit envelope to ``path`` atomically (temp file, fsync, rename).
+
+    The envelope records the intensity normalisation the sessions were read with (``"normalization"``): every kind
+    holds networks trained on normalised sessions, and :func:`load_checkpoint` refuses another rule.
+    """
+    envelope = {"format": kind, "version": FORMAT_VERSION, **payload, "normalization": NORMALIZATION}
     with atomic_path(path) as tmp:
         torch.save(envelope, tmp)
 
@@ -50,7 +54,7 @@ def load_checkpoint(path: str | Path, *, kind: str, map_location: str | torch.de
 
     Raises:
         CheckpointError: the file is missing, corrupt, unsafe (would execute code), not a ds3kit
-            checkpoint, of another kind, or of a newer format version.
+            checkpoint, of another kind, of a newer format version, or trained on another intensity normalisation.
     """
     path = Path(path)
     if not path.is_file():
@@ -78,6 +82,7 @@ def load_checkpoint(path: str | Path, *, kind: str, map_location: str | torch.de
         raise CheckpointError(
             f"{path}: checkpoint format version {payload['version']} is newer than this ds3kit ({FORMAT_VERSION})"
         )
+    _check_normalization(path, payload)
     return payload
 
 
@@ -147,7 +152,6 @@ def save_generator(
         "config": generator.config(),
         "state_dict": _cpu_state(generator),
         "metadata": metadata,
-        "normalization": NORMALIZATION,
     }
     if discriminator is not None:
         from ds3kit.losses.adversarial import GAN_MODES  # here: the losses package is not needed to synthesize
@@ -166,7 +170,7 @@ def save_generator(
     save_checkpoint(path, payload, kind=GENERATOR_FORMAT)
 
 
-def check_normalization(path: str | Path, payload: dict[str, Any]) -> None:
+def _check_normalization(path: str | Path, payload: dict[str, Any]) -> None:
     """Refuse a network trained on intensities normalised by another rule than the one sessions are read with.
 
     Its inputs would be on another scale, so its output would be wrong without any error. Checkpoints written before
@@ -191,7 +195,6 @@ def load_generator(path: str | Path, *, device: str | torch.device = "cpu") -> t
         CheckpointError: not a ds3kit generator checkpoint, or weights that do not fit the stored architecture.
     """
     payload = load_checkpoint(path, kind=GENERATOR_FORMAT)
-    check_normalization(path, payload)
     try:
         # Checkpoints written before the residual head existed hold sigmoid generators.
         generator = Generator(**{"output": "sigmoid", **payload["config"]})

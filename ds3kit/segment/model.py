@@ -11,8 +11,7 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from ds3kit.checkpoint import check_normalization, load_checkpoint, save_checkpoint
-from ds3kit.data.normalize import NORMALIZATION
+from ds3kit.checkpoint import load_checkpoint, save_checkpoint
 from ds3kit.errors import CheckpointError
 from ds3kit.segment.regions import REGIONS
 
@@ -98,7 +97,6 @@ def save_segmenter(path: str | Path, segmenter: Segmenter, **metadata: Any) -> N
         "modalities": list(SEGMENTER_MODALITIES),
         "regions": list(REGIONS),
         "metadata": metadata,
-        "normalization": NORMALIZATION,
     }
     save_checkpoint(path, payload, kind=SEGMENTER_FORMAT)
 
@@ -111,7 +109,6 @@ def load_segmenter(path: str | Path, *, device: str | torch.device = "cpu") -> t
             weights that do not fit the stored architecture.
     """
     payload = load_checkpoint(path, kind=SEGMENTER_FORMAT)
-    check_normalization(path, payload)
     if tuple(payload.get("modalities", ())) != SEGMENTER_MODALITIES or tuple(payload.get("regions", ())) != REGIONS:
         raise CheckpointError(
             f"{path}: expected inputs {SEGMENTER_MODALITIES} and regions {REGIONS}, found "

@@ -37,7 +37,6 @@ from ds3kit.baselines import reference_predictors
 from ds3kit.checkpoint import (
     TRAINING_FORMAT,
     capture_rng_state,
-    check_normalization,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -54,7 +53,6 @@ from ds3kit.data import (
     split_cohort,
     step_loader,
 )
-from ds3kit.data.normalize import NORMALIZATION
 from ds3kit.errors import InputError
 from ds3kit.evaluation import evaluate_generator, evaluate_predictor
 from ds3kit.methods.base import Method, NonFiniteLossError
@@ -371,7 +369,6 @@ class Trainer:
             "schedule": schedule.state_dict(),
             "rng": capture_rng_state(),
             "best": self.best,
-            "normalization": NORMALIZATION,
         }
         save_checkpoint(path, payload, kind=TRAINING_FORMAT)
 
@@ -379,7 +376,6 @@ class Trainer:
         payload = load_checkpoint(path, kind=TRAINING_FORMAT, map_location=self.device)
         if payload["method"] != self.name:
             raise InputError(f"{path}: a checkpoint of {payload['method']!r}, not {self.name!r}")
-        check_normalization(path, payload)
         changed = self.config.differences(payload.get("config", {}))
         if changed:
             found = ", ".join(f"{key} {old!r} (asked {new!r})" for key, (old, new) in changed.items())
