@@ -204,12 +204,15 @@ def test_population_levels_ceiling_paints_each_tissue_with_its_training_cohort_m
     # pooled voxel by voxel (not a mean of per-subject means), in float64.
     for name, members in ((CEILING_POPULATION_LEVELS, (0, 1)), (CEILING_PAIRED_LEVELS, (0,))):
         prediction = ceilings[name](test)
+        checked = 0
         for code in np.unique(tissue[brain]):
             values = np.concatenate(
                 [sessions[i].target[(truths[i] == code) & sessions[i].brain_mask].astype(np.float64) for i in members]
             )
             if values.size:
                 np.testing.assert_allclose(prediction[(tissue == code) & brain], values.mean(), rtol=1e-5)
+                checked += 1
+        assert checked >= 4  # white and grey matter, CSF and the tumour's tissues at least: not a vacuous loop
         assert not prediction[~brain].any()
     assert not np.array_equal(ceilings[CEILING_POPULATION_LEVELS](test), ceilings[CEILING_PAIRED_LEVELS](test))
     assert CEILING_POPULATION_LEVELS not in ceiling_predictors(folders[2:], folders[:1])
