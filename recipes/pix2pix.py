@@ -27,11 +27,13 @@ class Pix2PixOptions:
     lambda_adv: float = DS3NetOptions.lambda_adv
     lambda_pixel: float = DS3NetOptions.lambda_pixel
     gan_mode: str = DS3NetOptions.gan_mode
+    tumour_weight: float = DS3NetOptions.tumour_weight
 
     HELP: ClassVar[dict[str, str]] = {
         "lambda_adv": "weight of the adversarial term",
         "lambda_pixel": "weight of the L1 to the real T1ce",
         "gan_mode": "adversarial loss: lsgan, bce or hinge",
+        "tumour_weight": DS3NetOptions.HELP["tumour_weight"],
     }
 
 

@@ -67,6 +67,7 @@ class DS3NetOptions:
     student_noise: bool = False  # noisy student: an intensity perturbation on the student's unpaired inputs only
     student_pixel: bool = False  # the student also gets L_pid on the paired batches (not in the figure)
     teacher_ema: float = 0.0  # > 0: pseudo-targets from an exponential moving average of the teacher (this decay)
+    tumour_weight: float = 1.0  # L_pid's weight inside the paired subjects' tumour (seg > 0); 1: no extra weight
 
     #: One line per option for the recipes' --help (docs/method.md has the discussion).
     HELP: ClassVar[dict[str, str]] = {
@@ -92,6 +93,7 @@ class DS3NetOptions:
         "student_noise": "noisy student: intensity augmentation on the student's unpaired inputs only",
         "student_pixel": "the student also learns L_pid from the paired subjects (not in the paper's figure)",
         "teacher_ema": "decay of an exponential moving average of the teacher that gives the pseudo-targets (0: off)",
+        "tumour_weight": "L_pid's weight inside the paired subjects' tumour labels (seg > 0), relative to 1 elsewhere",
     }
 
 
@@ -161,7 +163,7 @@ class PairedTeacher(Method):
     ) -> dict[str, float]:
         assert paired is not None
         inputs, target = paired["inputs"], paired["target"]
-        logs, prediction = self.generator_step(inputs, target)
+        logs, prediction = self.generator_step(inputs, target, tumour_mask=paired.get("tumour_mask"))
         logs.update(
             self.update_discriminator(
                 f"{self.role}_discriminator",
@@ -174,14 +176,17 @@ class PairedTeacher(Method):
         )
         return logs
 
-    def generator_step(self, inputs: Tensor, target: Tensor) -> tuple[dict[str, float], Tensor]:
+    def generator_step(
+        self, inputs: Tensor, target: Tensor, *, tumour_mask: Tensor | None = None
+    ) -> tuple[dict[str, float], Tensor]:
         o = self.options
         prediction, input_features = self.generator.forward_with_features(inputs)
         scores = self.discriminator(inputs, prediction)
         difficulty = difficulty_map(scores, target.shape[-2:], beta=self.beta, mode=o.gan_mode)
         terms = {
             f"{self.role}/adv": o.lambda_adv * adversarial_loss(scores, True, mode=o.gan_mode),
-            f"{self.role}/pixel": o.lambda_pixel * difficulty_l1(prediction, target, difficulty),
+            f"{self.role}/pixel": o.lambda_pixel
+            * difficulty_l1(prediction, target, tumour_weighted(difficulty, tumour_mask, o.tumour_weight)),
         }
         if self.patch_nce is not None:
             terms[f"{self.role}/nce"] = o.lambda_nce * self.patch_nce(
@@ -365,6 +370,7 @@ class DS3Net(Method):
             # Not in the figure: the student also learns from the paired subjects' real T1ce (L_pid, its own M^S).
             paired_prediction = self.student(paired["inputs"])
             paired_map = self.difficulty(paired["inputs"], paired_prediction)
+            paired_map = tumour_weighted(paired_map, paired.get("tumour_mask"), o.tumour_weight)
             terms["student/pixel"] = o.lambda_pixel * difficulty_l1(paired_prediction, paired["target"], paired_map)
         self.update("student_generator", terms)
         logs = {name: item(value) for name, value in terms.items()}
@@ -379,6 +385,19 @@ class DS3Net(Method):
             )
         )
         return logs
+
+
+def tumour_weighted(difficulty: Tensor, tumour_mask: Tensor | None, weight: float) -> Tensor:
+    """The pixel loss's weights ``M * (1 + (weight - 1) * tumour)``: the tumour's few voxels count ``weight`` times.
+
+    ``tumour_mask`` is the batch's 0/1 (B, 1, H, W) map of seg > 0; without one (a cohort without labels) or at
+    ``weight == 1`` the difficulty map is returned unchanged.
+    """
+    if weight < 0:
+        raise ValueError(f"tumour_weight must be >= 0, got {weight}")
+    if tumour_mask is None or weight == 1.0:
+        return difficulty
+    return difficulty * (1.0 + (weight - 1.0) * tumour_mask)
 
 
 def _config(generator: nn.Module) -> object:

@@ -424,3 +424,54 @@ def test_reference_t1ce_and_the_student_discriminator_must_agree():
     method.step = method.warmup_steps
     with pytest.raises(ValueError, match="reference_target"):
         method.training_step(paired, {**unpaired, "reference_target": paired["target"]})
+
+
+# -- the tumour weight of L_pid --------------------------------------------------------------------------------------
+
+
+def test_tumour_weighted_scales_the_map_inside_the_tumour_only():
+    from ds3kit.methods.ds3net import tumour_weighted
+
+    difficulty = torch.tensor([[[[1.0, 1.5], [2.0, 1.0]]]])
+    tumour = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]])
+    expected = torch.tensor([[[[1.0, 7.5], [10.0, 1.0]]]])
+    assert torch.equal(tumour_weighted(difficulty, tumour, 5.0), expected)
+    assert tumour_weighted(difficulty, tumour, 1.0) is difficulty
+    assert tumour_weighted(difficulty, None, 5.0) is difficulty
+    assert torch.equal(tumour_weighted(difficulty, tumour, 0.0), difficulty * (1 - tumour))
+    with pytest.raises(ValueError, match="tumour_weight"):
+        tumour_weighted(difficulty, tumour, -1.0)
+
+
+@pytest.mark.parametrize("weight", [1.0, 4.0])
+def test_the_teachers_l_pid_counts_tumour_voxels_tumour_weight_times(weight, monkeypatch):
+    from ds3kit.methods import PairedTeacher
+
+    torch.manual_seed(0)
+    teacher = PairedTeacher(
+        build_generator("tiny"),
+        build_discriminator("tiny"),
+        DS3NetOptions(use_difficulty=False, use_nce=False, lambda_adv=0.0, tumour_weight=weight),
+        total_steps=10,
+        lr=1e-3,
+        betas=(0.5, 0.999),
+    )
+    paired, _ = batches()
+    tumour = torch.zeros_like(paired["target"])
+    tumour[..., 10:16, 12:20] = 1.0
+    paired["tumour_mask"] = tumour
+    predictions: list[torch.Tensor] = []
+    original = teacher.generator.forward_with_features
+
+    def recorded(x):
+        out = original(x)
+        predictions.append(out[0].detach().clone())
+        return out
+
+    monkeypatch.setattr(teacher.generator, "forward_with_features", recorded)
+    logs = teacher.training_step(paired, None)
+    # Independent of the helper: float64 weights 1 outside the tumour and `weight` inside it, mean over every pixel.
+    error = (predictions[0].double() - paired["target"].double()).abs()
+    weights = torch.where(tumour.bool(), weight, 1.0).double()
+    expected = 100.0 * (weights * error).mean()
+    assert logs["teacher/pixel"] == pytest.approx(expected.item(), rel=1e-5)
