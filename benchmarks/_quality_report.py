@@ -124,7 +124,9 @@ DS3-Net's student, the paired-only teacher, pix2pix's and CUT's generator. Below
 references of docs/baselines.md: copy-T1 (the floor), the linear fit on the paired subjects, and the phantom's
 ceilings; a trained arm that does not beat copy-T1 is marked. Dice (ET, TC, WT; docs/metrics.md) is that of a
 segmenter trained per seed on the seed's training subjects (`recipes/segmenter.py`), run with each synthesis in place
-of the real T1ce; `real T1ce (segmenter)` is its ceiling, copy-T1 its floor.
+of the real T1ce; `real T1ce (segmenter)` is its ceiling, copy-T1 its floor, and `no T1ce (segmenter on T1, T2,
+FLAIR)` is what the same network, trained with the T1 in the T1ce's channel, finds without any T1ce: a synthesis
+below it has added nothing to its inputs.
 
 {header}
 {chr(10).join(rows)}

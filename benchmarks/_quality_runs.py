@@ -95,6 +95,10 @@ ARMS = (
     # The semi-supervision issue's noisy student on the current defaults: the student's unpaired inputs get an
     # intensity perturbation its teacher does not see (`student_noise`), so it distils under a consistency constraint.
     Arm("DS3-Net 5% (noisy student)", "ds3net", 0.05, {"student_noise": True}),
+    # The tumour and the synthesis issues: L_pid counts the paired subjects' tumour voxels (seg > 0) five times, so the
+    # enhancing rim, under 1 % of the brain, is not drowned by white and grey matter in the mean.
+    Arm("paired-only 5% (tumour weight 5)", "paired_only", 0.05, {"tumour_weight": 5.0}),
+    Arm("pix2pix 100% (tumour weight 5)", "pix2pix", 1.0, {"tumour_weight": 5.0}),
     # The student's adversarial term (weight 1, against a D^S whose only real images are the paired subjects') off,
     # with the two mechanisms above: the student then learns from L_pid, L_id and L_fd only.
     Arm(
@@ -273,15 +277,28 @@ def _slug(name: str) -> str:
 # --- the downstream metric: Dice of a segmenter run on each arm's synthesis ------------------------------------------
 
 REAL_T1CE = "real T1ce (segmenter)"  # the Dice ceiling row: the segmenter with the real T1ce
+# What segmenting without any T1ce reaches: a segmenter of the same network and budget trained on T1, T2, FLAIR (the
+# T1 in the T1ce's channel), scored with the T1 copied in. A synthesis below it has added nothing to its inputs.
+WITHOUT_T1CE = "no T1ce (segmenter on T1, T2, FLAIR)"
 
 
-def segmenter_for(seed: int, base: RunConfig, out: Path, *, steps: int | None = None, smoke: bool = False) -> Path:
+def segmenter_for(
+    seed: int,
+    base: RunConfig,
+    out: Path,
+    *,
+    steps: int | None = None,
+    smoke: bool = False,
+    without_t1ce: bool = False,
+) -> Path:
     """The seed's segmenter checkpoint (``recipes/segmenter.py`` on the seed's split, so it never saw the seed's test
-    subjects), trained into ``out/segmenter-seed{seed}`` the first time and reused after."""
-    folder = out / f"segmenter-seed{seed}"
+    subjects), trained into ``out/segmenter-seed{seed}`` (``segmenter-without-t1ce-seed{seed}`` for the one trained
+    on T1, T2, FLAIR alone) the first time and reused after."""
+    folder = out / f"segmenter-{'without-t1ce-' if without_t1ce else ''}seed{seed}"
     checkpoint = folder / "checkpoints" / "segmenter.pt"
     if not checkpoint.exists():
         argv = ["--seed", str(seed), "--out", str(folder), "--no-progress", "--overwrite"]
+        argv += ["--without-t1ce"] if without_t1ce else []
         argv += ["--data", base.data] if base.data else []
         argv += ["--device", base.device] if base.device else []
         argv += ["--steps", str(steps)] if steps else []
@@ -291,26 +308,31 @@ def segmenter_for(seed: int, base: RunConfig, out: Path, *, steps: int | None = 
     return checkpoint
 
 
-def run_dice(arm: Arm, seed: int, base: RunConfig, out: Path, segmenter: Path) -> dict[str, dict[str, float]]:
+def run_dice(
+    arm: Arm, seed: int, base: RunConfig, out: Path, segmenter: Path, without_t1ce: Path | None = None
+) -> dict[str, dict[str, float]]:
     """ET / TC / WT Dice of the run's shipped model (its saved test predictions through the seed's segmenter), and
-    of the two reference rows on the same subjects: ``{"__shipped__": means, REAL_T1CE: means, COPY_T1: means}``.
+    of the two reference rows on the same subjects: ``{"__shipped__": means, REAL_T1CE: means, COPY_T1: means}``;
+    with ``without_t1ce`` (the seed's segmenter trained on T1, T2, FLAIR alone) also ``WITHOUT_T1CE``.
 
-    Cached in the run directory as ``dice.json``, keyed by the segmenter, so a finished study is only read.
+    Cached in the run directory as ``dice.json``, keyed by the segmenters, so a finished study is only read.
     """
     from ds3kit.data import load_brats_case, load_volume
-    from ds3kit.segment import check_held_out, load_segmenter, reference_t1ce, session_dice
+    from ds3kit.segment import check_held_out, check_reads_t1ce, load_segmenter, reference_t1ce, session_dice
 
     run_dir = out / _run_name(arm, seed)
     cache = run_dir / "dice.json"
+    key = {"segmenter": str(segmenter), "without_t1ce": None if without_t1ce is None else str(without_t1ce)}
     if cache.exists():
         cached = json.loads(cache.read_text())
-        if cached.get("segmenter") == str(segmenter):
+        if {name: cached.get(name) for name in key} == key:
             return cached["rows"]
     report = json.loads((run_dir / "metrics.json").read_text())
     shipped = report["shipped"]
     cases = list(report["models"][shipped]["subjects"])  # the subjects the run scored (and wrote predictions of)
     device = resolve_device(base.device)
     model, metadata = load_segmenter(segmenter, device=device)
+    check_reads_t1ce(metadata)
     check_held_out(metadata, cases)
     root = _cohort_root(base)
     # The reference rows depend on the seed's subjects only: recipes/segmenter.py already scored them on its test
@@ -330,8 +352,32 @@ def run_dice(arm: Arm, seed: int, base: RunConfig, out: Path, segmenter: Path) -
         row: {key: float(np.mean([s[key] for s in scores])) for key in scores[0]} for row, scores in per_row.items()
     }
     rows.update(references or {})
-    atomic_write_text(cache, json.dumps({"segmenter": str(segmenter), "rows": rows}, indent=2))
+    if without_t1ce is not None:
+        rows[WITHOUT_T1CE] = _without_t1ce_row(without_t1ce, [root / case for case in cases], device)
+    atomic_write_text(cache, json.dumps({**key, "rows": rows}, indent=2))
     return rows
+
+
+def _without_t1ce_row(segmenter: Path, cases: list[Path], device: torch.device) -> dict[str, float]:
+    """Mean Dice of the segmenter trained without T1ce on ``cases``, the T1 copied in: read from its run's report
+    when it scored the same subjects, computed otherwise."""
+    from ds3kit.data import load_brats_case
+    from ds3kit.segment import check_held_out, load_segmenter, reference_t1ce, session_dice
+
+    report_file = segmenter.parent.parent / "metrics.json"
+    if report_file.exists():
+        test = json.loads(report_file.read_text()).get("rows", {}).get("test", {}).get("copy_t1")
+        if test is not None and set(test["subjects"]) == {case.name for case in cases}:
+            return test["mean"]
+    model, metadata = load_segmenter(segmenter, device=device)
+    if metadata.get("t1ce_channel") != "t1":
+        raise ValueError(f"{segmenter}: not a segmenter trained without T1ce (recipes/segmenter.py --without-t1ce)")
+    check_held_out(metadata, [case.name for case in cases])
+    scores = []
+    for case in cases:
+        session = load_brats_case(case, with_target=False)
+        scores.append(session_dice(model, session, reference_t1ce(session, "copy_t1"), device=device))
+    return {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
 
 
 def _segmenter_reference_rows(segmenter: Path, cases: list[str]) -> dict[str, dict[str, float]] | None:

@@ -38,6 +38,7 @@ from _quality_runs import (
     DIAGNOSED_ARM,
     DIAGNOSTIC_SUBSETS,
     REAL_T1CE,
+    WITHOUT_T1CE,
     Arm,
     _run_name,
     diagnose,
@@ -154,12 +155,17 @@ def main(argv: list[str] | None = None) -> int:
             shipped = dict(report_of_run["models"]["__shipped__"])
             rows = reference_rows(report_of_run, arm.paired_fraction)
             if args.dice:
-                dice = run_dice(
-                    arm, seed, base, out, segmenter_for(seed, base, out, steps=args.segmenter_steps, smoke=args.smoke)
-                )
+                segmenters = {
+                    without: segmenter_for(
+                        seed, base, out, steps=args.segmenter_steps, smoke=args.smoke, without_t1ce=without
+                    )
+                    for without in (False, True)
+                }
+                dice = run_dice(arm, seed, base, out, segmenters[False], without_t1ce=segmenters[True])
                 shipped.update(dice["__shipped__"])
                 rows[COPY_T1] = {**rows.get(COPY_T1, {}), **dice[COPY_T1]}
                 rows[REAL_T1CE] = dice[REAL_T1CE]
+                rows[WITHOUT_T1CE] = dice[WITHOUT_T1CE]
             results[arm.name].append(shipped)
             floor[seed] = rows.get(COPY_T1, {}).get("brain_psnr")  # copy-T1 depends on the seed's test subjects only
             # One row per reference and seed: the test subjects depend on the seed only, the linear fit on the

@@ -6,6 +6,11 @@ The split is the other recipes' (``split_cohort`` with the same fractions and se
 their test subjects; every training subject's real T1ce and labels are read, for the segmenter only. It prints the
 held-out Dice (ET, TC, WT) with the real T1ce (the ceiling a synthesis can reach) and with the T1 copied in place
 of the T1ce (the floor), and writes them to metrics.json. See docs/metrics.md.
+
+    python recipes/segmenter.py --without-t1ce      # runs/segmenter-without-t1ce: T1, T2, FLAIR alone
+
+``--without-t1ce`` trains the same network with the T1 in the T1ce's channel and scores it the same way: the Dice
+that segmenting without any T1ce reaches, the bar a synthesis must clear to have added anything to its inputs.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ds3kit.data import default_cohort, list_cases, load_brats_case, split_cohort
+from ds3kit.data.normalize import NORMALIZATION
 from ds3kit.errors import InputError
 from ds3kit.segment import (
     REFERENCE_ROWS,
@@ -53,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-test-subjects", type=int, default=None, help="evaluate on at most N held-out subjects")
     parser.add_argument("--overwrite", action="store_true", help="replace a segmenter already in --out")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument(
+        "--without-t1ce",
+        action="store_true",
+        help="train on T1, T2, FLAIR alone (the T1 in the T1ce's channel): what the inputs carry without any T1ce",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny configuration for CI (8 steps, small phantom)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -78,7 +89,8 @@ def run(args: argparse.Namespace) -> dict:
     for name in ("steps", "batch_size", "max_test_subjects"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    out = Path(args.out or ("runs/segmenter-smoke" if args.smoke else "runs/segmenter"))
+    name = "segmenter-without-t1ce" if args.without_t1ce else "segmenter"
+    out = Path(args.out or (f"runs/{name.replace('segmenter', 'segmenter-smoke')}" if args.smoke else f"runs/{name}"))
     checkpoint = out / "checkpoints" / "segmenter.pt"
     if checkpoint.exists() and not args.overwrite:
         raise InputError(f"{out} already holds a segmenter; pass --overwrite to replace it, or choose another --out")
@@ -98,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
         test_fraction=SPLIT.test_fraction,
         seed=args.seed,
     )
-    slices = load_region_slices(split.train, image_size=args.image_size)
+    slices = load_region_slices(split.train, image_size=args.image_size, without_t1ce=args.without_t1ce)
     init_seed = args.seed if args.init_seed is None else args.init_seed
     segmenter = train_segmenter(
         slices,
@@ -122,7 +134,8 @@ def run(args: argparse.Namespace) -> dict:
         batch_size=settings["batch_size"],
         lr=args.lr,
         image_size=args.image_size,
-        intensity="per-modality robust percentiles in the brain -> [0, 1]",
+        intensity=f"per-modality, inside the brain: {NORMALIZATION} -> [0, 1] (ds3kit.data.normalize)",
+        t1ce_channel="t1" if args.without_t1ce else "t1ce",
     )
 
     report = {
@@ -131,11 +144,14 @@ def run(args: argparse.Namespace) -> dict:
         "steps": settings["steps"],
         "split_seed": args.seed,
         "train": slices.case_ids,
+        "without_t1ce": args.without_t1ce,
         "rows": {},
     }
+    # Without T1ce the segmenter never learned what a T1ce shows: only the row it was trained for, the T1 copied in.
+    rows = ("copy_t1",) if args.without_t1ce else REFERENCE_ROWS
     for part, cases in (("val", split.val), ("test", split.test[: settings["max_test_subjects"]])):
-        sessions = [load_brats_case(case) for case in cases]
-        for row in REFERENCE_ROWS:
+        sessions = [load_brats_case(case, with_target=not args.without_t1ce) for case in cases]
+        for row in rows:
             subjects = {s.case_id: session_dice(segmenter, s, reference_t1ce(s, row), device=device) for s in sessions}
             report["rows"].setdefault(part, {})[row] = {
                 "mean": _summary(subjects, np.mean),
@@ -153,7 +169,8 @@ def _summary(subjects: dict[str, dict[str, float]], reduce) -> dict[str, float]:
 
 
 def format_dice_table(report: dict) -> str:
-    lines = [f"segmenter: Dice on held-out subjects, {report['steps']} steps, split seed {report['split_seed']}"]
+    kind = " (without T1ce: T1, T2, FLAIR, the T1 in the T1ce's channel)" if report.get("without_t1ce") else ""
+    lines = [f"segmenter{kind}: Dice on held-out subjects, {report['steps']} steps, split seed {report['split_seed']}"]
     for part, rows in report["rows"].items():
         count = len(next(iter(rows.values()))["subjects"])
         lines.append(f"{part} ({count} subjects){'':<4}" + "".join(f"{key:>18}" for key in DICE_KEYS))

@@ -285,6 +285,30 @@ def test_load_region_slices_stacks_four_modalities_and_regions(tiny_cases):
     np.testing.assert_array_equal(slices.regions[0].numpy(), seg_to_regions(session.seg)[:, centre, centre, z])
 
 
+def test_load_region_slices_without_t1ce_puts_the_t1_in_its_channel_and_reads_no_t1ce(tiny_cases, monkeypatch):
+    import ds3kit.segment.training as training
+
+    with_t1ce = load_region_slices(tiny_cases, image_size=33)
+    loads = []
+    original = training.load_brats_case
+    monkeypatch.setattr(training, "load_brats_case", lambda case, **kw: loads.append(kw) or original(case, **kw))
+    without = load_region_slices(tiny_cases, image_size=33, without_t1ce=True)
+    assert loads and all(kw == {"with_target": False} for kw in loads)
+    torch.testing.assert_close(without.images[:, 1], with_t1ce.images[:, 0], rtol=0, atol=0)
+    for channel in (0, 2, 3):
+        torch.testing.assert_close(without.images[:, channel], with_t1ce.images[:, channel], rtol=0, atol=0)
+    assert torch.equal(without.regions, with_t1ce.regions) and without.case_ids == with_t1ce.case_ids
+
+
+def test_check_reads_t1ce_refuses_a_segmenter_trained_without_t1ce():
+    from ds3kit.segment import check_reads_t1ce
+
+    check_reads_t1ce({"t1ce_channel": "t1ce"})
+    check_reads_t1ce({})  # segmenters written before the option read the T1ce
+    with pytest.raises(ValueError, match="trained without T1ce"):
+        check_reads_t1ce({"t1ce_channel": "t1"})
+
+
 def test_train_segmenter_lowers_the_loss_and_is_seeded(tiny_cases):
     slices = load_region_slices(tiny_cases)
     loss = SegmentationLoss()

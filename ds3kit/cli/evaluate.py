@@ -172,12 +172,16 @@ def _dice_rows(args: argparse.Namespace, pred) -> dict[str, dict[str, float]]:
     """Dice of the segmenter run with the prediction, with T1 (copy-T1) and with the real T1ce in place of T1ce."""
     from ds3kit.data import load_session
     from ds3kit.errors import InputError
-    from ds3kit.segment import load_segmenter, reference_t1ce, session_dice
+    from ds3kit.segment import check_reads_t1ce, load_segmenter, reference_t1ce, session_dice
 
     missing = [name for name in ("seg", "t1", "t2", "flair") if getattr(args, name) is None]
     if missing:
         raise InputError(f"--segmenter needs --{', --'.join(missing)} (it segments T1, T1ce, T2, FLAIR against --seg)")
-    segmenter, _ = load_segmenter(args.segmenter)
+    segmenter, metadata = load_segmenter(args.segmenter)
+    try:
+        check_reads_t1ce(metadata)
+    except ValueError as error:
+        raise InputError(f"--segmenter {args.segmenter}: {error}") from None
     session = load_session(args.t1, args.t2, args.flair, t1ce=args.target, seg=args.seg)
     synthesis, (low, high) = _synthesis_on_t1_grid(pred, session)
     if synthesis is None:

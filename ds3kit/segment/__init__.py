@@ -8,6 +8,7 @@ a synthesis by the Dice of the regions it segments with the synthetic T1ce in pl
 from ds3kit.segment.inference import (
     REFERENCE_ROWS,
     check_held_out,
+    check_reads_t1ce,
     dice_by_subject,
     reference_t1ce,
     segment_volume,
@@ -27,6 +28,7 @@ __all__ = [
     "SegmentationLoss",
     "Segmenter",
     "check_held_out",
+    "check_reads_t1ce",
     "dice_by_subject",
     "dice_score",
     "load_region_slices",

@@ -151,6 +151,22 @@ def check_held_out(metadata: dict, case_ids: list[str] | tuple[str, ...]) -> Non
         )
 
 
+def check_reads_t1ce(metadata: dict) -> None:
+    """Refuse a segmenter trained without T1ce (``recipes/segmenter.py --without-t1ce``) where a synthesis is scored.
+
+    That segmenter learned the T1 in the T1ce's channel, so a synthetic T1ce there is outside what it was trained on;
+    it scores one row, the T1 copied in, and only its own run reports it.
+
+    Raises:
+        ValueError: ``metadata["t1ce_channel"]`` says the T1ce's channel held the T1 in training.
+    """
+    if metadata.get("t1ce_channel", "t1ce") != "t1ce":
+        raise ValueError(
+            "the segmenter was trained without T1ce (its T1ce channel held the T1), so it cannot judge a synthetic "
+            "T1ce; pass one trained on the four modalities (recipes/segmenter.py without --without-t1ce)"
+        )
+
+
 def dice_by_subject(
     segmenter: torch.nn.Module,
     sessions: Iterable[Session],

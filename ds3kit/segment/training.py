@@ -43,7 +43,11 @@ class RegionSlices:
 
 
 def load_region_slices(
-    cases: Sequence[str | os.PathLike | Session], *, image_size: int | None = None, min_brain_fraction: float = 0.01
+    cases: Sequence[str | os.PathLike | Session],
+    *,
+    image_size: int | None = None,
+    min_brain_fraction: float = 0.01,
+    without_t1ce: bool = False,
 ) -> RegionSlices:
     """Load the slices a segmenter trains on: every subject's four real modalities and its BraTS regions.
 
@@ -52,10 +56,13 @@ def load_region_slices(
         image_size: centre-crop / zero-pad each slice to ``image_size x image_size``; None keeps the native
             (X, Y), which must then be the same for every subject.
         min_brain_fraction: slices with a smaller brain fraction are left out.
+        without_t1ce: put the T1 in the T1ce's channel, so the segmenter learns from T1, T2 and FLAIR alone (the
+            reference of what the inputs of a synthesis carry, scored with the T1 copied in: docs/metrics.md);
+            the subjects then need no T1ce.
 
     Raises:
-        InputError: a subject without T1ce or segmentation, subjects of different slice sizes with
-            ``image_size=None``, or no slice left.
+        InputError: a subject without T1ce (unless ``without_t1ce``) or segmentation, subjects of different slice
+            sizes with ``image_size=None``, or no slice left.
     """
     if image_size is not None and int(image_size) < 1:
         raise ValueError(f"image_size must be a positive int or None, got {image_size}")
@@ -63,11 +70,12 @@ def load_region_slices(
         raise ValueError(f"min_brain_fraction must be in [0, 1], got {min_brain_fraction}")
     images, regions, case_ids = [], [], []
     for case in cases:
-        session = case if isinstance(case, Session) else load_brats_case(case, with_target=True)
-        if session.target is None or session.seg is None:
+        session = case if isinstance(case, Session) else load_brats_case(case, with_target=not without_t1ce)
+        if (session.target is None and not without_t1ce) or session.seg is None:
             raise InputError(f"{session.case_id}: a segmenter trains on subjects with T1ce and a segmentation")
         kept = np.flatnonzero(session.brain_mask.mean(axis=(0, 1)) >= min_brain_fraction)
-        volumes = {"t1": session.inputs[0], "t1ce": session.target, "t2": session.inputs[1], "flair": session.inputs[2]}
+        t1ce = session.inputs[0] if without_t1ce else session.target
+        volumes = {"t1": session.inputs[0], "t1ce": t1ce, "t2": session.inputs[1], "flair": session.inputs[2]}
         stacked = np.stack([volumes[name] for name in SEGMENTER_MODALITIES])[..., kept]
         image = torch.from_numpy(np.ascontiguousarray(np.moveaxis(stacked, -1, 0), dtype=np.float32))
         region = torch.from_numpy(np.ascontiguousarray(np.moveaxis(seg_to_regions(session.seg)[..., kept], -1, 0)))

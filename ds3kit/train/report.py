@@ -194,9 +194,10 @@ def _segmenter(checkpoint: str | None, cases: Sequence[Path], device: torch.devi
     """The ``--segmenter`` checkpoint, checked never to have seen the test subjects; None without one."""
     if checkpoint is None:
         return None
-    from ds3kit.segment import check_held_out, load_segmenter
+    from ds3kit.segment import check_held_out, check_reads_t1ce, load_segmenter
 
     segmenter, metadata = load_segmenter(checkpoint, device=device)
+    check_reads_t1ce(metadata)
     check_held_out(metadata, [Path(case).name for case in cases])
     return segmenter
 

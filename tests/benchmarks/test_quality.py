@@ -19,6 +19,8 @@ PROBE = "DS3-Net 5% (teacher warm-up 70%)"
 
 import quality  # noqa: E402  (benchmarks/ is on pytest's pythonpath)
 
+from ds3kit.segment import load_segmenter  # noqa: E402
+
 
 def _runs(*brain_psnr: float, tumour: tuple[float, ...] | None = None, ssim: float = 0.8) -> list[dict[str, float]]:
     """One arm's runs, one held-out mean per seed (in seed order): every metric quality.py reads."""
@@ -313,6 +315,7 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
         "| ceiling: tissue map",
         "| ceiling: noise-free T1ce",
         "| real T1ce (segmenter)",
+        "| no T1ce (segmenter on T1, T2, FLAIR)",
     ]
     columns = [*quality.METRICS, "dice_et", "dice_tc", "dice_wt"]  # the seed's segmenter adds Dice
     assert _table_rows(text)[0] == "| arm | " + " | ".join(columns) + " |"
@@ -323,6 +326,8 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
         assert all(0.0 <= float(cell) <= 1.0 for cell in cells[-3:])
     real = next(row for row in first_table if row.startswith("| real T1ce (segmenter)"))
     assert real.count("n/a") == len(quality.METRICS)  # Dice only: no image metric for the real T1ce itself
+    without = next(row for row in first_table if row.startswith("| no T1ce (segmenter on T1, T2, FLAIR)"))
+    assert without.count("n/a") == len(quality.METRICS)
     assert "\n6. Dice of the segmenter on the synthesis" in text
     assert "One seed: no spread" in text and "\n1. DS3-Net at 5 %" in text
 
@@ -354,6 +359,8 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     assert len(run_dirs) == 2 and all((path / "metrics.json").is_file() for path in run_dirs)
     assert all((path / "dice.json").is_file() and (path / "last_step.json").is_file() for path in run_dirs)
     assert (out / "segmenter-seed0" / "checkpoints" / "segmenter.pt").is_file()
+    _, metadata = load_segmenter(out / "segmenter-without-t1ce-seed0" / "checkpoints" / "segmenter.pt")
+    assert metadata["t1ce_channel"] == "t1"
     ds3_dirs = [path for path in run_dirs if path.name.startswith("ds3net-")]
     assert len(ds3_dirs) == 1
     diagnostics = json.loads((ds3_dirs[0] / "diagnostics.json").read_text())

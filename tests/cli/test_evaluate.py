@@ -338,6 +338,12 @@ def test_segmenter_adds_dice_for_the_prediction_and_both_reference_rows(tmp_path
         assert result["baselines"]["real T1ce (segmenter)"][key] == pytest.approx(expected_real[key], abs=1e-6)
         assert key in result["baselines"]["copy-T1"]
 
+    # A segmenter trained without T1ce cannot judge a synthetic one: refused, by name.
+    save_segmenter(tmp_path / "inputs-only.pt", segmenter, train_cases=["other"], steps=0, t1ce_channel="t1")
+    flags = [*base[:-1], str(tmp_path / "inputs-only.pt"), "--seg", str(paths["seg"]), *_input_flags(paths)]
+    assert main(flags) == 2
+    assert "inputs-only.pt: the segmenter was trained without T1ce" in capsys.readouterr().err
+
 
 # ------------------------------------------------------------------------------------------------ the reliability map
 def _checkpoint_with_discriminator(path, *, linear: bool = True, in_channels: int = 4):

@@ -39,3 +39,16 @@ def test_segmenter_smoke_writes_a_safe_checkpoint_and_the_dice_rows(small_cohort
     # A second run into the same folder is refused rather than silently replacing the shipped segmenter.
     assert recipe.main(["--smoke", "--data", str(small_cohort), "--out", str(out), "--no-progress"]) == 2
     assert "already holds a segmenter; pass --overwrite" in capsys.readouterr().err
+
+
+def test_segmenter_without_t1ce_trains_on_the_inputs_and_reports_the_copy_t1_row_only(small_cohort, tmp_path, capsys):
+    out = tmp_path / "without"
+    argv = ["--smoke", "--without-t1ce", "--data", str(small_cohort), "--out", str(out), "--no-progress"]
+    assert load_recipe("segmenter").main(argv) == 0
+    _, metadata = load_segmenter(out / "checkpoints" / "segmenter.pt")
+    assert metadata["t1ce_channel"] == "t1"
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["without_t1ce"] is True
+    for part in ("val", "test"):
+        assert set(report["rows"][part]) == {"copy_t1"}
+    assert "without T1ce" in capsys.readouterr().out
