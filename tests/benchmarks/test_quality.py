@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -489,3 +490,32 @@ def test_claims_come_in_the_order_of_their_numbers_whatever_the_arms_order() -> 
     }
     numbers = [line.split(".", 1)[0] for line in quality.claims(results)[2:]]
     assert numbers == ["1", "2", "5", "7"], numbers
+
+
+def test_the_no_t1ce_row_is_read_for_the_same_subjects_and_computed_for_others(small_cohort: Path, tmp_path: Path):
+    from _quality_runs import _without_t1ce_row
+    from _recipes import load_recipe
+
+    from ds3kit.data import list_cases, load_brats_case, split_cohort
+    from ds3kit.segment import reference_t1ce, session_dice
+
+    folder = tmp_path / "segmenter-without-t1ce-seed0"
+    argv = ["--smoke", "--without-t1ce", "--data", str(small_cohort), "--out", str(folder), "--no-progress"]
+    assert load_recipe("segmenter").main(argv) == 0
+    checkpoint = folder / "checkpoints" / "segmenter.pt"
+    test = json.loads((folder / "metrics.json").read_text())["rows"]["test"]["copy_t1"]
+    scored = [small_cohort / name for name in test["subjects"]]
+    assert _without_t1ce_row(checkpoint, scored, "cpu") == test["mean"]
+    # Other subjects (the smoke run scored two of the test subjects): computed, and equal to the T1 copied in.
+    split = split_cohort(list_cases(small_cohort), paired_fraction=0.05, seed=0)
+    others = list(split.val)
+    model, _ = load_segmenter(checkpoint)
+    expected = [session_dice(model, s, reference_t1ce(s, "copy_t1")) for s in map(load_brats_case, others)]
+    row = _without_t1ce_row(checkpoint, others, "cpu")
+    assert row == pytest.approx({key: np.mean([e[key] for e in expected]) for key in expected[0]})
+    with pytest.raises(ValueError, match="trained on"):
+        _without_t1ce_row(
+            checkpoint,
+            [small_cohort / name for name in json.loads((folder / "metrics.json").read_text())["train"][:1]],
+            "cpu",
+        )
