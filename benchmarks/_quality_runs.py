@@ -99,6 +99,7 @@ ARMS = (
     # enhancing rim, under 1 % of the brain, is not drowned by white and grey matter in the mean.
     Arm("paired-only 5% (tumour weight 5)", "paired_only", 0.05, {"tumour_weight": 5.0}),
     Arm("pix2pix 100% (tumour weight 5)", "pix2pix", 1.0, {"tumour_weight": 5.0}),
+    Arm("DS3-Net 5% (tumour weight 5)", "ds3net", 0.05, {"tumour_weight": 5.0}),
     # The student's adversarial term (weight 1, against a D^S whose only real images are the paired subjects') off,
     # with the two mechanisms above: the student then learns from L_pid, L_id and L_fd only.
     Arm(

@@ -119,6 +119,8 @@ class PairedTeacher(Method):
         role: str = "teacher",
     ) -> None:
         super().__init__()
+        if not options.tumour_weight >= 0:
+            raise ValueError(f"tumour_weight must be >= 0, got {options.tumour_weight}")
         self.options = options
         self.total_steps = total_steps
         self.role = role

@@ -441,6 +441,8 @@ def test_tumour_weighted_scales_the_map_inside_the_tumour_only():
     assert torch.equal(tumour_weighted(difficulty, tumour, 0.0), difficulty * (1 - tumour))
     with pytest.raises(ValueError, match="tumour_weight"):
         tumour_weighted(difficulty, tumour, -1.0)
+    with pytest.raises(ValueError, match="tumour_weight must be >= 0"):  # refused when the method is built
+        make_method(tumour_weight=-2.0)
 
 
 @pytest.mark.parametrize("weight", [1.0, 4.0])
