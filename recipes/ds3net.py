@@ -19,8 +19,11 @@ from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_argum
 
 # The defaults that measured best on CPU budgets (docs/method.md): L1-dominant training at lr 5e-4. The
 # discriminators still train and draw the difficulty maps; at the paper's weights (adversarial 1, PatchNCE 1) the
-# paired-only teacher scored 17.75 dB brain PSNR on the demo's test subjects against 18.47 dB with these.
-DEFAULTS = RunConfig(out="runs/ds3net", lr=5e-4, method_options={"lambda_adv": 0.0, "use_nce": False})
+# paired-only teacher scored 17.75 dB brain PSNR on the demo's test subjects against 18.47 dB with these. The paired
+# subjects' tumour voxels count five times in L_pid (tumour PSNR +0.65 dB, ET Dice +0.09 over five seeds).
+DEFAULTS = RunConfig(
+    out="runs/ds3net", lr=5e-4, method_options={"lambda_adv": 0.0, "use_nce": False, "tumour_weight": 5.0}
+)
 
 
 def build(config: RunConfig, total_steps: int) -> DS3Net:
