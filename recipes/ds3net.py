@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from ds3kit.methods import DS3Net, DS3NetOptions
+from ds3kit.methods import RECIPE_OPTIONS, DS3Net, DS3NetOptions
 from ds3kit.models import build_discriminator, build_generator
 from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
 
@@ -21,9 +21,7 @@ from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_argum
 # discriminators still train and draw the difficulty maps; at the paper's weights (adversarial 1, PatchNCE 1) the
 # paired-only teacher scored 17.75 dB brain PSNR on the demo's test subjects against 18.47 dB with these. The paired
 # subjects' tumour voxels count five times in L_pid (tumour PSNR +0.65 dB, ET Dice +0.09 over five seeds).
-DEFAULTS = RunConfig(
-    out="runs/ds3net", lr=5e-4, method_options={"lambda_adv": 0.0, "use_nce": False, "tumour_weight": 5.0}
-)
+DEFAULTS = RunConfig(out="runs/ds3net", lr=5e-4, method_options=dict(RECIPE_OPTIONS))
 
 
 def build(config: RunConfig, total_steps: int) -> DS3Net:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from ds3kit.methods import DS3NetOptions, PairedTeacher
+from ds3kit.methods import RECIPE_OPTIONS, DS3NetOptions, PairedTeacher
 from ds3kit.models import build_discriminator, build_generator
 from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
 
 # The same defaults as recipes/ds3net.py, so the two compare like for like (docs/method.md).
-DEFAULTS = RunConfig(
-    out="runs/paired_only", lr=5e-4, method_options={"lambda_adv": 0.0, "use_nce": False, "tumour_weight": 5.0}
-)
+DEFAULTS = RunConfig(out="runs/paired_only", lr=5e-4, method_options=dict(RECIPE_OPTIONS))
 
 
 def build(config: RunConfig, total_steps: int) -> PairedTeacher:

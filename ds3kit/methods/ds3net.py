@@ -389,6 +389,13 @@ class DS3Net(Method):
         return logs
 
 
+#: The options the 5 % recipes (``recipes/paired_only.py``, ``recipes/ds3net.py``) train with, one dict so the
+#: paired-only model and DS3-Net's teacher compare like for like: L1-dominant (no adversarial term, no PatchNCE) and
+#: the paired subjects' tumour counted five times in L_pid; ours, measured on CPU budgets (docs/method.md).
+#: :class:`DS3NetOptions` itself keeps the paper's values.
+RECIPE_OPTIONS: dict[str, object] = {"lambda_adv": 0.0, "use_nce": False, "tumour_weight": 5.0}
+
+
 def tumour_weighted(difficulty: Tensor, tumour_mask: Tensor | None, weight: float) -> Tensor:
     """The pixel loss's weights ``M * (1 + (weight - 1) * tumour)``: the tumour's few voxels count ``weight`` times.
 
