@@ -101,6 +101,12 @@ ARMS = (
     Arm("paired-only 5% (no tumour weight)", "paired_only", 0.05, {"tumour_weight": 1.0}),
     Arm("DS3-Net 5% (no tumour weight)", "ds3net", 0.05, {"tumour_weight": 1.0}),
     Arm("pix2pix 100% (tumour weight 5)", "pix2pix", 1.0, {"tumour_weight": 5.0}),
+    # Twice the default tumour weight: whether the tumour's gain at 5 keeps growing, and what the brain pays for it.
+    Arm("paired-only 5% (tumour weight 10)", "paired_only", 0.05, {"tumour_weight": 10.0}),
+    # Ours, for the semi-supervision issue: the student's L_id counts the unpaired subjects' tumour (seg > 0) five
+    # times, as the teacher's L_pid counts the paired subjects', so distillation pays for the tumour as much as the
+    # teacher's own training did.
+    Arm("DS3-Net 5% (student tumour weight 5)", "ds3net", 0.05, {"student_tumour_weight": 5.0}),
     # The student's adversarial term (weight 1, against a D^S whose only real images are the paired subjects') off,
     # with the two mechanisms above: the student then learns from L_pid, L_id and L_fd only.
     Arm(

@@ -68,6 +68,7 @@ class DS3NetOptions:
     student_pixel: bool = False  # the student also gets L_pid on the paired batches (not in the figure)
     teacher_ema: float = 0.0  # > 0: pseudo-targets from an exponential moving average of the teacher (this decay)
     tumour_weight: float = 1.0  # L_pid's weight inside the paired subjects' tumour (seg > 0); 1: no extra weight
+    student_tumour_weight: float = 1.0  # L_id's weight inside the unpaired subjects' tumour (seg > 0); ours
 
     #: One line per option for the recipes' --help (docs/method.md has the discussion).
     HELP: ClassVar[dict[str, str]] = {
@@ -94,6 +95,8 @@ class DS3NetOptions:
         "student_pixel": "the student also learns L_pid from the paired subjects (not in the paper's figure)",
         "teacher_ema": "decay of an exponential moving average of the teacher that gives the pseudo-targets (0: off)",
         "tumour_weight": "L_pid's weight inside the paired subjects' tumour labels (seg > 0), relative to 1 elsewhere",
+        "student_tumour_weight": "L_id's weight inside the unpaired subjects' tumour labels (seg > 0), relative to 1 "
+        "elsewhere (needs their seg; none: no extra weight)",
     }
 
 
@@ -248,6 +251,8 @@ class DS3Net(Method):
                 "the student has no loss term: enable feature or image distillation, the student's PatchNCE, "
                 "student_pixel or a non-zero lambda_student_adv"
             )
+        if not options.student_tumour_weight >= 0:
+            raise ValueError(f"student_tumour_weight must be >= 0, got {options.student_tumour_weight}")
         if not 0.0 <= options.teacher_ema < 1.0:
             raise ValueError(f"teacher_ema must be in [0, 1) (0: off), got {options.teacher_ema}")
         self.student = student
@@ -354,8 +359,9 @@ class DS3Net(Method):
         # tell fakes apart): its map M^S weights L_id and L_pad, its score is the student's adversarial term.
         scores = self._student_scores(inputs, prediction)
         student_map = difficulty_map(scores, prediction.shape[-2:], beta=self.teacher.beta, mode=o.gan_mode)
-        # Phase 2: the distillation losses under M^S.
-        out = self.distillation.losses(forward, student_map)
+        # Phase 2: the distillation losses under M^S (L_id's weights also count the unpaired tumour, when asked).
+        image_map = tumour_weighted(student_map, unpaired.get("tumour_mask"), o.student_tumour_weight)
+        out = self.distillation.losses(forward, image_map)
 
         terms: dict[str, Tensor] = {}
         if o.lambda_student_adv:

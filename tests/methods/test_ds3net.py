@@ -477,3 +477,37 @@ def test_the_teachers_l_pid_counts_tumour_voxels_tumour_weight_times(weight, mon
     weights = torch.where(tumour.bool(), weight, 1.0).double()
     expected = 100.0 * (weights * error).mean()
     assert logs["teacher/pixel"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("weight", [1.0, 3.0])
+def test_the_students_l_id_counts_unpaired_tumour_voxels_student_tumour_weight_times(weight, monkeypatch):
+    method = make_method(
+        use_difficulty=False,
+        use_nce=False,
+        lambda_adv=0.0,
+        lambda_student_adv=0.0,
+        use_feature_distillation=False,
+        student_tumour_weight=weight,
+    )
+    paired, unpaired = batches()
+    tumour = torch.zeros_like(paired["target"])
+    tumour[0, :, 8:14, 10:18] = 1.0
+    unpaired["tumour_mask"] = tumour
+    passes = []
+    original = method.distillation.run
+
+    def recorded(*args, **kwargs):
+        out = original(*args, **kwargs)
+        passes.append((out.teacher_prediction.clone(), out.student_prediction.detach().clone()))
+        return out
+
+    monkeypatch.setattr(method.distillation, "run", recorded)
+    method.step = method.warmup_steps
+    logs = method.training_step(paired, unpaired)
+    teacher, student = passes[0]
+    # Independent of the helpers: float64, weight `weight` inside the unpaired tumour and 1 elsewhere, plain mean.
+    weights = torch.where(tumour.bool(), weight, 1.0).double()
+    expected = 100.0 * (weights * (student.double() - teacher.double()).abs()).mean()
+    assert logs["student/image"] == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="student_tumour_weight must be >= 0"):
+        make_method(student_tumour_weight=-1.0)
