@@ -95,12 +95,12 @@ ARMS = (
     # The semi-supervision issue's noisy student on the current defaults: the student's unpaired inputs get an
     # intensity perturbation its teacher does not see (`student_noise`), so it distils under a consistency constraint.
     Arm("DS3-Net 5% (noisy student)", "ds3net", 0.05, {"student_noise": True}),
-    # The 5 % recipes' L_pid counts the paired subjects' tumour voxels (seg > 0) five times (`tumour_weight 5`, the
-    # default since 2026-12-04), so the enhancing rim, under 1 % of the brain, is not drowned by white and grey matter
-    # in the mean; these arms are the defaults before it, and pix2pix (still 1) with it.
+    # The recipes' L_pid counts the paired subjects' tumour voxels (seg > 0) five times (`tumour_weight 5`, the
+    # default of every recipe that trains on real T1ce since 2026-12-04), so the enhancing rim, under 1 % of
+    # the brain, is not drowned by white and grey matter in the mean; these arms are the defaults before it.
     Arm("paired-only 5% (no tumour weight)", "paired_only", 0.05, {"tumour_weight": 1.0}),
     Arm("DS3-Net 5% (no tumour weight)", "ds3net", 0.05, {"tumour_weight": 1.0}),
-    Arm("pix2pix 100% (tumour weight 5)", "pix2pix", 1.0, {"tumour_weight": 5.0}),
+    Arm("pix2pix 100% (no tumour weight)", "pix2pix", 1.0, {"tumour_weight": 1.0}),
     # Twice the default tumour weight: whether the tumour's gain at 5 keeps growing, and what the brain pays for it.
     Arm("paired-only 5% (tumour weight 10)", "paired_only", 0.05, {"tumour_weight": 10.0}),
     # Ours, for the semi-supervision issue: the student's L_id counts the unpaired subjects' tumour (seg > 0) five
