@@ -12,14 +12,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ds3kit.methods import DS3NetOptions, PairedTeacher
+from ds3kit.methods import RECIPE_OPTIONS, DS3NetOptions, PairedTeacher
 from ds3kit.models import build_discriminator, build_generator
 from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
 
 # L1 at lr 5e-4 by default, as the other recipes, and the tumour counted five times in L1, as in the 5 % recipes
 # (docs/method.md); --lambda-adv 1 --lr 2e-4 --tumour-weight 1 is the original pix2pix.
 DEFAULTS = RunConfig(
-    out="runs/pix2pix", paired_fraction=1.0, lr=5e-4, method_options={"lambda_adv": 0.0, "tumour_weight": 5.0}
+    out="runs/pix2pix",
+    paired_fraction=1.0,
+    lr=5e-4,
+    method_options={"lambda_adv": 0.0, "tumour_weight": RECIPE_OPTIONS["tumour_weight"]},
 )
 
 

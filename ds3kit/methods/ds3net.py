@@ -96,7 +96,7 @@ class DS3NetOptions:
         "teacher_ema": "decay of an exponential moving average of the teacher that gives the pseudo-targets (0: off)",
         "tumour_weight": "L_pid's weight inside the paired subjects' tumour labels (seg > 0), relative to 1 elsewhere",
         "student_tumour_weight": "L_id's weight inside the unpaired subjects' tumour labels (seg > 0), relative to 1 "
-        "elsewhere (needs their seg; none: no extra weight)",
+        "elsewhere (needs their seg; a subject without one gets no extra weight)",
     }
 
 
@@ -398,7 +398,7 @@ class DS3Net(Method):
 #: The options the 5 % recipes (``recipes/paired_only.py``, ``recipes/ds3net.py``) train with, one dict so the
 #: paired-only model and DS3-Net's teacher compare like for like: L1-dominant (no adversarial term, no PatchNCE) and
 #: the paired subjects' tumour counted five times in L_pid; ours, measured on CPU budgets (docs/method.md).
-#: :class:`DS3NetOptions` itself keeps the paper's values.
+#: ``recipes/pix2pix.py`` takes its tumour weight from here too. :class:`DS3NetOptions` itself keeps the paper's values.
 RECIPE_OPTIONS: dict[str, object] = {"lambda_adv": 0.0, "use_nce": False, "tumour_weight": 5.0}
 
 
