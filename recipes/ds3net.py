@@ -16,6 +16,7 @@ import argparse
 from ds3kit.methods import RECIPE_OPTIONS, DS3Net, DS3NetOptions
 from ds3kit.models import build_discriminator, build_generator
 from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
+from ds3kit.utils.streams import STUDENT_INIT_STREAM, random_stream, stream_seed
 
 # The defaults that measured best on CPU budgets (docs/method.md): L1-dominant training at lr 5e-4. The
 # discriminators still train and draw the difficulty maps; at the paper's weights (adversarial 1, PatchNCE 1) the
@@ -27,14 +28,20 @@ DEFAULTS = RunConfig(out="runs/ds3net", lr=5e-4, method_options=dict(RECIPE_OPTI
 def build(config: RunConfig, total_steps: int) -> DS3Net:
     options = DS3NetOptions(**config.method_options)
     generator = config.generator_kwargs()
-    return DS3Net(
-        teacher=build_generator(**generator),
-        student=build_generator(**generator),
-        teacher_discriminator=build_discriminator(config.preset),
+    # The teacher's networks first, from the global stream as recipes/paired_only.py builds them, then the student's
+    # from a stream of their own: the teacher starts where the paired-only model starts.
+    teacher, teacher_discriminator = build_generator(**generator), build_discriminator(config.preset)
+    with random_stream(stream_seed(config.seed, STUDENT_INIT_STREAM)):
+        student = build_generator(**generator)
         # With real T1ce of other subjects (--unpaired-t1ce other-subjects), D^S judges T1ce alone, unaligned.
-        student_discriminator=build_discriminator(
+        student_discriminator = build_discriminator(
             config.preset, in_channels=1 if config.unpaired_t1ce == "other-subjects" else 4
-        ),
+        )
+    return DS3Net(
+        teacher=teacher,
+        student=student,
+        teacher_discriminator=teacher_discriminator,
+        student_discriminator=student_discriminator,
         options=options,
         total_steps=total_steps,
         lr=config.lr,

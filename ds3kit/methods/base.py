@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from ds3kit.losses.adversarial import adversarial_loss
+from ds3kit.utils.streams import random_stream, stream_seed
 
 
 class NonFiniteLossError(RuntimeError):
@@ -35,6 +37,15 @@ class Method(nn.Module):
         super().__init__()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.step = 0
+        #: Seeds :meth:`random_stream` (the trainer sets it from the run's seed and rank).
+        self.stream_seed = 0
+
+    def random_stream(self, name: int) -> AbstractContextManager[None]:
+        """A block whose random draws come from a stream of their own, a pure function of (``stream_seed``, ``name``,
+        step), and leave the global stream untouched: DS3-Net runs its student in one, so the teacher draws exactly
+        what the paired-only model draws."""
+        device = next((param.device for param in self.parameters()), torch.device("cpu"))
+        return random_stream(stream_seed(self.stream_seed, name, self.step), device)
 
     def add_optimizer(
         self, name: str, parameters: Iterable[nn.Parameter], *, lr: float, betas: tuple[float, float]

@@ -39,6 +39,7 @@ from ds3kit.distill import DualLevelDistillation
 from ds3kit.losses import PatchNCELoss, adversarial_loss, difficulty_beta, difficulty_l1, difficulty_map
 from ds3kit.methods.base import Method, item
 from ds3kit.models import PatchDiscriminator
+from ds3kit.utils.streams import STUDENT_STREAM
 
 
 @dataclass
@@ -326,7 +327,10 @@ class DS3Net(Method):
             # Joint training starts from what the teacher learned (its average, when there is one), not from
             # scratch (a function of the step, so a resumed run does the same).
             self.student.load_state_dict((self.teacher_average or self.teacher.generator).state_dict())
-        logs.update(self.student_step(paired, unpaired))
+        # The student's draws (its PatchNCE locations, the noisy student's perturbation) come from a stream of its
+        # own, so the teacher's global stream is the paired-only model's, draw for draw.
+        with self.random_stream(STUDENT_STREAM):
+            logs.update(self.student_step(paired, unpaired))
         return logs
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ from ds3kit.augment import MRIAugmentation
 from ds3kit.data import CachedSliceDataset
 from ds3kit.errors import InputError
 from ds3kit.train.distributed import DistributedContext
+from ds3kit.utils.streams import random_stream
 
 
 class StepBatches:
@@ -82,16 +83,22 @@ def prepare_batch(
     *,
     augment: MRIAugmentation | None = None,
     channels_last: bool = False,
+    seed: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """A host batch as a method's ``training_step`` takes it: on ``device``, augmented, in the networks' layout.
 
     Every tensor is copied to ``device`` (non-blocking: a pinned batch overlaps the copy with compute), then
-    ``augment`` (if given) transforms the batch on the device, then with ``channels_last`` every 4-D tensor is made
+    ``augment`` (if given) transforms the batch on the device, drawing from a stream of its own seeded by ``seed``
+    (:func:`ds3kit.utils.streams.random_stream`; None: the global stream), then with ``channels_last`` every 4-D tensor is made
     channels_last contiguous (the trainer asks for it on CUDA, where the networks are channels_last too).
     """
     prepared = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
     if augment is not None:
-        prepared = augment(prepared)
+        if seed is None:
+            prepared = augment(prepared)
+        else:
+            with random_stream(seed, device):
+                prepared = augment(prepared)
     if channels_last:
         prepared = {
             k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in prepared.items()

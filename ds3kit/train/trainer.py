@@ -62,6 +62,7 @@ from ds3kit.train.distributed import DistributedContext, init_distributed, shutd
 from ds3kit.train.logging import RunLogger
 from ds3kit.train.report import format_table, write_final_report
 from ds3kit.train.schedule import LinearDecay
+from ds3kit.utils.streams import stream_seed
 
 # What validation ranks checkpoints by (``--select best-val``).
 SELECTION_METRIC = "brain_psnr"
@@ -267,6 +268,9 @@ class Trainer:
                 f"{type(method).__name__}"
             )
         method = method.to(self.device)
+        # The seed of the method's own random streams (DS3-Net's student draws from one, so its teacher draws what
+        # the paired-only model draws); per rank, as the global training stream is.
+        method.stream_seed = stream_seed(cfg.seed, ctx.rank)
         use_cuda = self.device.type == "cuda"
         if use_cuda and cfg.channels_last:
             method = method.to(memory_format=torch.channels_last)
@@ -317,11 +321,19 @@ class Trainer:
         for step in range(start, stop_at):
             method.step = step
             schedule.apply(method.optimizers.values(), step, self.config.lr)
+            # Each stream's augmentation draws from its own (seed, rank, stream, step) stream: the paired batches of a
+            # DS3-Net run are augmented exactly as a paired-only run's, whatever the unpaired stream draws.
             paired_batch, unpaired_batch, reference_batch = (
-                prepare_batch(next(loader), self.device, augment=augment, channels_last=use_cuda and cfg.channels_last)
+                prepare_batch(
+                    next(loader),
+                    self.device,
+                    augment=augment,
+                    channels_last=use_cuda and cfg.channels_last,
+                    seed=stream_seed(cfg.seed, ctx.rank, index, step),
+                )
                 if loader is not None
                 else None
-                for loader in loaders
+                for index, loader in enumerate(loaders)
             )
             if reference_batch is not None:
                 assert unpaired_batch is not None

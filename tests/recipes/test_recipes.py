@@ -232,3 +232,30 @@ def test_the_supervised_recipes_weight_the_tumour_in_l_pid(small_cohort, tmp_pat
         assert smoke("paired_only", small_cohort, tmp_path / out, "--steps", "6", *extra) == 0
         checkpoint = torch.load(tmp_path / out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
         assert checkpoint["config"]["method_options"]["tumour_weight"] == weight
+
+
+@pytest.mark.parametrize("extra", [(), ("--lambda-adv", "1", "--use-nce")], ids=["recipe-options", "paper-losses"])
+def test_ds3net_teacher_is_the_paired_only_model_draw_for_draw(small_cohort, tmp_path, extra):
+    """The teacher of a DS3-Net run trains on what a paired-only run trains on, with the same initialisation and the
+    same random draws (its augmentation, its PatchNCE locations): the student and the unpaired stream draw from
+    streams of their own. So the teacher's weights, losses and test scores are the paired-only run's, bit for bit, and
+    DS3-Net minus paired-only is the student's own gain, free of the teacher's run-to-run spread."""
+    assert smoke("paired_only", small_cohort, tmp_path / "paired_only", *extra) == 0
+    assert smoke("ds3net", small_cohort, tmp_path / "ds3net", *extra) == 0
+
+    def teacher_losses(run):
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in line.items() if k.startswith("teacher/")} for line in lines if line["split"] == "train"
+        ]
+
+    paired_only, ds3net = tmp_path / "paired_only", tmp_path / "ds3net"
+    ds3net_lines = [json.loads(line) for line in (ds3net / "metrics.jsonl").read_text().splitlines()]
+    assert any("student/image" in line for line in ds3net_lines), "the student must have trained alongside"
+    assert teacher_losses(ds3net) == teacher_losses(paired_only)
+    mine = torch.load(paired_only / "checkpoints" / "last.pt", weights_only=True)["model"]
+    theirs = torch.load(ds3net / "checkpoints" / "last.pt", weights_only=True)["model"]
+    # PairedTeacher's networks and optimiser-free state sit under "teacher." in DS3Net's.
+    assert mine and all(theirs["teacher." + key].equal(value) for key, value in mine.items())
+    reports = [json.loads((run / "metrics.json").read_text()) for run in (paired_only, ds3net)]
+    assert reports[0]["models"]["teacher"] == reports[1]["models"]["teacher"]
