@@ -234,7 +234,11 @@ def test_the_supervised_recipes_weight_the_tumour_in_l_pid(small_cohort, tmp_pat
         assert checkpoint["config"]["method_options"]["tumour_weight"] == weight
 
 
-@pytest.mark.parametrize("extra", [(), ("--lambda-adv", "1", "--use-nce")], ids=["recipe-options", "paper-losses"])
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--lambda-adv", "1", "--use-nce"), ("--teacher-ema", "0.9")],
+    ids=["recipe-options", "paper-losses", "ema-teacher"],
+)
 def test_ds3net_teacher_is_the_paired_only_model_draw_for_draw(small_cohort, tmp_path, extra):
     """The teacher of a DS3-Net run trains on what a paired-only run trains on, with the same initialisation and the
     same random draws (its augmentation, its PatchNCE locations): the student and the unpaired stream draw from
