@@ -112,6 +112,17 @@ ARMS = (
     # so one run scores three models: paired-only, its moving average (what weight averaging alone gives, with no
     # unpaired data) and the student distilled from the average.
     Arm("DS3-Net 5% (EMA teacher)", "ds3net", 0.05, {"teacher_ema": 0.99}),
+    # The recipes train the teacher without an adversarial term (RECIPE_OPTIONS) but left the student's at 1, against
+    # a D^S whose only real images are the paired subject's: the student alone is pulled by a GAN, which in the
+    # twelfth session's runs weighed as much as its L_id. These arms take it away, then add the semi-supervised
+    # learner's usual pair: the real T1ce of the paired batches too, and targets from the teacher's average.
+    Arm("DS3-Net 5% (no student adversarial)", "ds3net", 0.05, {"lambda_student_adv": 0.0}),
+    Arm(
+        "DS3-Net 5% (mean teacher: EMA, student also on paired, no student adversarial)",
+        "ds3net",
+        0.05,
+        {"lambda_student_adv": 0.0, "student_pixel": True, "teacher_ema": 0.99},
+    ),
     # The student's adversarial term (weight 1, against a D^S whose only real images are the paired subjects') off,
     # with the two mechanisms above: the student then learns from L_pid, L_id and L_fd only.
     Arm(
