@@ -89,8 +89,9 @@ def prepare_batch(
 
     Every tensor is copied to ``device`` (non-blocking: a pinned batch overlaps the copy with compute), then
     ``augment`` (if given) transforms the batch on the device, drawing from a stream of its own seeded by ``seed``
-    (:func:`ds3kit.utils.streams.random_stream`; None: the global stream), then with ``channels_last`` every 4-D tensor is made
-    channels_last contiguous (the trainer asks for it on CUDA, where the networks are channels_last too).
+    (:func:`ds3kit.utils.streams.random_stream`; None: the global stream), then with ``channels_last`` every 4-D
+    tensor is made channels_last contiguous (the trainer asks for it on CUDA, where the networks are channels_last
+    too).
     """
     prepared = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
     if augment is not None:
