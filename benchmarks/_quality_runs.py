@@ -107,6 +107,16 @@ ARMS = (
     # times, as the teacher's L_pid counts the paired subjects', so distillation pays for the tumour as much as the
     # teacher's own training did.
     Arm("DS3-Net 5% (student tumour weight 5)", "ds3net", 0.05, {"student_tumour_weight": 5.0}),
+    # The student's adversarial term (weight 1, against a D^S whose only real images are the paired subjects') off,
+    # with the two mechanisms above: the student then learns from L_pid, L_id and L_fd only.
+    Arm(
+        "DS3-Net 5% (EMA teacher, student also on paired, no student adversarial)",
+        "ds3net",
+        0.05,
+        {"teacher_ema": 0.99, "student_pixel": True, "lambda_student_adv": 0.0},
+        run=EARLIER,
+        versus=EARLIER_ARMS,
+    ),
     # Ours, for the semi-supervision issue, on the current defaults: pseudo-targets from a moving average of the
     # teacher's weights (decay 0.99). The teacher itself still trains as the paired-only model does, draw for draw,
     # so one run scores three models: paired-only, its moving average (what weight averaging alone gives, with no
@@ -122,16 +132,6 @@ ARMS = (
         "ds3net",
         0.05,
         {"lambda_student_adv": 0.0, "student_pixel": True, "teacher_ema": 0.99},
-    ),
-    # The student's adversarial term (weight 1, against a D^S whose only real images are the paired subjects') off,
-    # with the two mechanisms above: the student then learns from L_pid, L_id and L_fd only.
-    Arm(
-        "DS3-Net 5% (EMA teacher, student also on paired, no student adversarial)",
-        "ds3net",
-        0.05,
-        {"teacher_ema": 0.99, "student_pixel": True, "lambda_student_adv": 0.0},
-        run=EARLIER,
-        versus=EARLIER_ARMS,
     ),
 )
 
