@@ -133,6 +133,17 @@ ARMS = (
         0.05,
         {"lambda_student_adv": 0.0, "student_pixel": True, "teacher_ema": 0.99},
     ),
+    # Ours, for the semi-supervision issue: pseudo-targets that know something the teacher does not. Inside each of
+    # the unpaired subjects' tumour labels (necrotic core, oedema, enhancing; BraTS's training subjects all have
+    # them) the teacher's prediction is shifted to the mean real T1ce the paired subjects have there, so the student
+    # sees the enhancing rim at its level in every unpaired tumour, and its L_id counts the tumour five times, as the
+    # teacher's L_pid does. The teacher is untouched, so it is still the paired-only model draw for draw.
+    Arm(
+        "DS3-Net 5% (tumour-level pseudo-targets)",
+        "ds3net",
+        0.05,
+        {"tumour_levels": True, "student_tumour_weight": 5.0},
+    ),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised

@@ -226,7 +226,8 @@ class CachedSliceDataset(Dataset):
         min_brain_fraction: in [0, 1]; slices whose brain fraction is lower are skipped.
 
     Items: ``"inputs"`` float32 (3, H, W), ``"target"`` float32 (1, H, W) only with ``with_target``,
-    ``"brain_mask"`` and ``"tumour_mask"`` float32 (1, H, W), ``"case_index"`` and ``"slice_index"`` ints.
+    ``"brain_mask"``, ``"tumour_mask"`` and ``"seg"`` (labels 0, 1, 2, 4) float32 (1, H, W), ``"case_index"`` and
+    ``"slice_index"`` ints.
     """
 
     def __init__(
@@ -269,13 +270,14 @@ class CachedSliceDataset(Dataset):
         width = self.image_size or case.shape[1]
         window = _canvas_window(case, height, width)
         if case.has_seg:
-            tumour = _place(case, "seg", z, None, height, width, window, positive=True)
+            seg = _place(case, "seg", z, None, height, width, window)
         else:
-            tumour = torch.zeros(1, height, width)
+            seg = torch.zeros(1, height, width)
         item: dict[str, torch.Tensor | int] = {  # SliceDataset's keys, in its order
             "inputs": _place(case, "inputs", z, 3, height, width, window),
             "brain_mask": _place(case, "brain_mask", z, None, height, width, window),
-            "tumour_mask": tumour,
+            "tumour_mask": (seg > 0).float(),
+            "seg": seg,
             "case_index": case_index,
             "slice_index": z,
         }

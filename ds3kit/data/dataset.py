@@ -146,8 +146,9 @@ class SliceDataset(Dataset):
 
     Each item is a dict: ``"inputs"`` float32 (3, H, W) (t1, t2, flair), ``"target"`` float32
     (1, H, W) only with ``with_target``, ``"brain_mask"`` and ``"tumour_mask"`` float32 (1, H, W)
-    (tumour = seg > 0, zeros without seg), ``"case_index"`` and ``"slice_index"`` ints. H is the
-    volume's X axis and W its Y axis.
+    (tumour = seg > 0, zeros without seg), ``"seg"`` float32 (1, H, W) (BraTS labels 0, 1, 2, 4;
+    zeros without seg), ``"case_index"`` and ``"slice_index"`` ints. H is the volume's X axis and W
+    its Y axis.
     """
 
     def __init__(
@@ -192,6 +193,7 @@ class SliceDataset(Dataset):
             "inputs": tensors["inputs"][slice_index],
             "brain_mask": tensors["brain_mask"][slice_index],
             "tumour_mask": tensors["tumour_mask"][slice_index],
+            "seg": tensors["seg"][slice_index],
             "case_index": case_index,
             "slice_index": slice_index,
         }
@@ -228,6 +230,7 @@ class SliceDataset(Dataset):
             "inputs": session.inputs,
             "brain_mask": session.brain_mask[None].astype(np.float32),
             "tumour_mask": session.tumour_mask[None].astype(np.float32),
+            "seg": (np.zeros(session.shape) if session.seg is None else session.seg)[None].astype(np.float32),
         }
         if self.with_target:
             volumes["target"] = session.target[None]  # type: ignore[index]

@@ -40,6 +40,12 @@ class Method(nn.Module):
         #: Seeds :meth:`random_stream` (the trainer sets it from the run's seed and rank).
         self.stream_seed = 0
 
+    @classmethod
+    def labelled_streams(cls, options: Mapping[str, object]) -> tuple[str, ...]:
+        """The data streams (``"paired"``, ``"unpaired"``) whose subjects must have tumour labels under ``options``:
+        the trainer refuses a cohort where none of a stream's subjects has one, before any step."""
+        return ()
+
     def random_stream(self, name: int) -> AbstractContextManager[None]:
         """A block whose random draws come from a stream of their own, a pure function of (``stream_seed``, ``name``,
         step), and leave the global stream untouched: DS3-Net runs its student in one, so the teacher draws exactly

@@ -21,7 +21,8 @@ y_r (never aligned with x_u) vs fake G^S(x_u).
 
 Not in the paper (docs/method.md): ``teacher_ema`` gives the pseudo-targets sg(G^T(x_u)) from an exponential moving
 average of the teacher's weights (shipped as ``teacher_ema``); ``student_pixel`` adds L_pid on the paired batches to
-the student's loss.
+the student's loss; ``tumour_levels`` corrects the pseudo-targets inside the unpaired subjects' tumour labels with
+the level the paired subjects' real T1ce has there (:func:`tumour_level_targets`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ds3kit.augment import MRIAugmentation
@@ -70,6 +72,7 @@ class DS3NetOptions:
     teacher_ema: float = 0.0  # > 0: pseudo-targets from an exponential moving average of the teacher (this decay)
     tumour_weight: float = 1.0  # L_pid's weight inside the paired subjects' tumour (seg > 0); 1: no extra weight
     student_tumour_weight: float = 1.0  # L_id's weight inside the unpaired subjects' tumour (seg > 0); ours
+    tumour_levels: bool = False  # pseudo-targets' tumour labels shifted to the paired subjects' T1ce level; ours
 
     #: One line per option for the recipes' --help (docs/method.md has the discussion).
     HELP: ClassVar[dict[str, str]] = {
@@ -98,6 +101,8 @@ class DS3NetOptions:
         "tumour_weight": "L_pid's weight inside the paired subjects' tumour labels (seg > 0), relative to 1 elsewhere",
         "student_tumour_weight": "L_id's weight inside the unpaired subjects' tumour labels (seg > 0), relative to 1 "
         "elsewhere (needs their seg; a subject without one gets no extra weight)",
+        "tumour_levels": "shift the teacher's pseudo-target inside each of the unpaired subjects' tumour labels "
+        "(1, 2, 4) to the paired subjects' mean T1ce there (needs their seg; ours)",
     }
 
 
@@ -266,6 +271,11 @@ class DS3Net(Method):
         if options.teacher_ema:
             self.teacher_average = copy.deepcopy(teacher).requires_grad_(False)
         self.distillation = DualLevelDistillation(self.teacher_average or teacher, student)
+        if options.tumour_levels:
+            # Running sums of the paired subjects' real T1ce and voxel counts per tumour label (buffers: they move
+            # with .to() and resume from the checkpoint; float64, so a long run's counts stay exact).
+            self.register_buffer("paired_label_sums", torch.zeros(len(TUMOUR_LABELS), dtype=torch.float64))
+            self.register_buffer("paired_label_counts", torch.zeros(len(TUMOUR_LABELS), dtype=torch.float64))
         # Intensity only: the teacher's prediction stays aligned with the student's input voxel for voxel.
         self.student_noise = MRIAugmentation(geometric=False) if options.student_noise else None
         self.student_nce = self.teacher._make_patch_nce(student) if options.use_nce and options.student_nce else None
@@ -279,6 +289,10 @@ class DS3Net(Method):
     @property
     def warmup_steps(self) -> int:
         return round(self.options.teacher_warmup_fraction * self.total_steps)
+
+    @classmethod
+    def labelled_streams(cls, options: Mapping[str, object]) -> tuple[str, ...]:
+        return ("paired", "unpaired") if options.get("tumour_levels") else ()
 
     def generators(self) -> dict[str, nn.Module]:
         roles = {"student": self.student, "teacher": self.teacher.generator}
@@ -318,6 +332,8 @@ class DS3Net(Method):
                 f"reference_target={has_reference}, D^S in_channels={self.student_discriminator.in_channels}"
             )
         self.teacher.step = self.step
+        if self.options.tumour_levels:
+            self._count_paired_levels(paired)
         logs = self.teacher.training_step(paired, None)
         if self.teacher_average is not None:
             self._update_teacher_average()
@@ -346,6 +362,28 @@ class DS3Net(Method):
         for mine, theirs in zip(self.teacher_average.buffers(), self.teacher.generator.buffers()):
             mine.copy_(theirs)
 
+    @torch.no_grad()
+    def _count_paired_levels(self, paired: Mapping[str, Tensor]) -> None:
+        if "seg" not in paired:
+            raise ValueError("tumour_levels needs the paired batches' tumour labels (the items' 'seg')")
+        sums, counts = label_sums(paired["target"], paired["seg"])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Every rank keeps the same levels: the sums over all ranks' paired batches.
+            both = torch.cat([sums, counts])
+            dist.all_reduce(both)
+            sums, counts = both.split(len(TUMOUR_LABELS))
+        self.paired_label_sums += sums
+        self.paired_label_counts += counts
+
+    @property
+    def paired_levels(self) -> Tensor | None:
+        """The paired subjects' mean real T1ce per tumour label (``TUMOUR_LABELS``) so far, NaN where a label was never
+        seen; None without ``tumour_levels``."""
+        if not self.options.tumour_levels:
+            return None
+        counts = self.paired_label_counts
+        return torch.where(counts > 0, self.paired_label_sums / counts.clamp(min=1), torch.nan)
+
     def student_step(self, paired: Mapping[str, Tensor], unpaired: Mapping[str, Tensor]) -> dict[str, float]:
         o = self.options
         inputs = unpaired["inputs"]
@@ -365,7 +403,14 @@ class DS3Net(Method):
         student_map = difficulty_map(scores, prediction.shape[-2:], beta=self.teacher.beta, mode=o.gan_mode)
         # Phase 2: the distillation losses under M^S (L_id's weights also count the unpaired tumour, when asked).
         image_map = tumour_weighted(student_map, unpaired.get("tumour_mask"), o.student_tumour_weight)
-        out = self.distillation.losses(forward, image_map)
+        pseudo_target = None
+        if o.tumour_levels:
+            if "seg" not in unpaired:
+                raise ValueError("tumour_levels needs the unpaired batches' tumour labels (the items' 'seg')")
+            levels = self.paired_levels
+            assert levels is not None
+            pseudo_target = tumour_level_targets(forward.teacher_prediction, unpaired["seg"], levels)
+        out = self.distillation.losses(forward, image_map, target=pseudo_target)
 
         terms: dict[str, Tensor] = {}
         if o.lambda_student_adv:
@@ -417,6 +462,55 @@ def tumour_weighted(difficulty: Tensor, tumour_mask: Tensor | None, weight: floa
     if tumour_mask is None or weight == 1.0:
         return difficulty
     return difficulty * (1.0 + (weight - 1.0) * tumour_mask)
+
+
+#: The BraTS tumour labels (internal convention): necrotic core, oedema, enhancing tumour.
+TUMOUR_LABELS: tuple[int, ...] = (1, 2, 4)
+
+
+def label_sums(image: Tensor, seg: Tensor) -> tuple[Tensor, Tensor]:
+    """Per tumour label (:data:`TUMOUR_LABELS`): the sum of ``image`` over the label's voxels and their count, both
+    float64 of shape (len(TUMOUR_LABELS),). ``image`` and ``seg`` are (B, 1, H, W); ``seg`` holds the labels."""
+    if image.shape != seg.shape:
+        raise ValueError(f"image and seg must have one shape, got {tuple(image.shape)} and {tuple(seg.shape)}")
+    masks = torch.stack([seg == label for label in TUMOUR_LABELS])  # (L, B, 1, H, W)
+    values = image.detach().to(torch.float64)
+    sums = (masks * values).flatten(1).sum(1)
+    return sums, masks.flatten(1).sum(1).to(torch.float64)
+
+
+def tumour_level_targets(prediction: Tensor, seg: Tensor, levels: Tensor) -> Tensor:
+    """The teacher's pseudo-target with each tumour label's mean moved to the paired subjects' level there.
+
+    Per image ``b`` and label ``k`` of :data:`TUMOUR_LABELS` present in ``seg[b]``, the prediction over that label's
+    voxels is shifted by ``levels[k] - mean(prediction[b] over them)``: the teacher's pattern inside the label is
+    kept, its level is the one the paired subjects' real T1ce has (ours, docs/method.md). Labels whose level is NaN
+    (never seen in a paired batch) and voxels outside the tumour are left as they are.
+
+    Args:
+        prediction: (B, 1, H, W) the teacher's prediction on unpaired inputs.
+        seg: (B, 1, H, W) BraTS labels (0, 1, 2, 4) of the unpaired subjects.
+        levels: (len(TUMOUR_LABELS),) target level per label.
+    """
+    if prediction.shape != seg.shape:
+        raise ValueError(
+            f"prediction and seg must have one shape, got {tuple(prediction.shape)} and {tuple(seg.shape)}"
+        )
+    if levels.shape != (len(TUMOUR_LABELS),):
+        raise ValueError(f"levels must have shape ({len(TUMOUR_LABELS)},), got {tuple(levels.shape)}")
+    corrected = prediction.detach().clone()
+    for k, label in enumerate(TUMOUR_LABELS):
+        level = float(levels[k])
+        if level != level:  # NaN: no paired voxel of this label yet
+            continue
+        mask = seg == label
+        counts = mask.flatten(1).sum(1)
+        if not bool(counts.any()):
+            continue
+        means = (prediction.detach() * mask).flatten(1).sum(1) / counts.clamp(min=1)
+        shift = (level - means).view(-1, *([1] * (prediction.dim() - 1))).to(prediction.dtype)
+        corrected = torch.where(mask, corrected + shift, corrected)
+    return corrected
 
 
 def _config(generator: nn.Module) -> object:

@@ -206,6 +206,11 @@ class Trainer:
                     f"(paired_fraction={cfg.paired_fraction}, {len(train)} training subjects)"
                 )
             dataset = CachedSliceDataset(self.cache.select(cases), with_target=with_target, image_size=cfg.image_size)
+            if what in method.labelled_streams(cfg.method_options) and not any(c.has_seg for c in dataset.cases):
+                raise InputError(
+                    f"{self.name}'s options need tumour labels (seg) on the {what} training subjects, and none of "
+                    f"the {len(dataset.cases)} has one"
+                )
             repeats = cfg.tumour_repeats if what == "paired" and not method.target_domain_only else 0
             streams.append(
                 StepBatches(

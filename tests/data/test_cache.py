@@ -78,7 +78,7 @@ def test_cached_slices_equal_direct_slices(cohort, cached, image_size, min_brain
         for key in ("inputs", "target"):
             assert item[key].dtype == torch.float32 and item[key].shape == expected[key].shape
             worst = max(worst, float((item[key] - expected[key]).abs().max()))
-        for key in ("brain_mask", "tumour_mask"):
+        for key in ("brain_mask", "tumour_mask", "seg"):
             assert torch.equal(item[key], expected[key]), key
         assert (item["case_index"], item["slice_index"]) == (expected["case_index"], expected["slice_index"])
     assert 0.0 < worst <= CACHE_TOLERANCE

@@ -88,6 +88,7 @@ def test_items_match_the_sessions(cohort):
         np.testing.assert_array_equal(item["target"][0].numpy(), session.target[..., z])
         np.testing.assert_array_equal(item["brain_mask"][0].numpy(), session.brain_mask[..., z])
         np.testing.assert_array_equal(item["tumour_mask"][0].numpy(), session.seg[..., z] > 0)
+        np.testing.assert_array_equal(item["seg"][0].numpy(), session.seg[..., z])
         assert session.brain_mask[..., z].mean() >= 0.05
     assert [s.case_id for s in dataset.sessions] == ["Phantom_001", "Phantom_002", "Phantom_003"]
 

@@ -78,6 +78,26 @@ def record_student_step_start(method: DS3Net, monkeypatch) -> dict[str, dict[str
     return seen
 
 
+#: The options under which the student's only loss term is L_id (and the teacher's only one L_pid, unweighted).
+IMAGE_DISTILLATION_ONLY = dict(
+    use_difficulty=False, use_nce=False, lambda_adv=0.0, lambda_student_adv=0.0, use_feature_distillation=False
+)
+
+
+def record_distillation_passes(method: DS3Net, monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(teacher prediction, student prediction) of every distillation pass ``method`` runs from now on."""
+    passes = []
+    original = method.distillation.run
+
+    def recorded(*args, **kwargs):
+        out = original(*args, **kwargs)
+        passes.append((out.teacher_prediction.clone(), out.student_prediction.detach().clone()))
+        return out
+
+    monkeypatch.setattr(method.distillation, "run", recorded)
+    return passes
+
+
 def record_inputs(generator: torch.nn.Module, monkeypatch) -> list[torch.Tensor]:
     calls: list[torch.Tensor] = []
     original = generator.forward_with_features
@@ -481,27 +501,12 @@ def test_the_teachers_l_pid_counts_tumour_voxels_tumour_weight_times(weight, mon
 
 @pytest.mark.parametrize("weight", [1.0, 3.0])
 def test_the_students_l_id_counts_unpaired_tumour_voxels_student_tumour_weight_times(weight, monkeypatch):
-    method = make_method(
-        use_difficulty=False,
-        use_nce=False,
-        lambda_adv=0.0,
-        lambda_student_adv=0.0,
-        use_feature_distillation=False,
-        student_tumour_weight=weight,
-    )
+    method = make_method(**IMAGE_DISTILLATION_ONLY, student_tumour_weight=weight)
     paired, unpaired = batches()
     tumour = torch.zeros_like(paired["target"])
     tumour[0, :, 8:14, 10:18] = 1.0
     unpaired["tumour_mask"] = tumour
-    passes = []
-    original = method.distillation.run
-
-    def recorded(*args, **kwargs):
-        out = original(*args, **kwargs)
-        passes.append((out.teacher_prediction.clone(), out.student_prediction.detach().clone()))
-        return out
-
-    monkeypatch.setattr(method.distillation, "run", recorded)
+    passes = record_distillation_passes(method, monkeypatch)
     method.step = method.warmup_steps
     logs = method.training_step(paired, unpaired)
     teacher, student = passes[0]
@@ -511,3 +516,96 @@ def test_the_students_l_id_counts_unpaired_tumour_voxels_student_tumour_weight_t
     assert logs["student/image"] == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="student_tumour_weight must be >= 0"):
         make_method(student_tumour_weight=-1.0)
+
+
+def random_seg(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """BraTS labels (0, 1, 2, 4) in blocks, so each label covers some pixels of some images and none of others."""
+    generator = torch.Generator().manual_seed(seed)
+    seg = torch.zeros(shape)
+    for b in range(shape[0]):
+        for label in (1, 2, 4):
+            if torch.rand((), generator=generator) < 0.8:
+                row, col = (int(v) for v in torch.randint(0, shape[-1] - 6, (2,), generator=generator))
+                seg[b, :, row : row + 5, col : col + 3 + label] = label
+    return seg
+
+
+def test_label_sums_match_a_float64_loop():
+    from ds3kit.methods.ds3net import TUMOUR_LABELS, label_sums
+
+    generator = torch.Generator().manual_seed(3)
+    image = torch.rand(3, 1, 17, 19, generator=generator)
+    seg = random_seg(image.shape, seed=4)
+    sums, counts = label_sums(image, seg)
+    for k, label in enumerate(TUMOUR_LABELS):
+        values = [float(v) for v, s in zip(image.double().flatten().tolist(), seg.flatten().tolist()) if s == label]
+        assert counts[k].item() == len(values)
+        assert sums[k].item() == pytest.approx(sum(values), rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError, match="one shape"):
+        label_sums(image, seg[:, :, :5])
+
+
+def test_tumour_level_targets_move_each_labels_mean_to_its_level_and_keep_the_pattern():
+    from ds3kit.methods.ds3net import TUMOUR_LABELS, tumour_level_targets
+
+    generator = torch.Generator().manual_seed(5)
+    prediction = torch.rand(4, 1, 23, 21, generator=generator)
+    seg = random_seg(prediction.shape, seed=6)
+    levels = torch.tensor([0.25, float("nan"), 0.9], dtype=torch.float64)  # oedema never seen in a paired batch
+    corrected = tumour_level_targets(prediction, seg, levels)
+    # Independent of the function: image by image, label by label, in float64.
+    for b in range(prediction.shape[0]):
+        expected = prediction[b].double().clone()
+        for k, label in enumerate(TUMOUR_LABELS):
+            mask = seg[b] == label
+            if mask.any() and not torch.isnan(levels[k]):
+                expected[mask] += levels[k] - prediction[b].double()[mask].mean()
+        torch.testing.assert_close(corrected[b].double(), expected, rtol=0, atol=1e-6)
+        for k, label in enumerate(TUMOUR_LABELS):
+            mask = seg[b] == label
+            if mask.any() and not torch.isnan(levels[k]):
+                assert corrected[b][mask].double().mean().item() == pytest.approx(levels[k].item(), abs=1e-6)
+    outside = seg == 0
+    assert torch.equal(corrected[outside], prediction[outside])
+    assert torch.equal(corrected[seg == 2], prediction[seg == 2])  # NaN level: untouched
+    with pytest.raises(ValueError, match="levels must have shape"):
+        tumour_level_targets(prediction, seg, levels[:2])
+
+
+def test_tumour_levels_distil_the_corrected_pseudo_target_at_the_paired_subjects_levels(monkeypatch):
+    from ds3kit.methods.ds3net import TUMOUR_LABELS
+
+    method = make_method(**IMAGE_DISTILLATION_ONLY, tumour_levels=True)
+    assert "paired_label_sums" in method.state_dict()  # resumes with the run
+    paired, unpaired = batches()
+    paired["seg"] = random_seg(paired["target"].shape, seed=7)
+    unpaired["seg"] = random_seg(unpaired["inputs"][:, :1].shape, seed=8)
+    passes = record_distillation_passes(method, monkeypatch)
+    for step in range(method.warmup_steps + 1):  # the same paired batch each step: the levels are its means
+        method.step = step
+        logs = method.training_step(paired, unpaired)
+    levels = method.paired_levels
+    for k, label in enumerate(TUMOUR_LABELS):
+        mask = paired["seg"] == label
+        expected = paired["target"].double()[mask].mean().item() if mask.any() else float("nan")
+        assert levels[k].item() == pytest.approx(expected, rel=1e-12, nan_ok=True)
+    teacher, student = passes[0]
+    target = teacher.double().clone()
+    for k, label in enumerate(TUMOUR_LABELS):
+        for b in range(target.shape[0]):
+            mask = unpaired["seg"][b] == label
+            if mask.any() and not torch.isnan(levels[k]):
+                target[b][mask] += levels[k] - teacher[b].double()[mask].mean()
+    expected = 100.0 * (student.double() - target).abs().mean()
+    assert logs["student/image"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_tumour_levels_name_the_missing_labels():
+    method = make_method(tumour_levels=True)
+    paired, unpaired = batches()
+    with pytest.raises(ValueError, match="paired batches' tumour labels"):
+        run_step(method, 0)
+    paired["seg"] = torch.zeros_like(paired["target"])
+    method.step = method.warmup_steps
+    with pytest.raises(ValueError, match="unpaired batches' tumour labels"):
+        method.training_step(paired, unpaired)

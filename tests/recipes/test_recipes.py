@@ -90,6 +90,19 @@ def test_bad_data_root_is_one_line_error(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
+def test_tumour_levels_on_a_cohort_without_labels_is_a_one_line_error(small_cohort, tmp_path, capsys):
+    import shutil
+
+    unlabelled = tmp_path / "cohort"
+    shutil.copytree(small_cohort, unlabelled)
+    for seg in unlabelled.glob("*/*_seg.nii.gz"):
+        seg.unlink()
+    assert smoke("ds3net", unlabelled, tmp_path / "r", "--tumour-levels") == 2
+    assert "need tumour labels (seg) on the paired training subjects" in capsys.readouterr().err
+    # The default (no tumour_levels) does not need them.
+    assert smoke("ds3net", unlabelled, tmp_path / "r2") == 0
+
+
 def test_segmenter_adds_dice_rows_to_the_report(small_cohort, tmp_path, capsys):
     from ds3kit.segment import Segmenter, save_segmenter
 
