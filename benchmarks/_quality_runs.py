@@ -38,6 +38,10 @@ class Arm:
     # The arms the page compares this one with; empty: its recipe's default arm (DS3-Net variants: DS3-Net 5 % and
     # paired-only 5 %). An arm measured on earlier defaults names the arms of those defaults.
     versus: tuple[str, ...] = ()
+    # (arm, generator role): this arm is read from that arm's runs instead of training its own. "paired-only 5%" is
+    # the teacher of "DS3-Net 5%": with common random numbers the two are one model draw for draw (the recipes'
+    # test_ds3net_teacher_is_the_paired_only_model_draw_for_draw), so training it again would only cost time.
+    read_from: tuple[str, str] | None = None
 
 
 # The defaults before tumour-slice oversampling (`--tumour-repeats 0`, 2026-12-02): the mechanism probes below were
@@ -47,7 +51,7 @@ EARLIER_ARMS = ("DS3-Net 5% (no tumour oversampling)", "paired-only 5% (no tumou
 
 
 ARMS = (
-    Arm("paired-only 5%", "paired_only", 0.05),
+    Arm("paired-only 5%", "paired_only", 0.05, read_from=("DS3-Net 5%", "teacher")),
     Arm("DS3-Net 5%", "ds3net", 0.05),
     Arm("pix2pix 100%", "pix2pix", 1.0),
     Arm("CUT 0%", "cut", 0.0),
@@ -151,6 +155,23 @@ ARMS = (
 DEFAULT_ARMS = ("paired-only 5%", "DS3-Net 5%", "pix2pix 100%")
 
 
+def source_arm(arm: Arm) -> Arm:
+    """The arm whose runs hold ``arm``'s model: ``arm`` itself, or the arm it is ``read_from``."""
+    if arm.read_from is None:
+        return arm
+    return next(candidate for candidate in ARMS if candidate.name == arm.read_from[0])
+
+
+def run_dir(arm: Arm, seed: int, out: Path) -> Path:
+    """The run directory that holds ``arm`` at ``seed`` (its source arm's, for an arm read from another)."""
+    return out / _run_name(source_arm(arm), seed)
+
+
+def _role(arm: Arm, report: dict[str, Any]) -> str:
+    """The generator of the run that is ``arm``'s model: the role it is read as, or the run's shipped one."""
+    return arm.read_from[1] if arm.read_from is not None else report["shipped"]
+
+
 def run_arm(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, float]:
     """Train one arm at one seed (or reuse a finished run) and return its shipped model's held-out means."""
     return run_report(arm, seed, base, out)["models"]["__shipped__"]
@@ -158,7 +179,11 @@ def run_arm(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, float]
 
 def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any]:
     """Train one arm at one seed (or reuse a finished run); its ``metrics.json`` with the shipped model's means under
-    ``report["models"]["__shipped__"]``."""
+    ``report["models"]["__shipped__"]`` (for an arm read from another arm's runs: the generator it is read as)."""
+    if arm.read_from is not None:
+        report = run_report(source_arm(arm), seed, base, out)
+        report["models"]["__shipped__"] = report["models"][arm.read_from[1]]["mean"]
+        return report
     run_dir = out / _run_name(arm, seed)
     metrics_file = run_dir / "metrics.json"
     last = run_dir / "checkpoints" / "last.pt"
@@ -266,6 +291,9 @@ def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
     from ds3kit.data import load_brats_case
     from ds3kit.evaluation import evaluate_generator
 
+    if arm.read_from is not None:
+        role = arm.read_from[1]
+        return {role: last_step_scores(source_arm(arm), seed, base, out)[role]}
     run_dir = out / _run_name(arm, seed)
     cache = run_dir / "last_step.json"
     if cache.exists():
@@ -355,15 +383,16 @@ def run_dice(
     from ds3kit.data import load_brats_case, load_volume
     from ds3kit.segment import check_held_out, check_reads_t1ce, load_segmenter, reference_t1ce, session_dice
 
-    run_dir = out / _run_name(arm, seed)
-    cache = run_dir / "dice.json"
+    folder = run_dir(arm, seed, out)
+    report = json.loads((folder / "metrics.json").read_text())
+    shipped = _role(arm, report)
+    # One cache per generator of the run: dice.json for the one it ships, dice-<role>.json for another read from it.
+    cache = folder / ("dice.json" if shipped == report["shipped"] else f"dice-{shipped}.json")
     key = {"segmenter": str(segmenter), "without_t1ce": None if without_t1ce is None else str(without_t1ce)}
     if cache.exists():
         cached = json.loads(cache.read_text())
         if {name: cached.get(name) for name in key} == key:
             return cached["rows"]
-    report = json.loads((run_dir / "metrics.json").read_text())
-    shipped = report["shipped"]
     cases = list(report["models"][shipped]["subjects"])  # the subjects the run scored (and wrote predictions of)
     device = resolve_device(base.device)
     model, metadata = load_segmenter(segmenter, device=device)
@@ -378,7 +407,7 @@ def run_dice(
         per_row.update({REAL_T1CE: [], COPY_T1: []})
     for case in cases:
         session = load_brats_case(root / case)
-        prediction = load_volume(run_dir / "predictions" / shipped / f"{case}_t1ce.nii.gz").data
+        prediction = load_volume(folder / "predictions" / shipped / f"{case}_t1ce.nii.gz").data
         per_row["__shipped__"].append(session_dice(model, session, prediction, device=device))
         if references is None:
             for row, name in ((REAL_T1CE, "real_t1ce"), (COPY_T1, "copy_t1")):

@@ -10,10 +10,11 @@ Each arm is a recipe at a paired fraction with method options, started from the 
 (``_quality_runs.ARMS``: paired-only, DS3-Net and its mechanisms and ablations at 5 %, pix2pix at 100 %, CUT at 0 %;
 ``DEFAULT_ARMS`` are those run without ``--arms``). Every run validates every 100 steps and ships its best-validation
 weights, as the recipes do, and scores its shipped model on the seed's held-out subjects (the split depends on the
-seed only). Per seed a segmenter is trained on the seed's training subjects (``recipes/segmenter.py``) and run on
-each arm's saved test predictions: ET / TC / WT Dice (``--no-dice`` skips it). Writes ``docs/results/quality.md``
-(mean ± std over seeds, whole brain, tumour and Dice, copy-T1, linear and the ceilings beside them, the paper's
-tables, paired t-tests of each claim, DS3-Net's teacher and student on the subjects each trained on, and what
+seed only). ``paired-only 5%`` is not trained on its own: it is read from the ``DS3-Net 5%`` run's teacher, which is
+the paired-only model draw for draw (common random numbers, docs/training.md). Per seed a segmenter is trained on
+the seed's training subjects (``recipes/segmenter.py``) and run on each arm's saved test predictions: ET / TC / WT
+Dice (``--no-dice`` skips it). Writes ``docs/results/quality.md`` (mean ± std over seeds, whole brain, tumour and
+Dice, copy-T1, linear and the ceilings beside them, the paper's tables, paired t-tests of each claim, DS3-Net's teacher and student on the subjects each trained on, and what
 the step selection chose: every generator at its shipped step and at its last step on the test subjects) and
 ``docs/results/quality.png``.
 
@@ -40,12 +41,12 @@ from _quality_runs import (
     REAL_T1CE,
     WITHOUT_T1CE,
     Arm,
-    _run_name,
     diagnose,
     last_step_scores,
     reference_rows,
     run_arm,
     run_dice,
+    run_dir,
     run_report,
     segmenter_for,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "plot",
     "reference_rows",
     "run_arm",
+    "run_dir",
     "run_report",
     "summarise",
     "write_report",
@@ -140,17 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     results: Runs = {arm.name: [] for arm in arms}
     references: Runs = {}
     trained = reused = 0
+    counted: set[Path] = set()  # run directories counted as trained or reused (an arm may be read from another's)
     floor: dict[int, float] = {}  # copy-T1's brain PSNR per seed: what each arm must beat at that seed
     for seed in seeds:
         seen: set[str] = set()
         for arm in arms:
             t0 = time.perf_counter()
-            cached = (out / _run_name(arm, seed) / "metrics.json").exists()
+            folder = run_dir(arm, seed, out)
+            cached = (folder / "metrics.json").exists()
             if args.finished_only and not cached:
                 results[arm.name].append({})  # keeps the arms' lists aligned by seed; shown as "k of n seeds"
                 continue
-            reused += cached
-            trained += not cached
+            if folder not in counted:
+                counted.add(folder)
+                reused += cached
+                trained += not cached
             report_of_run = run_report(arm, seed, base, out)
             shipped = dict(report_of_run["models"]["__shipped__"])
             rows = reference_rows(report_of_run, arm.paired_fraction)
@@ -185,14 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     diagnosed = next((arm for arm in arms if arm.name == DIAGNOSED_ARM), None)
     if diagnosed is not None:
         for seed in seeds:
-            if not args.finished_only or (out / _run_name(diagnosed, seed) / "metrics.json").exists():
+            if not args.finished_only or (run_dir(diagnosed, seed, out) / "metrics.json").exists():
                 diagnostics.append(diagnose(diagnosed, seed, base, out))
     selection = {
         arm.name: [
             last_step_scores(arm, seed, base, out)
             for seed in seeds
-            if (out / _run_name(arm, seed) / "checkpoints" / "last.pt").exists()
-            and (out / _run_name(arm, seed) / "metrics.json").exists()
+            if (run_dir(arm, seed, out) / "checkpoints" / "last.pt").exists()
+            and (run_dir(arm, seed, out) / "metrics.json").exists()
         ]
         for arm in arms
     }

@@ -291,7 +291,8 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     assert quality.main(argv) == 0
 
     text = report.read_text()
-    assert "2 run(s) trained by this invocation (0 reused)" in text
+    # paired-only is read from DS3-Net's teacher: one run for the two arms.
+    assert "1 run(s) trained by this invocation (0 reused)" in text
     assert "1 seed(s) (0)" in text
     rows = _table_rows(text)
     first_table = _table_rows(text.split("![quality]", 1)[0])
@@ -302,6 +303,10 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     def brain_psnr(row: str) -> float:
         return float(row.strip("|").split("|")[psnr_column])
 
+    # paired-only's row is the DS3-Net run's teacher, as that run scored it.
+    (ds3_run,) = [path for path in out.iterdir() if path.name.startswith("ds3net-")]
+    teacher = json.loads((ds3_run / "metrics.json").read_text())["models"]["teacher"]["mean"]
+    assert brain_psnr(arm_rows[0]) == pytest.approx(teacher["brain_psnr"], abs=0.006)
     copy_row = next(row for row in first_table if row.startswith("| copy-T1 "))
     for label, row in zip((PAIRED, DS3), arm_rows):
         loses = brain_psnr(row) <= brain_psnr(copy_row)
@@ -356,9 +361,12 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     png = report.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    arm = {arm.name: arm for arm in quality.ARMS}
     run_dirs = sorted(path for path in out.iterdir() if path.is_dir() and not path.name.startswith("segmenter-"))
-    assert len(run_dirs) == 2 and all((path / "metrics.json").is_file() for path in run_dirs)
+    assert run_dirs == [quality.run_dir(arm[DS3], 0, out)] == [quality.run_dir(arm[PAIRED], 0, out)]
+    assert all((path / "metrics.json").is_file() for path in run_dirs)
     assert all((path / "dice.json").is_file() and (path / "last_step.json").is_file() for path in run_dirs)
+    assert (run_dirs[0] / "dice-teacher.json").is_file()  # paired-only's Dice: the teacher's predictions
     assert (out / "segmenter-seed0" / "checkpoints" / "segmenter.pt").is_file()
     _, metadata = load_segmenter(out / "segmenter-without-t1ce-seed0" / "checkpoints" / "segmenter.pt")
     assert metadata["t1ce_channel"] == "t1"
@@ -371,7 +379,7 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     mtimes = {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
     assert quality.main(argv) == 0
     again = report.read_text()
-    assert "all 2 runs reused from earlier invocations" in again
+    assert "all 1 runs reused from earlier invocations" in again
     assert _table_rows(again) == rows
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()} == mtimes
     assert "![quality](q.png)" in again  # the picture link follows --report's name
@@ -380,9 +388,8 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     with pytest.raises(SystemExit, match="pass another --out"):
         quality.main([arg for arg in argv if arg != "--smoke"])  # the full-size settings, same --out
     # Nor a run of the current defaults as one of the earlier defaults' arms (a default changed under a run).
-    earlier = "paired-only 5% (no tumour oversampling)"
-    arm = {arm.name: arm for arm in quality.ARMS}
-    (out / quality._run_name(arm[PAIRED], 0)).rename(out / quality._run_name(arm[earlier], 0))
+    earlier = "DS3-Net 5% (no tumour oversampling)"
+    quality.run_dir(arm[DS3], 0, out).rename(quality.run_dir(arm[earlier], 0, out))
     with pytest.raises(SystemExit, match=r"tumour_repeats 2 \(asked 0\)"):
         quality.main([*argv[: argv.index("--arms") + 1], earlier, *argv[argv.index("--out") :]])
 
@@ -416,14 +423,16 @@ def test_plot_adds_the_paired_panel_only_with_several_seeds(tmp_path: Path) -> N
 def test_finished_only_reports_what_finished_and_trains_nothing(small_cohort: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "out", tmp_path / "q.md"
     common = ["--smoke", "--device", "cpu", "--data", str(small_cohort), "--out", str(out), "--no-dice"]
-    assert quality.main([*common, "--arms", PAIRED, "--report", str(report)]) == 0
+    pix2pix = "pix2pix 100%"
+    assert quality.main([*common, "--arms", pix2pix, "--report", str(report)]) == 0
     before = sorted(path.name for path in out.iterdir())
-    assert quality.main([*common, "--arms", PAIRED, DS3, "--finished-only", "--report", str(report)]) == 0
-    assert sorted(path.name for path in out.iterdir()) == before  # DS3-Net was not trained
+    assert quality.main([*common, "--arms", pix2pix, DS3, PAIRED, "--finished-only", "--report", str(report)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == before  # DS3-Net (and paired-only with it) not trained
     # Keyed by the arm's name, with or without the page's mark of an arm that loses to copy-T1.
     rows = {row.split(" | ")[0].replace(" **(loses to copy-T1)**", ""): row for row in _table_rows(report.read_text())}
-    assert "n/a" not in rows[f"| {PAIRED}"]
-    assert rows[f"| {DS3}"].count("n/a") == len(quality.METRICS)  # no seed finished: every cell n/a
+    assert "n/a" not in rows[f"| {pix2pix}"]
+    for unfinished in (DS3, PAIRED):  # no seed finished: every cell n/a
+        assert rows[f"| {unfinished}"].count("n/a") == len(quality.METRICS)
 
 
 def test_the_pix2pix_gap_is_paired_by_seed_over_the_seeds_all_three_ran() -> None:
