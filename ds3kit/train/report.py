@@ -63,6 +63,12 @@ def write_final_report(
         "steps": total,
         "paired_fraction": cfg.paired_fraction,
         "unpaired_t1ce": cfg.unpaired_t1ce if method.uses_reference_t1ce else None,
+        # Whether the unpaired subjects' tumour labels entered training (DS3-Net's tumour-level pseudo-targets).
+        "unpaired_labels": (
+            ("used" if "unpaired" in type(method).labelled_streams(cfg.method_options) else "not used")
+            if method.uses_unpaired and not method.target_domain_only
+            else None
+        ),
         "seed": cfg.seed,
         "precision": precision,
         "shipped": method.shipped_generator(),
@@ -261,6 +267,7 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines = [
         f"{report['method']}: held-out subjects, {report['steps']} steps, paired fraction {report['paired_fraction']}"
         + (f", unpaired T1ce: {report['unpaired_t1ce']}" if report.get("unpaired_t1ce") else "")
+        + (f", unpaired tumour labels: {report['unpaired_labels']}" if report.get("unpaired_labels") else "")
         + (f", step in {report['precision']}" if report.get("precision") else ""),
         header,
         "-" * len(header),

@@ -99,8 +99,12 @@ def test_tumour_levels_on_a_cohort_without_labels_is_a_one_line_error(small_coho
         seg.unlink()
     assert smoke("ds3net", unlabelled, tmp_path / "r", "--tumour-levels") == 2
     assert "need tumour labels (seg) on the paired training subjects" in capsys.readouterr().err
-    # The default (no tumour_levels) does not need them.
+    # The default (no tumour_levels) does not need them, and says it did not use them.
     assert smoke("ds3net", unlabelled, tmp_path / "r2") == 0
+    assert "unpaired tumour labels: not used" in capsys.readouterr().out
+    assert smoke("ds3net", small_cohort, tmp_path / "r3", "--tumour-levels") == 0
+    assert "unpaired tumour labels: used" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r3" / "metrics.json").read_text())["unpaired_labels"] == "used"
 
 
 def test_segmenter_adds_dice_rows_to_the_report(small_cohort, tmp_path, capsys):
