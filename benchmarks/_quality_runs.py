@@ -38,10 +38,12 @@ class Arm:
     # The arms the page compares this one with; empty: its recipe's default arm (DS3-Net variants: DS3-Net 5 % and
     # paired-only 5 %). An arm measured on earlier defaults names the arms of those defaults.
     versus: tuple[str, ...] = ()
-    # (arm, generator role): this arm is read from that arm's runs instead of training its own. "paired-only 5%" is
-    # the teacher of "DS3-Net 5%": with common random numbers the two are one model draw for draw (the recipes'
-    # test_ds3net_teacher_is_the_paired_only_model_draw_for_draw), so training it again would only cost time.
-    read_from: tuple[str, str] | None = None
+    # (generator role, arm, other arms ...): this arm is read from the runs of those arms, which all hold it as that
+    # generator, instead of training its own: from the first of them with a finished run at the seed, or, when none
+    # has one, from the first arm's, trained then. "paired-only 5%" is the teacher of "DS3-Net 5%" and of every
+    # DS3-Net arm whose options leave the teacher alone: with common random numbers they are one model draw for draw
+    # (the recipes' test_ds3net_teacher_is_the_paired_only_model_draw_for_draw), so training it again only costs time.
+    read_from: tuple[str, ...] = ()
 
 
 # The defaults before tumour-slice oversampling (`--tumour-repeats 0`, 2026-12-02): the mechanism probes below were
@@ -51,7 +53,12 @@ EARLIER_ARMS = ("DS3-Net 5% (no tumour oversampling)", "paired-only 5% (no tumou
 
 
 ARMS = (
-    Arm("paired-only 5%", "paired_only", 0.05, read_from=("DS3-Net 5%", "teacher")),
+    Arm(
+        "paired-only 5%",
+        "paired_only",
+        0.05,
+        read_from=("teacher", "DS3-Net 5%", "DS3-Net 5% (tumour-level pseudo-targets)"),
+    ),
     Arm("DS3-Net 5%", "ds3net", 0.05),
     Arm("pix2pix 100%", "pix2pix", 1.0),
     Arm("CUT 0%", "cut", 0.0),
@@ -155,21 +162,24 @@ ARMS = (
 DEFAULT_ARMS = ("paired-only 5%", "DS3-Net 5%", "pix2pix 100%")
 
 
-def source_arm(arm: Arm) -> Arm:
-    """The arm whose runs hold ``arm``'s model: ``arm`` itself, or the arm it is ``read_from``."""
-    if arm.read_from is None:
+def source_arm(arm: Arm, seed: int, out: Path) -> Arm:
+    """The arm whose run at ``seed`` holds ``arm``'s model: ``arm`` itself, or one of the arms it is ``read_from``
+    (the first with a finished run in ``out``, else the first)."""
+    if not arm.read_from:
         return arm
-    return next(candidate for candidate in ARMS if candidate.name == arm.read_from[0])
+    candidates = [next(other for other in ARMS if other.name == name) for name in arm.read_from[1:]]
+    finished = (other for other in candidates if (out / _run_name(other, seed) / "metrics.json").exists())
+    return next(finished, candidates[0])
 
 
 def run_dir(arm: Arm, seed: int, out: Path) -> Path:
     """The run directory that holds ``arm`` at ``seed`` (its source arm's, for an arm read from another)."""
-    return out / _run_name(source_arm(arm), seed)
+    return out / _run_name(source_arm(arm, seed, out), seed)
 
 
 def _role(arm: Arm, report: dict[str, Any]) -> str:
     """The generator of the run that is ``arm``'s model: the role it is read as, or the run's shipped one."""
-    return arm.read_from[1] if arm.read_from is not None else report["shipped"]
+    return arm.read_from[0] if arm.read_from else report["shipped"]
 
 
 def run_arm(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, float]:
@@ -180,9 +190,9 @@ def run_arm(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, float]
 def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any]:
     """Train one arm at one seed (or reuse a finished run); its ``metrics.json`` with the shipped model's means under
     ``report["models"]["__shipped__"]`` (for an arm read from another arm's runs: the generator it is read as)."""
-    if arm.read_from is not None:
-        report = run_report(source_arm(arm), seed, base, out)
-        report["models"]["__shipped__"] = report["models"][arm.read_from[1]]["mean"]
+    if arm.read_from:
+        report = run_report(source_arm(arm, seed, out), seed, base, out)
+        report["models"]["__shipped__"] = report["models"][_role(arm, report)]["mean"]
         return report
     run_dir = out / _run_name(arm, seed)
     metrics_file = run_dir / "metrics.json"
@@ -291,9 +301,9 @@ def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
     from ds3kit.data import load_brats_case
     from ds3kit.evaluation import evaluate_generator
 
-    if arm.read_from is not None:
-        role = arm.read_from[1]
-        return {role: last_step_scores(source_arm(arm), seed, base, out)[role]}
+    if arm.read_from:
+        role = arm.read_from[0]
+        return {role: last_step_scores(source_arm(arm, seed, out), seed, base, out)[role]}
     run_dir = out / _run_name(arm, seed)
     cache = run_dir / "last_step.json"
     if cache.exists():

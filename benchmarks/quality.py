@@ -10,8 +10,8 @@ Each arm is a recipe at a paired fraction with method options, started from the 
 (``_quality_runs.ARMS``: paired-only, DS3-Net and its mechanisms and ablations at 5 %, pix2pix at 100 %, CUT at 0 %;
 ``DEFAULT_ARMS`` are those run without ``--arms``). Every run validates every 100 steps and ships its best-validation
 weights, as the recipes do, and scores its shipped model on the seed's held-out subjects (the split depends on the
-seed only). ``paired-only 5%`` is not trained on its own: it is read from the ``DS3-Net 5%`` run's teacher, which is
-the paired-only model draw for draw (common random numbers, docs/training.md). Per seed a segmenter is trained on
+seed only). ``paired-only 5%`` is not trained on its own: it is read as the teacher of a DS3-Net run of the seed, which
+is the paired-only model draw for draw (common random numbers, docs/training.md). Per seed a segmenter is trained on
 the seed's training subjects (``recipes/segmenter.py``) and run on each arm's saved test predictions: ET / TC / WT
 Dice (``--no-dice`` skips it). Writes ``docs/results/quality.md`` (mean ± std over seeds, whole brain, tumour and
 Dice, copy-T1, linear and the ceilings beside them, the paper's tables, paired t-tests of each claim, DS3-Net's teacher and student on the subjects each trained on, and what

@@ -253,8 +253,13 @@ def test_the_supervised_recipes_weight_the_tumour_in_l_pid(small_cohort, tmp_pat
 
 @pytest.mark.parametrize(
     "extra",
-    [(), ("--lambda-adv", "1", "--use-nce"), ("--teacher-ema", "0.9")],
-    ids=["recipe-options", "paper-losses", "ema-teacher"],
+    [
+        (),
+        ("--lambda-adv", "1", "--use-nce"),
+        ("--teacher-ema", "0.9"),
+        ("--tumour-levels", "--student-tumour-weight", "5"),
+    ],
+    ids=["recipe-options", "paper-losses", "ema-teacher", "tumour-levels"],
 )
 def test_ds3net_teacher_is_the_paired_only_model_draw_for_draw(small_cohort, tmp_path, extra):
     """The teacher of a DS3-Net run trains on what a paired-only run trains on, with the same initialisation and the
