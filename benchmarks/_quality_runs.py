@@ -51,13 +51,18 @@ class Arm:
 EARLIER = {"tumour_repeats": 0}
 EARLIER_ARMS = ("DS3-Net 5% (no tumour oversampling)", "paired-only 5% (no tumour oversampling)")
 
+# DS3-Net's options before tumour-level pseudo-targets became the default (2026-12-06): the DS3-Net arms measured
+# before pin them and are compared with the arm of those defaults.
+WITHOUT_LEVELS = {"tumour_levels": False, "student_tumour_weight": 1.0}
+WITHOUT_LEVELS_ARMS = ("DS3-Net 5% (no tumour-level pseudo-targets)", "paired-only 5%")
+
 
 ARMS = (
     Arm(
         "paired-only 5%",
         "paired_only",
         0.05,
-        read_from=("teacher", "DS3-Net 5%", "DS3-Net 5% (tumour-level pseudo-targets)"),
+        read_from=("teacher", "DS3-Net 5%", "DS3-Net 5% (no tumour-level pseudo-targets)"),
     ),
     Arm("DS3-Net 5%", "ds3net", 0.05),
     Arm("pix2pix 100%", "pix2pix", 1.0),
@@ -65,20 +70,38 @@ ARMS = (
     # The synthesis issue's sampling lead, now the default (`--tumour-repeats 2`: every paired slice holding tumour
     # listed three times per epoch); these arms are the defaults before it.
     Arm("paired-only 5% (no tumour oversampling)", "paired_only", 0.05, run=EARLIER),
-    Arm("DS3-Net 5% (no tumour oversampling)", "ds3net", 0.05, run=EARLIER),
+    Arm("DS3-Net 5% (no tumour oversampling)", "ds3net", 0.05, WITHOUT_LEVELS, run=EARLIER),
     Arm("pix2pix 100% (no tumour oversampling)", "pix2pix", 1.0, run=EARLIER),
     Arm("DS3-Net 5% - difficulty map", "ds3net", 0.05, {"use_difficulty": False}),
     # PatchNCE and the adversarial term are off in the recipes' defaults (docs/method.md); this arm puts them back
     # at the paper's weights, the figure-faithful method.
-    Arm("DS3-Net 5% (paper's loss weights)", "ds3net", 0.05, {"lambda_adv": 1.0, "use_nce": True}),
+    Arm(
+        "DS3-Net 5% (paper's loss weights)",
+        "ds3net",
+        0.05,
+        {**WITHOUT_LEVELS, "lambda_adv": 1.0, "use_nce": True},
+        versus=WITHOUT_LEVELS_ARMS,
+    ),
     Arm("DS3-Net 5% - feature distillation", "ds3net", 0.05, {"use_feature_distillation": False}),
     Arm("DS3-Net 5% - image distillation", "ds3net", 0.05, {"use_image_distillation": False}),
     # Not in the paper: the student copies a teacher trained for 70 % of the steps (default 30 %), a probe of whether
     # the student's own training on unpaired data adds to what it copies or takes away from it.
-    Arm("DS3-Net 5% (teacher warm-up 70%)", "ds3net", 0.05, {"teacher_warmup_fraction": 0.7}),
+    Arm(
+        "DS3-Net 5% (teacher warm-up 70%)",
+        "ds3net",
+        0.05,
+        {**WITHOUT_LEVELS, "teacher_warmup_fraction": 0.7},
+        versus=WITHOUT_LEVELS_ARMS,
+    ),
     # Not in the paper: the student also gets L_pid on the paired batches (`student_pixel`), the one probe whose
     # single seed came closest to the teacher: its own source of T1ce beyond what the teacher tells it.
-    Arm("DS3-Net 5% (student also on paired)", "ds3net", 0.05, {"student_pixel": True}),
+    Arm(
+        "DS3-Net 5% (student also on paired)",
+        "ds3net",
+        0.05,
+        {**WITHOUT_LEVELS, "student_pixel": True},
+        versus=WITHOUT_LEVELS_ARMS,
+    ),
     # Ours, for the semi-supervision issue (docs/method.md): pseudo-targets from a moving average of the teacher, the
     # student also on the paired subjects; and the data setting where other unpaired subjects lend real T1ce to D^S.
     # Measured on the earlier defaults.
@@ -86,7 +109,7 @@ ARMS = (
         "DS3-Net 5% (EMA teacher, student also on paired)",
         "ds3net",
         0.05,
-        {"teacher_ema": 0.99, "student_pixel": True},
+        {**WITHOUT_LEVELS, "teacher_ema": 0.99, "student_pixel": True},
         run=EARLIER,
         versus=EARLIER_ARMS,
     ),
@@ -94,37 +117,63 @@ ARMS = (
         "DS3-Net 5% (unpaired T1ce of other subjects)",
         "ds3net",
         0.05,
+        WITHOUT_LEVELS,
         run={**EARLIER, "unpaired_t1ce": "other-subjects"},
         versus=EARLIER_ARMS,
     ),
     # The data setting where other unpaired subjects lend real T1ce to D^S, on the current defaults (the arm above is
     # the same setting on the earlier ones): the issue's first candidate, run at every seed on the bf16 defaults.
-    Arm("DS3-Net 5% (other subjects' T1ce)", "ds3net", 0.05, run={"unpaired_t1ce": "other-subjects"}),
+    Arm(
+        "DS3-Net 5% (other subjects' T1ce)",
+        "ds3net",
+        0.05,
+        WITHOUT_LEVELS,
+        run={"unpaired_t1ce": "other-subjects"},
+        versus=WITHOUT_LEVELS_ARMS,
+    ),
     # The synthesis issue's width lead (2026-12-02: +0.42 / +0.50 dB at seed 0, -0.06 dB at seed 1), at every seed:
     # 24 base channels instead of the small preset's 16, about twice the generator's step time.
     Arm("paired-only 5% (width 24)", "paired_only", 0.05, run={"base_channels": 24}),
     # The semi-supervision issue's noisy student on the current defaults: the student's unpaired inputs get an
     # intensity perturbation its teacher does not see (`student_noise`), so it distils under a consistency constraint.
-    Arm("DS3-Net 5% (noisy student)", "ds3net", 0.05, {"student_noise": True}),
+    Arm(
+        "DS3-Net 5% (noisy student)",
+        "ds3net",
+        0.05,
+        {**WITHOUT_LEVELS, "student_noise": True},
+        versus=WITHOUT_LEVELS_ARMS,
+    ),
     # The recipes' L_pid counts the paired subjects' tumour voxels (seg > 0) five times (`tumour_weight 5`, the
     # default of every recipe that trains on real T1ce since 2026-12-04), so the enhancing rim, under 1 % of
     # the brain, is not drowned by white and grey matter in the mean; these arms are the defaults before it.
     Arm("paired-only 5% (no tumour weight)", "paired_only", 0.05, {"tumour_weight": 1.0}),
-    Arm("DS3-Net 5% (no tumour weight)", "ds3net", 0.05, {"tumour_weight": 1.0}),
+    Arm(
+        "DS3-Net 5% (no tumour weight)",
+        "ds3net",
+        0.05,
+        {**WITHOUT_LEVELS, "tumour_weight": 1.0},
+        versus=WITHOUT_LEVELS_ARMS,
+    ),
     Arm("pix2pix 100% (no tumour weight)", "pix2pix", 1.0, {"tumour_weight": 1.0}),
     # Twice the default tumour weight: whether the tumour's gain at 5 keeps growing, and what the brain pays for it.
     Arm("paired-only 5% (tumour weight 10)", "paired_only", 0.05, {"tumour_weight": 10.0}),
     # Ours, for the semi-supervision issue: the student's L_id counts the unpaired subjects' tumour (seg > 0) five
     # times, as the teacher's L_pid counts the paired subjects', so distillation pays for the tumour as much as the
     # teacher's own training did.
-    Arm("DS3-Net 5% (student tumour weight 5)", "ds3net", 0.05, {"student_tumour_weight": 5.0}),
+    Arm(
+        "DS3-Net 5% (student tumour weight 5)",
+        "ds3net",
+        0.05,
+        {**WITHOUT_LEVELS, "student_tumour_weight": 5.0},
+        versus=WITHOUT_LEVELS_ARMS,
+    ),
     # The student's adversarial term (weight 1, against a D^S whose only real images are the paired subjects') off,
     # with the two mechanisms above: the student then learns from L_pid, L_id and L_fd only.
     Arm(
         "DS3-Net 5% (EMA teacher, student also on paired, no student adversarial)",
         "ds3net",
         0.05,
-        {"teacher_ema": 0.99, "student_pixel": True, "lambda_student_adv": 0.0},
+        {**WITHOUT_LEVELS, "teacher_ema": 0.99, "student_pixel": True, "lambda_student_adv": 0.0},
         run=EARLIER,
         versus=EARLIER_ARMS,
     ),
@@ -132,29 +181,30 @@ ARMS = (
     # teacher's weights (decay 0.99). The teacher itself still trains as the paired-only model does, draw for draw,
     # so one run scores three models: paired-only, its moving average (what weight averaging alone gives, with no
     # unpaired data) and the student distilled from the average.
-    Arm("DS3-Net 5% (EMA teacher)", "ds3net", 0.05, {"teacher_ema": 0.99}),
+    Arm(
+        "DS3-Net 5% (EMA teacher)", "ds3net", 0.05, {**WITHOUT_LEVELS, "teacher_ema": 0.99}, versus=WITHOUT_LEVELS_ARMS
+    ),
     # The recipes train the teacher without an adversarial term (RECIPE_OPTIONS) but left the student's at 1, against
     # a D^S whose only real images are the paired subject's: the student alone is pulled by a GAN, which in the
     # twelfth session's runs weighed as much as its L_id. These arms take it away, then add the semi-supervised
     # learner's usual pair: the real T1ce of the paired batches too, and targets from the teacher's average.
-    Arm("DS3-Net 5% (no student adversarial)", "ds3net", 0.05, {"lambda_student_adv": 0.0}),
+    Arm(
+        "DS3-Net 5% (no student adversarial)",
+        "ds3net",
+        0.05,
+        {**WITHOUT_LEVELS, "lambda_student_adv": 0.0},
+        versus=WITHOUT_LEVELS_ARMS,
+    ),
     Arm(
         "DS3-Net 5% (mean teacher: EMA, student also on paired, no student adversarial)",
         "ds3net",
         0.05,
-        {"lambda_student_adv": 0.0, "student_pixel": True, "teacher_ema": 0.99},
+        {**WITHOUT_LEVELS, "lambda_student_adv": 0.0, "student_pixel": True, "teacher_ema": 0.99},
+        versus=WITHOUT_LEVELS_ARMS,
     ),
-    # Ours, for the semi-supervision issue: pseudo-targets that know something the teacher does not. Inside each of
-    # the unpaired subjects' tumour labels (necrotic core, oedema, enhancing; BraTS's training subjects all have
-    # them) the teacher's prediction is shifted to the mean real T1ce the paired subjects have there, so the student
-    # sees the enhancing rim at its level in every unpaired tumour, and its L_id counts the tumour five times, as the
-    # teacher's L_pid does. The teacher is untouched, so it is still the paired-only model draw for draw.
-    Arm(
-        "DS3-Net 5% (tumour-level pseudo-targets)",
-        "ds3net",
-        0.05,
-        {"tumour_levels": True, "student_tumour_weight": 5.0},
-    ),
+    # DS3-Net before tumour-level pseudo-targets became its default (2026-12-06): the student distils the teacher's
+    # own predictions, its L_id counting every voxel once. The arms measured on these defaults pin them.
+    Arm("DS3-Net 5% (no tumour-level pseudo-targets)", "ds3net", 0.05, WITHOUT_LEVELS),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised

@@ -532,7 +532,7 @@ def test_the_no_t1ce_row_is_read_for_the_same_subjects_and_computed_for_others(s
 
 def test_paired_only_is_read_from_whichever_ds3net_run_with_its_teacher_finished(tmp_path: Path) -> None:
     arm = {arm.name: arm for arm in quality.ARMS}
-    levels = "DS3-Net 5% (tumour-level pseudo-targets)"
+    levels = "DS3-Net 5% (no tumour-level pseudo-targets)"
     # Nothing finished: the first source is the one to train.
     assert quality.run_dir(arm[PAIRED], 3, tmp_path) == quality.run_dir(arm[DS3], 3, tmp_path)
     finished = quality.run_dir(arm[levels], 3, tmp_path)

@@ -90,19 +90,20 @@ def test_bad_data_root_is_one_line_error(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
-def test_tumour_levels_on_a_cohort_without_labels_is_a_one_line_error(small_cohort, tmp_path, capsys):
+def test_ds3net_on_a_cohort_without_labels_is_a_one_line_error_naming_the_way_out(small_cohort, tmp_path, capsys):
     import shutil
 
     unlabelled = tmp_path / "cohort"
     shutil.copytree(small_cohort, unlabelled)
     for seg in unlabelled.glob("*/*_seg.nii.gz"):
         seg.unlink()
-    assert smoke("ds3net", unlabelled, tmp_path / "r", "--tumour-levels") == 2
-    assert "need tumour labels (seg) on the paired training subjects" in capsys.readouterr().err
-    # The default (no tumour_levels) does not need them, and says it did not use them.
-    assert smoke("ds3net", unlabelled, tmp_path / "r2") == 0
+    assert smoke("ds3net", unlabelled, tmp_path / "r") == 2  # tumour_levels is the recipe's default
+    error = capsys.readouterr().err
+    assert "need tumour labels (seg) on the paired training subjects" in error and "--no-tumour-levels" in error
+    # Without tumour_levels the recipe does not need them, and says it did not use them.
+    assert smoke("ds3net", unlabelled, tmp_path / "r2", "--no-tumour-levels") == 0
     assert "unpaired tumour labels: not used" in capsys.readouterr().out
-    assert smoke("ds3net", small_cohort, tmp_path / "r3", "--tumour-levels") == 0
+    assert smoke("ds3net", small_cohort, tmp_path / "r3") == 0
     assert "unpaired tumour labels: used" in capsys.readouterr().out
     assert json.loads((tmp_path / "r3" / "metrics.json").read_text())["unpaired_labels"] == "used"
 
@@ -257,9 +258,9 @@ def test_the_supervised_recipes_weight_the_tumour_in_l_pid(small_cohort, tmp_pat
         (),
         ("--lambda-adv", "1", "--use-nce"),
         ("--teacher-ema", "0.9"),
-        ("--tumour-levels", "--student-tumour-weight", "5"),
+        ("--no-tumour-levels", "--student-tumour-weight", "1"),
     ],
-    ids=["recipe-options", "paper-losses", "ema-teacher", "tumour-levels"],
+    ids=["recipe-options", "paper-losses", "ema-teacher", "no-tumour-levels"],
 )
 def test_ds3net_teacher_is_the_paired_only_model_draw_for_draw(small_cohort, tmp_path, extra):
     """The teacher of a DS3-Net run trains on what a paired-only run trains on, with the same initialisation and the
