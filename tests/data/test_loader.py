@@ -44,7 +44,8 @@ def dataset(tmp_path_factory) -> CachedSliceDataset:
 def _expected(dataset: Dataset, rule: SeededRule, step: int) -> dict[str, torch.Tensor]:
     items = [dataset[i] for i in rule(step)]
     return {
-        key: torch.stack([item[key] for item in items]) for key in ("inputs", "brain_mask", "tumour_mask", "target")
+        key: torch.stack([item[key] for item in items])
+        for key in ("inputs", "brain_mask", "tumour_mask", "seg", "target")
     }
 
 
