@@ -32,6 +32,8 @@ class Method(nn.Module):
     #: True when the method can use real T1ce of OTHER unpaired subjects (``unpaired["reference_target"]``); the
     #: trainer then feeds them under ``RunConfig.unpaired_t1ce == "other-subjects"``.
     uses_reference_t1ce: bool = False
+    #: Appended to the trainer's error when a stream of :meth:`labelled_streams` has no labels: how to do without.
+    without_labels_hint: str = ""
 
     def __init__(self) -> None:
         super().__init__()

@@ -222,6 +222,7 @@ class DS3Net(Method):
     uses_paired = True
     uses_unpaired = True
     uses_reference_t1ce = True
+    without_labels_hint = " (--no-tumour-levels trains without them)"
 
     def __init__(
         self,
