@@ -202,6 +202,10 @@ ARMS = (
         {**WITHOUT_LEVELS, "lambda_student_adv": 0.0, "student_pixel": True, "teacher_ema": 0.99},
         versus=WITHOUT_LEVELS_ARMS,
     ),
+    # Ours, for the Dice issue, on the current defaults: the student's L_id counts the unpaired enhancing tumour
+    # (label 4) four times more than the rest of the tumour (20 times a healthy voxel), because with L1 alone the
+    # student stayed too dark on the thin rim even where its corrected pseudo-targets had the right level.
+    Arm("DS3-Net 5% (enhancing weight 4)", "ds3net", 0.05, {"student_enhancing_weight": 4.0}),
     # DS3-Net before tumour-level pseudo-targets became its default (2026-12-06): the student distils the teacher's
     # own predictions, its L_id counting every voxel once. The arms measured on these defaults pin them.
     Arm("DS3-Net 5% (no tumour-level pseudo-targets)", "ds3net", 0.05, WITHOUT_LEVELS),

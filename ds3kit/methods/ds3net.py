@@ -73,6 +73,7 @@ class DS3NetOptions:
     tumour_weight: float = 1.0  # L_pid's weight inside the paired subjects' tumour (seg > 0); 1: no extra weight
     student_tumour_weight: float = 1.0  # L_id's weight inside the unpaired subjects' tumour (seg > 0); ours
     tumour_levels: bool = False  # pseudo-targets' tumour labels shifted to the paired subjects' T1ce level; ours
+    student_enhancing_weight: float = 1.0  # L_id's extra factor inside the unpaired enhancing tumour (label 4); ours
 
     #: One line per option for the recipes' --help (docs/method.md has the discussion).
     HELP: ClassVar[dict[str, str]] = {
@@ -103,6 +104,8 @@ class DS3NetOptions:
         "elsewhere (needs their seg; a subject without one gets no extra weight)",
         "tumour_levels": "shift the teacher's pseudo-target inside each of the unpaired subjects' tumour labels "
         "(1, 2, 4) to the paired subjects' mean T1ce there (needs their seg; ours)",
+        "student_enhancing_weight": "L_id's extra factor inside the unpaired subjects' enhancing tumour (label 4), "
+        "on top of student_tumour_weight (needs their seg; ours)",
     }
 
 
@@ -260,6 +263,8 @@ class DS3Net(Method):
             )
         if not options.student_tumour_weight >= 0:
             raise ValueError(f"student_tumour_weight must be >= 0, got {options.student_tumour_weight}")
+        if not options.student_enhancing_weight >= 0:
+            raise ValueError(f"student_enhancing_weight must be >= 0, got {options.student_enhancing_weight}")
         if not 0.0 <= options.teacher_ema < 1.0:
             raise ValueError(f"teacher_ema must be in [0, 1) (0: off), got {options.teacher_ema}")
         self.student = student
@@ -293,7 +298,9 @@ class DS3Net(Method):
 
     @classmethod
     def labelled_streams(cls, options: Mapping[str, object]) -> tuple[str, ...]:
-        return ("paired", "unpaired") if options.get("tumour_levels") else ()
+        if options.get("tumour_levels"):
+            return ("paired", "unpaired")
+        return ("unpaired",) if options.get("student_enhancing_weight", 1.0) != 1.0 else ()
 
     def generators(self) -> dict[str, nn.Module]:
         roles = {"student": self.student, "teacher": self.teacher.generator}
@@ -404,6 +411,14 @@ class DS3Net(Method):
         student_map = difficulty_map(scores, prediction.shape[-2:], beta=self.teacher.beta, mode=o.gan_mode)
         # Phase 2: the distillation losses under M^S (L_id's weights also count the unpaired tumour, when asked).
         image_map = tumour_weighted(student_map, unpaired.get("tumour_mask"), o.student_tumour_weight)
+        if o.student_enhancing_weight != 1.0:
+            if "seg" not in unpaired:
+                raise ValueError(
+                    "student_enhancing_weight needs the unpaired batches' tumour labels (the items' 'seg')"
+                )
+            image_map = tumour_weighted(
+                image_map, (unpaired["seg"] == ENHANCING_LABEL).to(image_map.dtype), o.student_enhancing_weight
+            )
         pseudo_target = None
         if o.tumour_levels:
             if "seg" not in unpaired:
@@ -467,6 +482,8 @@ def tumour_weighted(difficulty: Tensor, tumour_mask: Tensor | None, weight: floa
 
 #: The BraTS tumour labels (internal convention): necrotic core, oedema, enhancing tumour.
 TUMOUR_LABELS: tuple[int, ...] = (1, 2, 4)
+#: The enhancing tumour's label: the region T1ce exists to show (BraTS's ET).
+ENHANCING_LABEL = 4
 
 
 def label_sums(image: Tensor, seg: Tensor) -> tuple[Tensor, Tensor]:

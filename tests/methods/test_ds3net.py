@@ -518,6 +518,30 @@ def test_the_students_l_id_counts_unpaired_tumour_voxels_student_tumour_weight_t
         make_method(student_tumour_weight=-1.0)
 
 
+@pytest.mark.parametrize("enhancing", [1.0, 4.0])
+def test_the_students_l_id_counts_the_unpaired_enhancing_label_on_top_of_the_tumour_weight(enhancing, monkeypatch):
+    method = make_method(**IMAGE_DISTILLATION_ONLY, student_tumour_weight=3.0, student_enhancing_weight=enhancing)
+    paired, unpaired = batches()
+    seg = random_seg(paired["target"].shape, seed=7)
+    unpaired["seg"] = seg
+    unpaired["tumour_mask"] = (seg > 0).float()
+    passes = record_distillation_passes(method, monkeypatch)
+    method.step = method.warmup_steps
+    logs = method.training_step(paired, unpaired)
+    teacher, student = passes[0]
+    # Independent of the helpers: float64 weights per label (3 in the tumour, 3 * enhancing in label 4, else 1).
+    labels = seg.double()
+    weights = torch.where(labels == 4, 3.0 * enhancing, torch.where(labels > 0, 3.0, 1.0))
+    expected = 100.0 * (weights * (student.double() - teacher.double()).abs()).mean()
+    assert logs["student/image"] == pytest.approx(expected.item(), rel=1e-5)
+    if enhancing != 1.0:
+        del unpaired["seg"]
+        with pytest.raises(ValueError, match="student_enhancing_weight needs the unpaired batches' tumour labels"):
+            method.training_step(paired, unpaired)
+    with pytest.raises(ValueError, match="student_enhancing_weight must be >= 0"):
+        make_method(student_enhancing_weight=-1.0)
+
+
 def random_seg(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """BraTS labels (0, 1, 2, 4) in blocks, so each label covers some pixels of some images and none of others."""
     generator = torch.Generator().manual_seed(seed)
@@ -609,3 +633,10 @@ def test_tumour_levels_name_the_missing_labels():
     method.step = method.warmup_steps
     with pytest.raises(ValueError, match="unpaired batches' tumour labels"):
         method.training_step(paired, unpaired)
+
+
+def test_labelled_streams_name_the_streams_whose_labels_the_options_need():
+    assert DS3Net.labelled_streams({}) == ()
+    assert DS3Net.labelled_streams({"tumour_levels": True}) == ("paired", "unpaired")
+    assert DS3Net.labelled_streams({"student_enhancing_weight": 4.0}) == ("unpaired",)
+    assert DS3Net.labelled_streams({"student_enhancing_weight": 1.0}) == ()
