@@ -32,8 +32,6 @@ class Method(nn.Module):
     #: True when the method can use real T1ce of OTHER unpaired subjects (``unpaired["reference_target"]``); the
     #: trainer then feeds them under ``RunConfig.unpaired_t1ce == "other-subjects"``.
     uses_reference_t1ce: bool = False
-    #: Appended to the trainer's error when a stream of :meth:`labelled_streams` has no labels: how to do without.
-    without_labels_hint: str = ""
 
     def __init__(self) -> None:
         super().__init__()
@@ -47,6 +45,12 @@ class Method(nn.Module):
         """The data streams (``"paired"``, ``"unpaired"``) whose subjects must have tumour labels under ``options``:
         the trainer refuses a cohort where none of a stream's subjects has one, before any step."""
         return ()
+
+    @classmethod
+    def without_labels_hint(cls, options: Mapping[str, object]) -> str:
+        """Appended to the trainer's error when a stream of :meth:`labelled_streams` has no labels: the flags that
+        train under ``options`` without them (empty when there is no such way)."""
+        return ""
 
     def random_stream(self, name: int) -> AbstractContextManager[None]:
         """A block whose random draws come from a stream of their own, a pure function of (``stream_seed``, ``name``,

@@ -225,7 +225,6 @@ class DS3Net(Method):
     uses_paired = True
     uses_unpaired = True
     uses_reference_t1ce = True
-    without_labels_hint = " (--no-tumour-levels trains without them)"
 
     def __init__(
         self,
@@ -301,6 +300,13 @@ class DS3Net(Method):
         if options.get("tumour_levels"):
             return ("paired", "unpaired")
         return ("unpaired",) if options.get("student_enhancing_weight", 1.0) != 1.0 else ()
+
+    @classmethod
+    def without_labels_hint(cls, options: Mapping[str, object]) -> str:
+        flags = ["--no-tumour-levels"] if options.get("tumour_levels") else []
+        if options.get("student_enhancing_weight", 1.0) != 1.0:
+            flags.append("--student-enhancing-weight 1")
+        return f" ({' '.join(flags)} trains without them)" if flags else ""
 
     def generators(self) -> dict[str, nn.Module]:
         roles = {"student": self.student, "teacher": self.teacher.generator}

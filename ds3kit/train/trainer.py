@@ -209,7 +209,7 @@ class Trainer:
             if what in method.labelled_streams(cfg.method_options) and not any(c.has_seg for c in dataset.cases):
                 raise InputError(
                     f"{self.name}'s options need tumour labels (seg) on the {what} training subjects, and none of "
-                    f"the {len(dataset.cases)} has one{method.without_labels_hint}"
+                    f"the {len(dataset.cases)} has one{method.without_labels_hint(cfg.method_options)}"
                 )
             repeats = cfg.tumour_repeats if what == "paired" and not method.target_domain_only else 0
             streams.append(

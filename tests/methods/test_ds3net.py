@@ -640,3 +640,10 @@ def test_labelled_streams_name_the_streams_whose_labels_the_options_need():
     assert DS3Net.labelled_streams({"tumour_levels": True}) == ("paired", "unpaired")
     assert DS3Net.labelled_streams({"student_enhancing_weight": 4.0}) == ("unpaired",)
     assert DS3Net.labelled_streams({"student_enhancing_weight": 1.0}) == ()
+
+
+def test_the_without_labels_hint_names_every_flag_that_needs_labels():
+    assert DS3Net.without_labels_hint({}) == ""
+    assert DS3Net.without_labels_hint({"tumour_levels": True}) == " (--no-tumour-levels trains without them)"
+    both = DS3Net.without_labels_hint({"tumour_levels": True, "student_enhancing_weight": 4.0})
+    assert both == " (--no-tumour-levels --student-enhancing-weight 1 trains without them)"
