@@ -22,6 +22,7 @@ from ds3kit.baselines import (
     LINEAR,
 )
 from ds3kit.train import RunConfig, Trainer
+from ds3kit.train.config import option_defaults
 from ds3kit.train.trainer import resolve_device
 from ds3kit.utils.atomic import atomic_write_text
 
@@ -53,7 +54,7 @@ EARLIER_ARMS = ("DS3-Net 5% (no tumour oversampling)", "paired-only 5% (no tumou
 
 # DS3-Net's options before tumour-level pseudo-targets became the default (2026-12-06): the DS3-Net arms measured
 # before pin them and are compared with the arm of those defaults.
-WITHOUT_LEVELS = {"tumour_levels": False, "student_tumour_weight": 1.0}
+WITHOUT_LEVELS = {"tumour_levels": False, "student_tumour_weight": 1.0, "student_enhancing_weight": 1.0}
 WITHOUT_LEVELS_ARMS = ("DS3-Net 5% (no tumour-level pseudo-targets)", "paired-only 5%")
 
 
@@ -62,7 +63,12 @@ ARMS = (
         "paired-only 5%",
         "paired_only",
         0.05,
-        read_from=("teacher", "DS3-Net 5%", "DS3-Net 5% (no tumour-level pseudo-targets)"),
+        read_from=(
+            "teacher",
+            "DS3-Net 5%",
+            "DS3-Net 5% (no enhancing weight)",
+            "DS3-Net 5% (no tumour-level pseudo-targets)",
+        ),
     ),
     Arm("DS3-Net 5%", "ds3net", 0.05),
     Arm("pix2pix 100%", "pix2pix", 1.0),
@@ -202,10 +208,9 @@ ARMS = (
         {**WITHOUT_LEVELS, "lambda_student_adv": 0.0, "student_pixel": True, "teacher_ema": 0.99},
         versus=WITHOUT_LEVELS_ARMS,
     ),
-    # Ours, for the Dice issue, on the current defaults: the student's L_id counts the unpaired enhancing tumour
-    # (label 4) four times more than the rest of the tumour (20 times a healthy voxel), because with L1 alone the
-    # student stayed too dark on the thin rim even where its corrected pseudo-targets had the right level.
-    Arm("DS3-Net 5% (enhancing weight 4)", "ds3net", 0.05, {"student_enhancing_weight": 4.0}),
+    # DS3-Net before the enhancing weight became its default (2026-12-06, fourteenth session): tumour-level
+    # pseudo-targets, the unpaired tumour counted five times in L_id and its enhancing rim no more than the rest.
+    Arm("DS3-Net 5% (no enhancing weight)", "ds3net", 0.05, {"student_enhancing_weight": 1.0}),
     # DS3-Net before tumour-level pseudo-targets became its default (2026-12-06): the student distils the teacher's
     # own predictions, its L_id counting every voxel once. The arms measured on these defaults pin them.
     Arm("DS3-Net 5% (no tumour-level pseudo-targets)", "ds3net", 0.05, WITHOUT_LEVELS),
@@ -252,7 +257,8 @@ def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any
     metrics_file = run_dir / "metrics.json"
     last = run_dir / "checkpoints" / "last.pt"
     # Each arm starts from its recipe's own defaults (learning rate, method options), then the arm's changes.
-    defaults = getattr(load_recipe(arm.recipe), "DEFAULTS", base)
+    recipe = load_recipe(arm.recipe)
+    defaults = getattr(recipe, "DEFAULTS", base)
     config = dataclasses.replace(
         base,
         **arm.run,
@@ -264,15 +270,15 @@ def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any
         resume=last.exists(),
     )
     if metrics_file.exists():
-        _check_reusable(run_dir, config)
+        _check_reusable(run_dir, config, getattr(recipe, "OPTIONS", None))
     else:  # a fresh run, or one the trainer resumes (it refuses a checkpoint of other settings itself)
-        Trainer(config, load_recipe(arm.recipe).build, name=arm.recipe).fit()
+        Trainer(config, recipe.build, name=arm.recipe).fit()
     report = json.loads(metrics_file.read_text())
     report["models"]["__shipped__"] = report["models"][report["shipped"]]["mean"]
     return report
 
 
-def _check_reusable(run_dir: Path, config: RunConfig) -> None:
+def _check_reusable(run_dir: Path, config: RunConfig, options_type: type | None = None) -> None:
     """Refuse a finished run trained with other settings than ``config`` asks (its length, or a
     :data:`~ds3kit.train.config.TRAINING_SETTINGS` entry): a changed default (or arm) must not silently reuse runs
     of the old one. The settings come from the run's checkpoint; a run without one has its metrics.json's."""
@@ -282,7 +288,7 @@ def _check_reusable(run_dir: Path, config: RunConfig) -> None:
     else:
         report = json.loads((run_dir / "metrics.json").read_text())
         stored = {key: report[key] for key in ("steps", "paired_fraction", "seed") if key in report}
-    changed = config.differences(stored)
+    changed = config.differences(stored, option_defaults(options_type) if options_type else None)
     if "steps" in stored and stored["steps"] != config.steps:
         changed["steps"] = (stored["steps"], config.steps)
     if changed:

@@ -14,6 +14,8 @@ from ds3kit.methods import CUT, CUTOptions
 from ds3kit.models import build_discriminator, build_generator
 from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
 
+#: The recipe's method options type: its --flags, and the defaults a finished run's options are compared with.
+OPTIONS = CUTOptions
 DEFAULTS = RunConfig(out="runs/cut", paired_fraction=0.0)
 
 

@@ -23,12 +23,20 @@ from ds3kit.utils.streams import STUDENT_INIT_STREAM, random_stream, stream_seed
 # paired-only teacher scored 17.75 dB brain PSNR on the demo's test subjects against 18.47 dB with these. The paired
 # subjects' tumour voxels count five times in L_pid (tumour PSNR +0.65 dB, ET Dice +0.09 over five seeds). The
 # student's pseudo-targets take the paired subjects' T1ce level inside the unpaired subjects' tumour labels, and its
-# L_id counts their tumour five times too (over five seeds against paired-only: ET Dice +0.14, TC +0.10, tumour PSNR
-# +0.37 dB, brain -0.04 dB); it needs the tumour labels of every training subject (--no-tumour-levels without them).
+# L_id counts their tumour five times too and their enhancing rim four times more (20), because under L1 alone the
+# student left the thin rim too dark (docs/method.md has the figures over five seeds). They need the tumour labels of
+# every training subject (--no-tumour-levels --student-enhancing-weight 1 without them).
+#: The recipe's method options type: its --flags, and the defaults a finished run's options are compared with.
+OPTIONS = DS3NetOptions
 DEFAULTS = RunConfig(
     out="runs/ds3net",
     lr=5e-4,
-    method_options={**RECIPE_OPTIONS, "tumour_levels": True, "student_tumour_weight": 5.0},
+    method_options={
+        **RECIPE_OPTIONS,
+        "tumour_levels": True,
+        "student_tumour_weight": 5.0,
+        "student_enhancing_weight": 4.0,
+    },
 )
 
 

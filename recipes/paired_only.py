@@ -14,6 +14,8 @@ from ds3kit.models import build_discriminator, build_generator
 from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
 
 # The same defaults as recipes/ds3net.py, so the two compare like for like (docs/method.md).
+#: The recipe's method options type: its --flags, and the defaults a finished run's options are compared with.
+OPTIONS = DS3NetOptions
 DEFAULTS = RunConfig(out="runs/paired_only", lr=5e-4, method_options=dict(RECIPE_OPTIONS))
 
 

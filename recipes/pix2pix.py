@@ -43,6 +43,10 @@ class Pix2PixOptions:
     }
 
 
+#: The recipe's method options type: its --flags, and the defaults a finished run's options are compared with.
+OPTIONS = Pix2PixOptions
+
+
 def build(config: RunConfig, total_steps: int) -> PairedTeacher:
     # pix2pix is the teacher's step without the difficulty map and without the patchwise loss.
     options = DS3NetOptions(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,14 +113,25 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def differences(self, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    def differences(
+        self, stored: dict[str, Any], option_defaults: Mapping[str, Any] | None = None
+    ) -> dict[str, tuple[Any, Any]]:
         """``{setting: (stored value, this config's value)}`` for the :data:`TRAINING_SETTINGS` where ``stored`` (a
-        run's saved :meth:`to_dict`) differs from this config; settings ``stored`` predates are not compared."""
-        return {
-            key: (stored[key], getattr(self, key))
-            for key in TRAINING_SETTINGS
-            if key in stored and stored[key] != getattr(self, key)
-        }
+        run's saved :meth:`to_dict`) differs from this config; settings ``stored`` predates are not compared.
+
+        With ``option_defaults`` (the method options dataclass's defaults) the method options compare as the options
+        the method ran with: a key one side lacks counts as its default, so a run trained before an option existed
+        matches a config that sets that option to its default, and differs from one that sets another value."""
+        differences = {}
+        for key in TRAINING_SETTINGS:
+            if key not in stored:
+                continue
+            old, new = stored[key], getattr(self, key)
+            if key == "method_options" and option_defaults is not None:
+                old, new = {**option_defaults, **(old or {})}, {**option_defaults, **(new or {})}
+            if old != new:
+                differences[key] = (stored[key], getattr(self, key))
+        return differences
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
@@ -237,6 +249,12 @@ def config_from_args(args: argparse.Namespace, defaults: RunConfig | None = None
 
 
 _METHOD_PREFIX = "method__"
+
+
+def option_defaults(options_type: type) -> dict[str, Any]:
+    """The defaults of a method options dataclass (``DS3NetOptions``, ``CUTOptions``, a recipe's own), by field:
+    what :meth:`RunConfig.differences` fills a run's method options with before comparing them."""
+    return {option.name: option.default for option in dataclasses.fields(options_type)}
 
 
 def add_method_arguments(

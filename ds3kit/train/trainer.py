@@ -19,6 +19,7 @@ The pieces live beside this module: :mod:`ds3kit.train.batches` (step-indexed ba
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
@@ -57,7 +58,7 @@ from ds3kit.errors import InputError
 from ds3kit.evaluation import evaluate_generator, evaluate_predictor
 from ds3kit.methods.base import Method, NonFiniteLossError
 from ds3kit.train.batches import StepBatches, prepare_batch
-from ds3kit.train.config import RunConfig
+from ds3kit.train.config import RunConfig, option_defaults
 from ds3kit.train.distributed import DistributedContext, init_distributed, shutdown_distributed
 from ds3kit.train.logging import RunLogger
 from ds3kit.train.report import format_table, write_final_report
@@ -393,7 +394,9 @@ class Trainer:
         payload = load_checkpoint(path, kind=TRAINING_FORMAT, map_location=self.device)
         if payload["method"] != self.name:
             raise InputError(f"{path}: a checkpoint of {payload['method']!r}, not {self.name!r}")
-        changed = self.config.differences(payload.get("config", {}))
+        options = getattr(method, "options", None)
+        defaults = option_defaults(type(options)) if dataclasses.is_dataclass(options) else None
+        changed = self.config.differences(payload.get("config", {}), defaults)
         if changed:
             found = ", ".join(f"{key} {old!r} (asked {new!r})" for key, (old, new) in changed.items())
             raise InputError(

@@ -97,11 +97,12 @@ def test_ds3net_on_a_cohort_without_labels_is_a_one_line_error_naming_the_way_ou
     shutil.copytree(small_cohort, unlabelled)
     for seg in unlabelled.glob("*/*_seg.nii.gz"):
         seg.unlink()
-    assert smoke("ds3net", unlabelled, tmp_path / "r") == 2  # tumour_levels is the recipe's default
+    assert smoke("ds3net", unlabelled, tmp_path / "r") == 2  # tumour levels and the enhancing weight are defaults
     error = capsys.readouterr().err
-    assert "need tumour labels (seg) on the paired training subjects" in error and "--no-tumour-levels" in error
-    # Without tumour_levels the recipe does not need them, and says it did not use them.
-    assert smoke("ds3net", unlabelled, tmp_path / "r2", "--no-tumour-levels") == 0
+    assert "need tumour labels (seg) on the paired training subjects" in error
+    assert "--no-tumour-levels --student-enhancing-weight 1 trains without them" in error
+    # Without either the recipe does not need them, and says it did not use them.
+    assert smoke("ds3net", unlabelled, tmp_path / "r2", "--no-tumour-levels", "--student-enhancing-weight", "1") == 0
     assert "unpaired tumour labels: not used" in capsys.readouterr().out
     assert smoke("ds3net", small_cohort, tmp_path / "r3") == 0
     assert "unpaired tumour labels: used" in capsys.readouterr().out
@@ -258,7 +259,7 @@ def test_the_supervised_recipes_weight_the_tumour_in_l_pid(small_cohort, tmp_pat
         (),
         ("--lambda-adv", "1", "--use-nce"),
         ("--teacher-ema", "0.9"),
-        ("--no-tumour-levels", "--student-tumour-weight", "1"),
+        ("--no-tumour-levels", "--student-tumour-weight", "1", "--student-enhancing-weight", "1"),
     ],
     ids=["recipe-options", "paper-losses", "ema-teacher", "no-tumour-levels"],
 )

@@ -221,6 +221,23 @@ def test_resuming_with_other_training_settings_is_refused_by_name(tmp_path):
     assert RunConfig(tumour_repeats=2).differences({"seed": 0}) == {}
 
 
+def test_method_options_compare_as_the_options_the_method_ran_with():
+    from ds3kit.methods import DS3NetOptions
+    from ds3kit.train.config import option_defaults
+
+    defaults = option_defaults(DS3NetOptions)
+    assert defaults["student_enhancing_weight"] == 1.0 and "HELP" not in defaults
+    older = RunConfig(method_options={"tumour_weight": 5.0}).to_dict()  # trained before an option existed
+    pinned = RunConfig(method_options={"tumour_weight": 5.0, "student_enhancing_weight": 1.0})
+    assert pinned.differences(older, defaults) == {}
+    # Without the defaults, or with another value than the default, the options differ.
+    assert set(pinned.differences(older)) == {"method_options"}
+    other = RunConfig(method_options={"tumour_weight": 5.0, "student_enhancing_weight": 4.0})
+    assert other.differences(older, defaults) == {
+        "method_options": ({"tumour_weight": 5.0}, {"tumour_weight": 5.0, "student_enhancing_weight": 4.0})
+    }
+
+
 def test_resuming_a_run_trained_on_another_normalisation_is_refused(tmp_path):
     from ds3kit.checkpoint import TRAINING_FORMAT, load_checkpoint
     from ds3kit.errors import CheckpointError
