@@ -16,6 +16,7 @@ from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_argum
 
 #: The recipe's method options type: its --flags, and the defaults a finished run's options are compared with.
 OPTIONS = CUTOptions
+
 DEFAULTS = RunConfig(out="runs/cut", paired_fraction=0.0)
 
 
@@ -32,7 +33,7 @@ def build(config: RunConfig, total_steps: int) -> CUT:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, DEFAULTS)
-    add_method_arguments(parser, CUTOptions)
+    add_method_arguments(parser, OPTIONS)
     config = config_from_args(parser.parse_args(argv), DEFAULTS)
     return run_recipe(Trainer(config, build, name="cut"))
 

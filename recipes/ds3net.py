@@ -18,6 +18,9 @@ from ds3kit.models import build_discriminator, build_generator
 from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
 from ds3kit.utils.streams import STUDENT_INIT_STREAM, random_stream, stream_seed
 
+#: The recipe's method options type: its --flags, and the defaults a finished run's options are compared with.
+OPTIONS = DS3NetOptions
+
 # The defaults that measured best on CPU budgets (docs/method.md): L1-dominant training at lr 5e-4. The
 # discriminators still train and draw the difficulty maps; at the paper's weights (adversarial 1, PatchNCE 1) the
 # paired-only teacher scored 17.75 dB brain PSNR on the demo's test subjects against 18.47 dB with these. The paired
@@ -26,8 +29,6 @@ from ds3kit.utils.streams import STUDENT_INIT_STREAM, random_stream, stream_seed
 # L_id counts their tumour five times too and their enhancing rim four times more (20), because under L1 alone the
 # student left the thin rim too dark (docs/method.md has the figures over five seeds). They need the tumour labels of
 # every training subject (--no-tumour-levels --student-enhancing-weight 1 without them).
-#: The recipe's method options type: its --flags, and the defaults a finished run's options are compared with.
-OPTIONS = DS3NetOptions
 DEFAULTS = RunConfig(
     out="runs/ds3net",
     lr=5e-4,
@@ -67,7 +68,7 @@ def build(config: RunConfig, total_steps: int) -> DS3Net:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, DEFAULTS)
-    add_method_arguments(parser, DS3NetOptions, DEFAULTS.method_options)
+    add_method_arguments(parser, OPTIONS, DEFAULTS.method_options)
     args = parser.parse_args(argv)
     config = config_from_args(args, DEFAULTS)
     return run_recipe(Trainer(config, build, name="ds3net"))

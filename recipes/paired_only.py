@@ -13,9 +13,10 @@ from ds3kit.methods import RECIPE_OPTIONS, DS3NetOptions, PairedTeacher
 from ds3kit.models import build_discriminator, build_generator
 from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
 
-# The same defaults as recipes/ds3net.py, so the two compare like for like (docs/method.md).
 #: The recipe's method options type: its --flags, and the defaults a finished run's options are compared with.
 OPTIONS = DS3NetOptions
+
+# The same defaults as recipes/ds3net.py, so the two compare like for like (docs/method.md).
 DEFAULTS = RunConfig(out="runs/paired_only", lr=5e-4, method_options=dict(RECIPE_OPTIONS))
 
 
@@ -34,7 +35,7 @@ def build(config: RunConfig, total_steps: int) -> PairedTeacher:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, DEFAULTS)
-    add_method_arguments(parser, DS3NetOptions, DEFAULTS.method_options)
+    add_method_arguments(parser, OPTIONS, DEFAULTS.method_options)
     config = config_from_args(parser.parse_args(argv), DEFAULTS)
     return run_recipe(Trainer(config, build, name="paired_only"))
 

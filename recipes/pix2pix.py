@@ -66,7 +66,7 @@ def build(config: RunConfig, total_steps: int) -> PairedTeacher:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, DEFAULTS)
-    add_method_arguments(parser, Pix2PixOptions, DEFAULTS.method_options)
+    add_method_arguments(parser, OPTIONS, DEFAULTS.method_options)
     config = config_from_args(parser.parse_args(argv), DEFAULTS)
     return run_recipe(Trainer(config, build, name="pix2pix"))
 
