@@ -74,6 +74,7 @@ class DS3NetOptions:
     student_tumour_weight: float = 1.0  # L_id's weight inside the unpaired subjects' tumour (seg > 0); ours
     tumour_levels: bool = False  # pseudo-targets' tumour labels shifted to the paired subjects' T1ce level; ours
     student_enhancing_weight: float = 1.0  # L_id's extra factor inside the unpaired enhancing tumour (label 4); ours
+    student_core_weight: float = 1.0  # L_id's extra factor inside the unpaired necrotic / non-enhancing core (label 1)
 
     #: One line per option for the recipes' --help (docs/method.md has the discussion).
     HELP: ClassVar[dict[str, str]] = {
@@ -106,6 +107,8 @@ class DS3NetOptions:
         "(1, 2, 4) to the paired subjects' mean T1ce there (needs their seg; ours)",
         "student_enhancing_weight": "L_id's extra factor inside the unpaired subjects' enhancing tumour (label 4), "
         "on top of student_tumour_weight (needs their seg; ours)",
+        "student_core_weight": "L_id's extra factor inside the unpaired subjects' necrotic / non-enhancing core "
+        "(label 1), on top of student_tumour_weight (needs their seg; ours)",
     }
 
 
@@ -262,8 +265,9 @@ class DS3Net(Method):
             )
         if not options.student_tumour_weight >= 0:
             raise ValueError(f"student_tumour_weight must be >= 0, got {options.student_tumour_weight}")
-        if not options.student_enhancing_weight >= 0:
-            raise ValueError(f"student_enhancing_weight must be >= 0, got {options.student_enhancing_weight}")
+        for name in _LABEL_FACTORS:
+            if not getattr(options, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(options, name)}")
         if not 0.0 <= options.teacher_ema < 1.0:
             raise ValueError(f"teacher_ema must be in [0, 1) (0: off), got {options.teacher_ema}")
         self.student = student
@@ -299,13 +303,12 @@ class DS3Net(Method):
     def labelled_streams(cls, options: Mapping[str, object]) -> tuple[str, ...]:
         if options.get("tumour_levels"):
             return ("paired", "unpaired")
-        return ("unpaired",) if options.get("student_enhancing_weight", 1.0) != 1.0 else ()
+        return ("unpaired",) if any(options.get(name, 1.0) != 1.0 for name in _LABEL_FACTORS) else ()
 
     @classmethod
     def without_labels_hint(cls, options: Mapping[str, object]) -> str:
         flags = ["--no-tumour-levels"] if options.get("tumour_levels") else []
-        if options.get("student_enhancing_weight", 1.0) != 1.0:
-            flags.append("--student-enhancing-weight 1")
+        flags += [f"--{name.replace('_', '-')} 1" for name in _LABEL_FACTORS if options.get(name, 1.0) != 1.0]
         return f" ({' '.join(flags)} trains without them)" if flags else ""
 
     def generators(self) -> dict[str, nn.Module]:
@@ -417,14 +420,13 @@ class DS3Net(Method):
         student_map = difficulty_map(scores, prediction.shape[-2:], beta=self.teacher.beta, mode=o.gan_mode)
         # Phase 2: the distillation losses under M^S (L_id's weights also count the unpaired tumour, when asked).
         image_map = tumour_weighted(student_map, unpaired.get("tumour_mask"), o.student_tumour_weight)
-        if o.student_enhancing_weight != 1.0:
+        for name, label in _LABEL_FACTORS.items():
+            factor = getattr(o, name)
+            if factor == 1.0:
+                continue
             if "seg" not in unpaired:
-                raise ValueError(
-                    "student_enhancing_weight needs the unpaired batches' tumour labels (the items' 'seg')"
-                )
-            image_map = tumour_weighted(
-                image_map, (unpaired["seg"] == ENHANCING_LABEL).to(image_map.dtype), o.student_enhancing_weight
-            )
+                raise ValueError(f"{name} needs the unpaired batches' tumour labels (the items' 'seg')")
+            image_map = tumour_weighted(image_map, (unpaired["seg"] == label).to(image_map.dtype), factor)
         pseudo_target = None
         if o.tumour_levels:
             if "seg" not in unpaired:
@@ -490,6 +492,10 @@ def tumour_weighted(difficulty: Tensor, tumour_mask: Tensor | None, weight: floa
 TUMOUR_LABELS: tuple[int, ...] = (1, 2, 4)
 #: The enhancing tumour's label: the region T1ce exists to show (BraTS's ET).
 ENHANCING_LABEL = 4
+#: The necrotic / non-enhancing core's label: dark in T1ce, inside the rim (with it, BraTS's TC).
+CORE_LABEL = 1
+#: The options that multiply L_id's weight inside one unpaired tumour label, and that label.
+_LABEL_FACTORS = {"student_enhancing_weight": ENHANCING_LABEL, "student_core_weight": CORE_LABEL}
 
 
 def label_sums(image: Tensor, seg: Tensor) -> tuple[Tensor, Tensor]:

@@ -518,9 +518,16 @@ def test_the_students_l_id_counts_unpaired_tumour_voxels_student_tumour_weight_t
         make_method(student_tumour_weight=-1.0)
 
 
-@pytest.mark.parametrize("enhancing", [1.0, 4.0])
-def test_the_students_l_id_counts_the_unpaired_enhancing_label_on_top_of_the_tumour_weight(enhancing, monkeypatch):
-    method = make_method(**IMAGE_DISTILLATION_ONLY, student_tumour_weight=3.0, student_enhancing_weight=enhancing)
+@pytest.mark.parametrize(("enhancing", "core"), [(1.0, 1.0), (4.0, 1.0), (1.0, 2.5), (4.0, 0.5)])
+def test_the_students_l_id_counts_the_unpaired_enhancing_and_core_labels_on_top_of_the_tumour_weight(
+    enhancing, core, monkeypatch
+):
+    method = make_method(
+        **IMAGE_DISTILLATION_ONLY,
+        student_tumour_weight=3.0,
+        student_enhancing_weight=enhancing,
+        student_core_weight=core,
+    )
     paired, unpaired = batches()
     seg = random_seg(paired["target"].shape, seed=7)
     unpaired["seg"] = seg
@@ -529,17 +536,25 @@ def test_the_students_l_id_counts_the_unpaired_enhancing_label_on_top_of_the_tum
     method.step = method.warmup_steps
     logs = method.training_step(paired, unpaired)
     teacher, student = passes[0]
-    # Independent of the helpers: float64 weights per label (3 in the tumour, 3 * enhancing in label 4, else 1).
+    # Independent of the helpers: float64 weights per label (3 in the tumour, times enhancing in label 4 and core in
+    # label 1, else 1).
     labels = seg.double()
-    weights = torch.where(labels == 4, 3.0 * enhancing, torch.where(labels > 0, 3.0, 1.0))
+    weights = torch.where(
+        labels == 4, 3.0 * enhancing, torch.where(labels == 1, 3.0 * core, torch.where(labels > 0, 3.0, 1.0))
+    )
     expected = 100.0 * (weights * (student.double() - teacher.double()).abs()).mean()
     assert logs["student/image"] == pytest.approx(expected.item(), rel=1e-5)
-    if enhancing != 1.0:
+    if (enhancing, core) != (1.0, 1.0):
+        name = "student_enhancing_weight" if enhancing != 1.0 else "student_core_weight"
         del unpaired["seg"]
-        with pytest.raises(ValueError, match="student_enhancing_weight needs the unpaired batches' tumour labels"):
+        with pytest.raises(ValueError, match=f"{name} needs the unpaired batches' tumour labels"):
             method.training_step(paired, unpaired)
-    with pytest.raises(ValueError, match="student_enhancing_weight must be >= 0"):
-        make_method(student_enhancing_weight=-1.0)
+
+
+@pytest.mark.parametrize("name", ["student_enhancing_weight", "student_core_weight"])
+def test_a_negative_label_factor_is_refused_by_name(name):
+    with pytest.raises(ValueError, match=f"{name} must be >= 0"):
+        make_method(**{name: -1.0})
 
 
 def random_seg(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -640,6 +655,7 @@ def test_labelled_streams_name_the_streams_whose_labels_the_options_need():
     assert DS3Net.labelled_streams({"tumour_levels": True}) == ("paired", "unpaired")
     assert DS3Net.labelled_streams({"student_enhancing_weight": 4.0}) == ("unpaired",)
     assert DS3Net.labelled_streams({"student_enhancing_weight": 1.0}) == ()
+    assert DS3Net.labelled_streams({"student_core_weight": 4.0}) == ("unpaired",)
 
 
 def test_the_without_labels_hint_names_every_flag_that_needs_labels():
@@ -647,3 +663,7 @@ def test_the_without_labels_hint_names_every_flag_that_needs_labels():
     assert DS3Net.without_labels_hint({"tumour_levels": True}) == " (--no-tumour-levels trains without them)"
     both = DS3Net.without_labels_hint({"tumour_levels": True, "student_enhancing_weight": 4.0})
     assert both == " (--no-tumour-levels --student-enhancing-weight 1 trains without them)"
+    every = DS3Net.without_labels_hint(
+        {"tumour_levels": True, "student_enhancing_weight": 4.0, "student_core_weight": 2.0}
+    )
+    assert every == " (--no-tumour-levels --student-enhancing-weight 1 --student-core-weight 1 trains without them)"
