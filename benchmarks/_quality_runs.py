@@ -58,6 +58,12 @@ WITHOUT_LEVELS = {"tumour_levels": False, "student_tumour_weight": 1.0, "student
 WITHOUT_LEVELS_ARMS = ("DS3-Net 5% (no tumour-level pseudo-targets)", "paired-only 5%")
 
 
+# DS3-Net's tumour levels before they were counted over the paired subjects' whole volumes (2026-12-06, sixteenth
+# session): a running mean over the augmented paired batches. The arms measured on that rule pin it.
+BATCH_LEVELS = {"tumour_levels_from": "batches"}
+BATCH_LEVELS_ARMS = ("DS3-Net 5% (levels from augmented batches)", "paired-only 5%")
+
+
 ARMS = (
     Arm(
         "paired-only 5%",
@@ -66,6 +72,7 @@ ARMS = (
         read_from=(
             "teacher",
             "DS3-Net 5%",
+            "DS3-Net 5% (levels from augmented batches)",
             "DS3-Net 5% (no enhancing weight)",
             "DS3-Net 5% (no tumour-level pseudo-targets)",
         ),
@@ -210,15 +217,37 @@ ARMS = (
     ),
     # DS3-Net before the enhancing weight became its default (2026-12-06, fourteenth session): tumour-level
     # pseudo-targets, the unpaired tumour counted five times in L_id and its enhancing rim no more than the rest.
-    Arm("DS3-Net 5% (no enhancing weight)", "ds3net", 0.05, {"student_enhancing_weight": 1.0}),
+    Arm(
+        "DS3-Net 5% (no enhancing weight)",
+        "ds3net",
+        0.05,
+        {**BATCH_LEVELS, "student_enhancing_weight": 1.0},
+        versus=BATCH_LEVELS_ARMS,
+    ),
     # Four times the default enhancing weight (the rim counts 5 x 16 = 80 times a healthy voxel in L_id): at 4 the
     # student's rim was still a tenth too dark on the test subjects, and its ET Dice 54 % of the real T1ce's. Lost
     # to 4 at seeds 2 and 3 in every column (2026-12-06): it brightens the whole tumour, not the rim.
-    Arm("DS3-Net 5% (enhancing weight 16)", "ds3net", 0.05, {"student_enhancing_weight": 16.0}),
+    Arm(
+        "DS3-Net 5% (enhancing weight 16)",
+        "ds3net",
+        0.05,
+        {**BATCH_LEVELS, "student_enhancing_weight": 16.0},
+        versus=BATCH_LEVELS_ARMS,
+    ),
     # The necrotic / non-enhancing core counted as much as the rim in L_id (5 x 4 = 20): it stayed 0.1-0.2 too
     # bright in every student, more so the more the rim was weighted, and a bright core reads as enhancement.
     # Level with the default at seeds 0, 2, 3, 4 (2026-12-06): the core's bias is in its pseudo-target's level.
-    Arm("DS3-Net 5% (core weight 4)", "ds3net", 0.05, {"student_core_weight": 4.0}),
+    Arm(
+        "DS3-Net 5% (core weight 4)",
+        "ds3net",
+        0.05,
+        {**BATCH_LEVELS, "student_core_weight": 4.0},
+        versus=BATCH_LEVELS_ARMS,
+    ),
+    # The tumour levels as a running mean over the augmented paired batches: the warp (bilinear T1ce, nearest
+    # labels) put the core 0.04-0.05 too bright and the rim 0.015-0.04 too dark against the paired subjects' own
+    # means (2026-12-06). The default until the sixteenth session.
+    Arm("DS3-Net 5% (levels from augmented batches)", "ds3net", 0.05, BATCH_LEVELS),
     # DS3-Net before tumour-level pseudo-targets became its default (2026-12-06): the student distils the teacher's
     # own predictions, its L_id counting every voxel once. The arms measured on these defaults pin them.
     Arm("DS3-Net 5% (no tumour-level pseudo-targets)", "ds3net", 0.05, WITHOUT_LEVELS),

@@ -25,9 +25,10 @@ OPTIONS = DS3NetOptions
 # discriminators still train and draw the difficulty maps; at the paper's weights (adversarial 1, PatchNCE 1) the
 # paired-only teacher scored 17.75 dB brain PSNR on the demo's test subjects against 18.47 dB with these. The paired
 # subjects' tumour voxels count five times in L_pid (tumour PSNR +0.65 dB, ET Dice +0.09 over five seeds). The
-# student's pseudo-targets take the paired subjects' T1ce level inside the unpaired subjects' tumour labels, and its
-# L_id counts their tumour five times too and their enhancing rim four times more (20), because under L1 alone the
-# student left the thin rim too dark (docs/method.md has the figures over five seeds). They need the tumour labels of
+# student's pseudo-targets take the paired subjects' T1ce level inside the unpaired subjects' tumour labels, counted
+# over their whole volumes before augmentation (which warps the T1ce bilinearly and the labels by nearest neighbour),
+# and its L_id counts their tumour five times too and their enhancing rim four times more (20), because under L1
+# alone the student left the thin rim too dark (docs/method.md has the figures over five seeds). They need the tumour labels of
 # every training subject (--no-tumour-levels --student-enhancing-weight 1 without them).
 DEFAULTS = RunConfig(
     out="runs/ds3net",
@@ -35,6 +36,7 @@ DEFAULTS = RunConfig(
     method_options={
         **RECIPE_OPTIONS,
         "tumour_levels": True,
+        "tumour_levels_from": "subjects",
         "student_tumour_weight": 5.0,
         "student_enhancing_weight": 4.0,
     },

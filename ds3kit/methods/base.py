@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -11,6 +12,9 @@ from torch import Tensor, nn
 
 from ds3kit.losses.adversarial import adversarial_loss
 from ds3kit.utils.streams import random_stream, stream_seed
+
+if TYPE_CHECKING:
+    from ds3kit.data.session import Session
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,6 +55,11 @@ class Method(nn.Module):
         """Appended to the trainer's error when a stream of :meth:`labelled_streams` has no labels: the flags that
         train under ``options`` without them (empty when there is no such way)."""
         return ""
+
+    def observe_paired_subjects(self, sessions: Iterable[Session]) -> None:
+        """Called once before training (and again on resume) with the paired training subjects, normalised as the
+        batches are and before any augmentation, one volume at a time: a method that needs a statistic of the
+        whole subjects (DS3-Net's tumour levels) takes it here. The default takes nothing."""
 
     def random_stream(self, name: int) -> AbstractContextManager[None]:
         """A block whose random draws come from a stream of their own, a pure function of (``stream_seed``, ``name``,

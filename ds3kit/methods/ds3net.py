@@ -28,10 +28,11 @@ the level the paired subjects' real T1ce has there (:func:`tumour_level_targets`
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -42,6 +43,9 @@ from ds3kit.losses import PatchNCELoss, adversarial_loss, difficulty_beta, diffi
 from ds3kit.methods.base import Method, item
 from ds3kit.models import PatchDiscriminator
 from ds3kit.utils.streams import STUDENT_STREAM
+
+if TYPE_CHECKING:
+    from ds3kit.data.session import Session
 
 
 @dataclass
@@ -73,6 +77,9 @@ class DS3NetOptions:
     tumour_weight: float = 1.0  # L_pid's weight inside the paired subjects' tumour (seg > 0); 1: no extra weight
     student_tumour_weight: float = 1.0  # L_id's weight inside the unpaired subjects' tumour (seg > 0); ours
     tumour_levels: bool = False  # pseudo-targets' tumour labels shifted to the paired subjects' T1ce level; ours
+    # Where those levels are counted: "subjects", the paired subjects' whole volumes before any augmentation, or
+    # "batches", a running mean over the augmented paired batches (the rule until 2026-12-06, biased by the warp).
+    tumour_levels_from: str = "batches"
     student_enhancing_weight: float = 1.0  # L_id's extra factor inside the unpaired enhancing tumour (label 4); ours
     student_core_weight: float = 1.0  # L_id's extra factor inside the unpaired necrotic / non-enhancing core (label 1)
 
@@ -105,6 +112,8 @@ class DS3NetOptions:
         "elsewhere (needs their seg; a subject without one gets no extra weight)",
         "tumour_levels": "shift the teacher's pseudo-target inside each of the unpaired subjects' tumour labels "
         "(1, 2, 4) to the paired subjects' mean T1ce there (needs their seg; ours)",
+        "tumour_levels_from": "where tumour_levels counts the paired subjects' levels: subjects (their whole volumes, "
+        "before augmentation) or batches (a running mean over the augmented paired batches)",
         "student_enhancing_weight": "L_id's extra factor inside the unpaired subjects' enhancing tumour (label 4), "
         "on top of student_tumour_weight (needs their seg; ours)",
         "student_core_weight": "L_id's extra factor inside the unpaired subjects' necrotic / non-enhancing core "
@@ -268,6 +277,10 @@ class DS3Net(Method):
         for name in _LABEL_FACTORS:
             if not getattr(options, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(options, name)}")
+        if options.tumour_levels_from not in TUMOUR_LEVEL_SOURCES:
+            raise ValueError(
+                f"tumour_levels_from must be one of {', '.join(TUMOUR_LEVEL_SOURCES)}, got {options.tumour_levels_from!r}"
+            )
         if not 0.0 <= options.teacher_ema < 1.0:
             raise ValueError(f"teacher_ema must be in [0, 1) (0: off), got {options.teacher_ema}")
         self.student = student
@@ -349,7 +362,7 @@ class DS3Net(Method):
                 f"reference_target={has_reference}, D^S in_channels={self.student_discriminator.in_channels}"
             )
         self.teacher.step = self.step
-        if self.options.tumour_levels:
+        if self.options.tumour_levels and self.options.tumour_levels_from == "batches":
             self._count_paired_levels(paired)
         logs = self.teacher.training_step(paired, None)
         if self.teacher_average is not None:
@@ -378,6 +391,27 @@ class DS3Net(Method):
             torch._foreach_lerp_(averaged, current, 1.0 - decay)
         for mine, theirs in zip(self.teacher_average.buffers(), self.teacher.generator.buffers()):
             mine.copy_(theirs)
+
+    @torch.no_grad()
+    def observe_paired_subjects(self, sessions: Iterable[Session]) -> None:
+        """With ``tumour_levels_from="subjects"``: the levels become the paired subjects' mean real T1ce per tumour
+        label over their whole volumes, as stored (normalised, before any augmentation). Counted one volume at a
+        time, so memory stays that of one subject; a session without seg or T1ce adds nothing."""
+        if not (self.options.tumour_levels and self.options.tumour_levels_from == "subjects"):
+            return
+        sums = torch.zeros(len(TUMOUR_LABELS), dtype=torch.float64)
+        counts = torch.zeros(len(TUMOUR_LABELS), dtype=torch.float64)
+        for session in sessions:
+            if session.seg is None or session.target is None:
+                continue
+            target = np.asarray(session.target)
+            seg = np.asarray(session.seg)
+            for k, label in enumerate(TUMOUR_LABELS):
+                inside = seg == label
+                sums[k] += float(target[inside].sum(dtype=np.float64))
+                counts[k] += float(inside.sum())
+        self.paired_label_sums.copy_(sums)
+        self.paired_label_counts.copy_(counts)
 
     @torch.no_grad()
     def _count_paired_levels(self, paired: Mapping[str, Tensor]) -> None:
@@ -490,6 +524,8 @@ def tumour_weighted(difficulty: Tensor, tumour_mask: Tensor | None, weight: floa
 
 #: The BraTS tumour labels (internal convention): necrotic core, oedema, enhancing tumour.
 TUMOUR_LABELS: tuple[int, ...] = (1, 2, 4)
+#: Where ``tumour_levels`` counts the paired subjects' levels (``DS3NetOptions.tumour_levels_from``).
+TUMOUR_LEVEL_SOURCES: tuple[str, ...] = ("subjects", "batches")
 #: The enhancing tumour's label: the region T1ce exists to show (BraTS's ET).
 ENHANCING_LABEL = 4
 #: The necrotic / non-enhancing core's label: dark in T1ce, inside the rim (with it, BraTS's TC).

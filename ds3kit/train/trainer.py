@@ -292,6 +292,10 @@ class Trainer:
             start = self._restore(last, method, schedule)
         else:
             torch.manual_seed(cfg.seed + 7919 * ctx.rank)
+        if paired is not None and not method.target_domain_only:
+            # Whole-subject statistics come from the stored volumes, before any augmentation; every rank reads the
+            # same subjects, so every rank holds the same values without a collective.
+            method.observe_paired_subjects(paired.dataset.sessions)
         val_sessions = CachedSessions(self.cache.select(split.val)) if ctx.is_main else []
         if start == 0:
             self._validate_baselines(split, val_sessions)

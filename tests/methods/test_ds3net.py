@@ -1,5 +1,8 @@
 """DS3Net / PairedTeacher: the warm-up schedule, the student's initialisation, the noisy student, the loss switches."""
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 
@@ -637,6 +640,50 @@ def test_tumour_levels_distil_the_corrected_pseudo_target_at_the_paired_subjects
                 target[b][mask] += levels[k] - teacher[b].double()[mask].mean()
     expected = 100.0 * (student.double() - target).abs().mean()
     assert logs["student/image"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_tumour_levels_from_subjects_are_the_whole_volumes_means_and_no_batch_moves_them():
+    from ds3kit.methods.ds3net import TUMOUR_LABELS
+
+    rng = np.random.default_rng(3)
+    shapes = [(7, 5, 3), (6, 9, 4)]  # odd sizes, two subjects
+    sessions = [
+        SimpleNamespace(target=rng.random(shape, dtype=np.float32), seg=rng.choice([0, 1, 2, 4], size=shape))
+        for shape in shapes
+    ]
+    sessions[1].seg[sessions[1].seg == 1] = 0  # label 1 in one subject only
+    no_labels = SimpleNamespace(target=rng.random((4, 4, 4), dtype=np.float32), seg=None)  # adds nothing
+    method = make_method(**IMAGE_DISTILLATION_ONLY, tumour_levels=True, tumour_levels_from="subjects")
+    method.observe_paired_subjects([*sessions, no_labels])
+    # Independent reference: every labelled voxel of both subjects in one float64 array per label.
+    values = np.concatenate([s.target.ravel().astype(np.float64) for s in sessions])
+    labels = np.concatenate([s.seg.ravel() for s in sessions])
+    expected = [values[labels == label].mean() for label in TUMOUR_LABELS]
+    np.testing.assert_allclose(method.paired_levels.numpy(), expected, rtol=1e-12, atol=0)
+    paired, unpaired = batches()
+    paired["seg"] = random_seg(paired["target"].shape, seed=7)
+    unpaired["seg"] = random_seg(unpaired["inputs"][:, :1].shape, seed=8)
+    for step in range(method.warmup_steps + 1):
+        method.step = step
+        method.training_step(paired, unpaired)
+    np.testing.assert_allclose(method.paired_levels.numpy(), expected, rtol=1e-12, atol=0)
+    # A label no paired subject has stays NaN (its pseudo-targets are left alone).
+    for session in sessions:
+        session.seg[session.seg == 4] = 0
+    method.observe_paired_subjects(sessions)
+    assert torch.isnan(method.paired_levels[TUMOUR_LABELS.index(4)])
+
+
+def test_tumour_levels_from_batches_take_nothing_from_the_subjects():
+    method = make_method(tumour_levels=True, tumour_levels_from="batches")
+    subject = SimpleNamespace(target=np.ones((4, 4, 4), dtype=np.float32), seg=np.full((4, 4, 4), 4))
+    method.observe_paired_subjects([subject])
+    assert torch.isnan(method.paired_levels).all()
+
+
+def test_tumour_levels_from_names_its_choices():
+    with pytest.raises(ValueError, match="tumour_levels_from must be one of subjects, batches, got 'volumes'"):
+        make_method(tumour_levels=True, tumour_levels_from="volumes")
 
 
 def test_tumour_levels_name_the_missing_labels():

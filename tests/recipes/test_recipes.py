@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from _recipes import load_recipe
 
+from ds3kit.data import load_brats_case
 from ds3kit.inference import load_generator
 
 
@@ -32,6 +34,18 @@ def test_ds3net_smoke_writes_the_whole_run_directory(small_cohort, tmp_path, cap
     assert any("student/image" in line for line in lines), "the student must train after the teacher's warm-up"
     table = capsys.readouterr().out
     assert "student" in table and "teacher" in table and "tumour_ssim" in table
+    # The tumour levels (the recipe's default counts them over the paired subjects' whole volumes, before any
+    # augmentation): the checkpoint holds each label's voxel count and real T1ce sum of the stored paired subjects.
+    assert payload["config"]["method_options"]["tumour_levels_from"] == "subjects"
+    sums, counts = np.zeros(3), np.zeros(3)
+    for name in report["split"]["train_paired"]:
+        session = load_brats_case(small_cohort / name, with_target=True)
+        for k, label in enumerate((1, 2, 4)):
+            sums[k] += session.target[session.seg == label].sum(dtype=np.float64)
+            counts[k] += (session.seg == label).sum()
+    assert counts.sum() > 0 and payload["model"]["paired_label_counts"].tolist() == counts.tolist()
+    # Each cached voxel is within CACHE_TOLERANCE (2**-12) of the float32 normalisation.
+    assert (np.abs(payload["model"]["paired_label_sums"].numpy() - sums) <= counts * 2.0**-12).all()
 
 
 @pytest.mark.parametrize(
