@@ -308,6 +308,10 @@ def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any
     )
     if metrics_file.exists():
         _check_reusable(run_dir, config, getattr(recipe, "OPTIONS", None))
+        if json.loads(metrics_file.read_text()).get("test_flips", "none") != config.test_flips and last.exists():
+            # Scored with other test-time flips: the trainer resumes it at its last step, trains nothing, and scores
+            # the weights that shipped again (predictions, metrics.json; the Dice caches are keyed by the flips).
+            Trainer(config, recipe.build, name=arm.recipe).fit()
     else:  # a fresh run, or one the trainer resumes (it refuses a checkpoint of other settings itself)
         Trainer(config, recipe.build, name=arm.recipe).fit()
     report = json.loads(metrics_file.read_text())
@@ -495,7 +499,11 @@ def run_dice(
     shipped = _role(arm, report)
     # One cache per generator of the run: dice.json for the one it ships, dice-<role>.json for another read from it.
     cache = folder / ("dice.json" if shipped == report["shipped"] else f"dice-{shipped}.json")
-    key = {"segmenter": str(segmenter), "without_t1ce": None if without_t1ce is None else str(without_t1ce)}
+    key = {
+        "segmenter": str(segmenter),
+        "without_t1ce": None if without_t1ce is None else str(without_t1ce),
+        "test_flips": report.get("test_flips", "none"),  # the predictions the Dice was taken of
+    }
     if cache.exists():
         cached = json.loads(cache.read_text())
         if {name: cached.get(name) for name in key} == key:

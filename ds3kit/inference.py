@@ -17,6 +17,15 @@ _CPU_PIXELS_PER_BATCH = 240 * 240
 _GPU_PIXELS_PER_BATCH = 16 * 240 * 240
 
 
+#: Test-time flip averaging: the in-plane flips (dims of a (B, C, X, Y) batch) whose predictions, flipped back, are
+#: averaged. "lr" is the left-right flip training augments with; "all" adds the anterior-posterior one and both.
+FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "none": ((),),
+    "lr": ((), (-2,)),
+    "all": ((), (-2,), (-1,), (-2, -1)),
+}
+
+
 def default_batch_size(device: str | torch.device, slice_shape: tuple[int, int]) -> int:
     """Slices per forward pass for synthesis on ``device``: about one 240 x 240 slice's pixels on CPU, 16 elsewhere.
 
@@ -38,6 +47,7 @@ def synthesize_volume(
     device: str | torch.device = "cpu",
     progress: bool = False,
     channels_last: bool = True,
+    flips: str = "none",
 ) -> np.ndarray:
     """Synthesize T1ce for every axial slice of a normalised session.
 
@@ -51,6 +61,8 @@ def synthesize_volume(
         brain_mask: (X, Y, Z) bool; voxels outside are set to 0, as in the training targets.
         batch_size: slices per forward pass; None picks :func:`default_batch_size` for the device and slice size.
         channels_last: run the convolutions in channels_last (NHWC) memory format.
+        flips: test-time flip averaging, a key of :data:`FLIPS`: the mean of the predictions on the flipped slices,
+            each flipped back (``"all"``: four passes per slice). Every pass is clamped to [0, 1] before the mean.
 
     Returns:
         (X, Y, Z) float32 synthesized T1ce in the normalised [0, 1] scale.
@@ -64,6 +76,8 @@ def synthesize_volume(
         batch_size = default_batch_size(device, inputs.shape[1:3])
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if flips not in FLIPS:
+        raise ValueError(f"flips must be one of {', '.join(FLIPS)}, got {flips!r}")
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if isinstance(generator, Generator):
         generator = for_inference(generator).to(device, memory_format=memory_format)  # a copy: ours to change
@@ -80,7 +94,10 @@ def synthesize_volume(
     with torch.inference_mode():
         for start in tqdm(starts, desc="synthesize", unit="batch", disable=not progress, leave=False):
             batch = slices[start : start + batch_size].to(device, non_blocking=True).float()
-            prediction = generator(batch.contiguous(memory_format=memory_format)).float().clamp_(0, 1)
+            prediction = sum(
+                generator(batch.flip(dims).contiguous(memory_format=memory_format)).float().clamp_(0, 1).flip(dims)
+                for dims in FLIPS[flips]
+            ) / len(FLIPS[flips])
             index = wanted[start : start + batch.shape[0]]
             output[..., index] = np.moveaxis(prediction[:, 0].cpu().numpy(), 0, -1)
     if brain_mask is not None:

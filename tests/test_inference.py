@@ -71,6 +71,37 @@ def test_an_all_empty_mask_gives_zeros_without_running_the_model():
     assert module.slices == 0 and not out.any()
 
 
+class PositionModule(nn.Module):
+    """Not flip-equivariant: a position ramp times T1 plus a third of T2, outside [0, 1] in places (so the clamp of
+    every pass before the mean is exercised)."""
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        ramp = torch.outer(torch.linspace(0.2, 1.6, h), torch.linspace(0.5, 1.3, w))
+        return x[:, :1] * ramp - 0.1 + x[:, 1:2] / 3
+
+
+@pytest.mark.parametrize("flips", ["none", "lr", "all"])
+def test_flip_averaging_is_the_mean_of_the_flipped_back_passes(flips):
+    inputs, mask = volume()
+    # Independent reference in float64 numpy: each pass on the flipped volume, clamped, flipped back; then the mean.
+    axes = {"none": [()], "lr": [(), (0,)], "all": [(), (0,), (1,), (0, 1)]}[flips]
+    h, w = inputs.shape[1:3]
+    ramp = np.outer(np.linspace(0.2, 1.6, h), np.linspace(0.5, 1.3, w))[..., None]
+    passes = []
+    for flip in axes:
+        x = np.flip(inputs.astype(np.float64), [a + 1 for a in flip]) if flip else inputs.astype(np.float64)
+        out = np.clip(x[0] * ramp - 0.1 + x[1] / 3, 0, 1)
+        passes.append(np.flip(out, flip) if flip else out)
+    expected = np.mean(passes, axis=0)
+    expected[~mask] = 0
+    actual = synthesize_volume(PositionModule(), inputs, brain_mask=mask, batch_size=3, flips=flips)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+    if flips == "none":  # the single pass is the plain generator's, bit for bit
+        plain = synthesize_volume(PositionModule(), inputs, brain_mask=mask, batch_size=3)
+        assert np.array_equal(actual, plain)
+
+
 def test_bad_arguments_are_clear_errors():
     inputs, mask = volume()
     with pytest.raises(ValueError, match="brain_mask must be"):
@@ -79,6 +110,8 @@ def test_bad_arguments_are_clear_errors():
         synthesize_volume(CountingModule(), inputs, batch_size=0)
     with pytest.raises(ValueError, match=r"inputs must be \(3, X, Y, Z\)"):
         synthesize_volume(CountingModule(), inputs[:2])
+    with pytest.raises(ValueError, match="flips must be one of none, lr, all, got 'ud'"):
+        synthesize_volume(CountingModule(), inputs, flips="ud")
 
 
 def test_default_batch_holds_about_one_240_slice_on_cpu_and_sixteen_on_gpu():

@@ -35,6 +35,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint's discriminator on the synthesis, in [0, 1] (1 = looks unlike real T1ce), 0 outside the brain; "
         "needs a checkpoint that stores its discriminator (docs/metrics.md, 'Reliability map')",
     )
+    parser.add_argument(
+        "--flips",
+        choices=("none", "lr", "all"),
+        default="all",
+        help="test-time flip averaging: the mean of the synthesis on the flipped slices, each flipped back; 'all' "
+        "(the four in-plane flips, four passes per slice, what the recipes' test scores use), 'lr' (left-right "
+        "only) or 'none' (one pass) (default: all)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA when present)")
     parser.add_argument(
         "--batch-size",
@@ -89,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=device,
         progress=args.progress,
+        flips=args.flips,
     )
     reliability = None
     if discriminator is not None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ds3kit.inference import FLIPS
 from ds3kit.models.encoders import check_encoder_size
 
 SELECTIONS = ("best-val", "last")
@@ -85,6 +86,9 @@ class RunConfig:
     phantom_cases: int = 40
     phantom_shape: tuple[int, int, int] = (96, 96, 48)
     eval_batch_size: int | None = None  # None: ds3kit.inference.default_batch_size
+    # Test-time flip averaging of the final test evaluation and its predictions (ds3kit.inference.FLIPS); validation,
+    # which picks the step that ships, scores single passes.
+    test_flips: str = "all"
     max_test_subjects: int | None = None
     segmenter: str | None = None  # a recipes/segmenter.py checkpoint: adds ET/TC/WT Dice to the final report
     num_threads: int | None = None
@@ -96,6 +100,8 @@ class RunConfig:
             raise ValueError(f"select must be one of {SELECTIONS}, got {self.select!r}")
         if self.unpaired_t1ce not in UNPAIRED_T1CE:
             raise ValueError(f"unpaired_t1ce must be one of {UNPAIRED_T1CE}, got {self.unpaired_t1ce!r}")
+        if self.test_flips not in FLIPS:
+            raise ValueError(f"test_flips must be one of {tuple(FLIPS)}, got {self.test_flips!r}")
         if self.generator_output not in ("residual", "sigmoid"):
             raise ValueError(f"generator_output must be 'residual' or 'sigmoid', got {self.generator_output!r}")
         # The encoders' own rule, checked before the cohort is read rather than after.
@@ -203,6 +209,12 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "stop_after_steps": ("--stop-after-steps", int, "stop cleanly after N steps, leaving a resumable run"),
     "phantom_cases": ("--phantom-cases", int, "subjects in the phantom cohort"),
     "max_test_subjects": ("--max-test-subjects", int, "evaluate on at most N held-out subjects"),
+    "test_flips": (
+        "--test-flips",
+        str,
+        "test-time flip averaging of the final test evaluation: 'none', 'lr' (left-right) or 'all' (the four "
+        "in-plane flips)",
+    ),
     "segmenter": ("--segmenter", str, "segmenter checkpoint (recipes/segmenter.py): adds ET/TC/WT Dice per model"),
 }
 

@@ -71,6 +71,7 @@ def write_final_report(
         ),
         "seed": cfg.seed,
         "precision": precision,
+        "test_flips": cfg.test_flips,
         "shipped": method.shipped_generator(),
         "split": {key: [p.name for p in value] for key, value in vars(split).items()},
         "models": {},
@@ -134,7 +135,12 @@ def write_final_report(
                 )
 
         evaluation = evaluate_generator(
-            generator, sessions, device=device, batch_size=cfg.eval_batch_size, on_prediction=write
+            generator,
+            sessions,
+            device=device,
+            batch_size=cfg.eval_batch_size,
+            on_prediction=write,
+            flips=cfg.test_flips,
         )
         evaluation.predictions = shown
         for case_id, scores in dice.items():
@@ -268,7 +274,8 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"{report['method']}: held-out subjects, {report['steps']} steps, paired fraction {report['paired_fraction']}"
         + (f", unpaired T1ce: {report['unpaired_t1ce']}" if report.get("unpaired_t1ce") else "")
         + (f", unpaired tumour labels: {report['unpaired_labels']}" if report.get("unpaired_labels") else "")
-        + (f", step in {report['precision']}" if report.get("precision") else ""),
+        + (f", step in {report['precision']}" if report.get("precision") else "")
+        + (f", test-time flips: {report['test_flips']}" if report.get("test_flips") else ""),
         header,
         "-" * len(header),
     ]

@@ -433,6 +433,16 @@ def test_finished_only_reports_what_finished_and_trains_nothing(small_cohort: Pa
     assert "n/a" not in rows[f"| {pix2pix}"]
     for unfinished in (DS3, PAIRED):  # no seed finished: every cell n/a
         assert rows[f"| {unfinished}"].count("n/a") == len(quality.METRICS)
+    # A run scored with other test-time flips (one from before RunConfig.test_flips) is scored again from its
+    # checkpoint: nothing trained, its metrics.json now says the recipes' flips.
+    (run,) = [path for path in out.iterdir() if path.name.startswith("pix2pix")]
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.pop("test_flips")
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    steps = (run / "metrics.jsonl").read_text()
+    assert quality.main([*common, "--arms", pix2pix, "--finished-only", "--report", str(report)]) == 0
+    assert json.loads((run / "metrics.json").read_text())["test_flips"] == "all"
+    assert (run / "metrics.jsonl").read_text() == steps  # no step trained, no validation logged
 
 
 def test_the_pix2pix_gap_is_paired_by_seed_over_the_seeds_all_three_ran() -> None:

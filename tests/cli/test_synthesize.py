@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def synthesize(checkpoint: Path, out: Path, **paths: Path) -> int:
+def synthesize(checkpoint: Path, out: Path, *extra: str, **paths: Path) -> int:
     files = {"t1": tcga("t1"), "t2": tcga("t2"), "flair": tcga("flair"), **paths}
     return main(
         [
@@ -46,6 +46,7 @@ def synthesize(checkpoint: Path, out: Path, **paths: Path) -> int:
             "--no-progress",
             "--batch-size",
             "8",
+            *extra,
         ]
     )
 
@@ -62,6 +63,25 @@ def test_tcga_session_is_synthesized_on_the_t1_grid(checkpoint, tmp_path):
     assert np.isfinite(data).all() and 0.0 <= data.min() and data.max() <= 1.0
     assert (data > 0).mean() > 0.05, "the brain region must receive a synthesis"
     assert [p.name for p in tmp_path.iterdir()] == ["t1ce.nii.gz"], "no temporary file may remain"
+
+
+@needs_tcga
+def test_flips_average_the_flipped_passes_and_default_to_all_four(checkpoint, tmp_path):
+    from ds3kit.data import load_session
+    from ds3kit.inference import load_generator, synthesize_volume
+
+    session = load_session(tcga("t1"), tcga("t2"), tcga("flair"))
+    generator, _ = load_generator(checkpoint)
+    for flips in ("none", "all"):
+        out = tmp_path / f"{flips}.nii.gz"
+        assert synthesize(checkpoint, out, "--flips", flips) == 0
+        expected = synthesize_volume(generator, session.inputs, brain_mask=session.brain_mask, flips=flips)
+        np.testing.assert_allclose(np.asarray(nib.load(out).dataobj), expected, rtol=0, atol=1e-5)
+    assert synthesize(checkpoint, tmp_path / "default.nii.gz") == 0
+    default = np.asarray(nib.load(tmp_path / "default.nii.gz").dataobj)
+    # (This untrained residual generator is close to flip-equivariant, so "all" and "none" nearly agree here; the
+    # averaging itself is tested against a reference in tests/test_inference.py.)
+    np.testing.assert_array_equal(default, np.asarray(nib.load(tmp_path / "all.nii.gz").dataobj))
 
 
 @needs_tcga

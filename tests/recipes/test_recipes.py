@@ -27,6 +27,7 @@ def test_ds3net_smoke_writes_the_whole_run_directory(small_cohort, tmp_path, cap
         assert metadata["role"] == role and metadata["method"] == "ds3net"
     payload = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert payload["step"] == 8 and payload["format"] == "ds3kit.training"
+    assert report["test_flips"] == "all"  # the test scores average the four in-plane flips (RunConfig.test_flips)
     assert (out / "figures" / "test_student.png").stat().st_size > 10_000
     assert len(list((out / "predictions" / "student").glob("*_t1ce.nii.gz"))) == len(report["split"]["test"][:2])
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -89,6 +89,8 @@ def test_run_config_refuses_unknown_choices():
         RunConfig(generator_output="tanh")
     with pytest.raises(ValueError, match="unpaired_t1ce must be one of"):
         RunConfig(unpaired_t1ce="same-subjects")
+    with pytest.raises(ValueError, match="test_flips must be one of"):
+        RunConfig(test_flips="ud")
     with pytest.raises(ValueError, match="base_channels must be >= 1"):
         RunConfig(base_channels=0)
     with pytest.raises(ValueError, match="num_levels must be >= 1"):
