@@ -370,9 +370,12 @@ def diagnose(arm: Arm, seed: int, base: RunConfig, out: Path, *, max_subjects: i
 
     run_dir = out / _run_name(arm, seed)
     cache = run_dir / "diagnostics.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    split = json.loads((run_dir / "metrics.json").read_text())["split"]
+    report = json.loads((run_dir / "metrics.json").read_text())
+    flips = report.get("test_flips", "none")  # scored as the run's test scores were (its test row is theirs)
+    cached = _cached(cache, flips)
+    if cached is not None:
+        return cached
+    split = report["split"]
     root = _cohort_root(base)
     # Every paired and every test subject (the test row is then the main table's own); at most max_subjects of
     # the unpaired ones.
@@ -386,9 +389,20 @@ def diagnose(arm: Arm, seed: int, base: RunConfig, out: Path, *, max_subjects: i
         generator, _ = load_generator(run_dir / "checkpoints" / f"{model}.pt", device=device)
         for name, subset in sessions.items():
             if subset:
-                result[f"{model}/{name}"] = evaluate_generator(generator, subset, device=device).mean
-    atomic_write_text(cache, json.dumps(result, indent=2))
+                result[f"{model}/{name}"] = evaluate_generator(generator, subset, device=device, flips=flips).mean
+    atomic_write_text(cache, json.dumps({"test_flips": flips, "result": result}, indent=2))
     return result
+
+
+def _cached(cache: Path, flips: str) -> Any:
+    """The result a cache file holds when it was computed with these test-time flips; None otherwise (a file from
+    before the flips were recorded holds the bare result of single passes)."""
+    if not cache.exists():
+        return None
+    stored = json.loads(cache.read_text())
+    if "test_flips" not in stored:
+        stored = {"test_flips": "none", "result": stored}
+    return stored["result"] if stored["test_flips"] == flips else None
 
 
 def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, dict[str, Any]]:
@@ -407,9 +421,11 @@ def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
         return {role: last_step_scores(source_arm(arm, seed, out), seed, base, out)[role]}
     run_dir = out / _run_name(arm, seed)
     cache = run_dir / "last_step.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
     report = json.loads((run_dir / "metrics.json").read_text())
+    flips = report.get("test_flips", "none")  # the last step scored as the shipped one was
+    cached = _cached(cache, flips)
+    if cached is not None:
+        return cached
     payload = load_checkpoint(run_dir / "checkpoints" / "last.pt", kind=TRAINING_FORMAT, map_location="cpu")
     known = {f.name for f in dataclasses.fields(RunConfig)}
     config = RunConfig(**{key: value for key, value in payload["config"].items() if key in known})
@@ -427,9 +443,9 @@ def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
             "selected_step": report["selected_step"].get(role),
             "last_step": payload["step"],
             "selected": report["models"][role]["mean"],
-            "last": evaluate_generator(generator.to(device).eval(), tests, device=device).mean,
+            "last": evaluate_generator(generator.to(device).eval(), tests, device=device, flips=flips).mean,
         }
-    atomic_write_text(cache, json.dumps(result, indent=2))
+    atomic_write_text(cache, json.dumps({"test_flips": flips, "result": result}, indent=2))
     return result
 
 

@@ -372,7 +372,9 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     assert metadata["t1ce_channel"] == "t1"
     ds3_dirs = [path for path in run_dirs if path.name.startswith("ds3net-")]
     assert len(ds3_dirs) == 1
-    diagnostics = json.loads((ds3_dirs[0] / "diagnostics.json").read_text())
+    cached = json.loads((ds3_dirs[0] / "diagnostics.json").read_text())
+    diagnostics = cached["result"]
+    assert cached["test_flips"] == "all"  # scored as the run's test scores were
     assert set(diagnostics) == {f"{m}/{s}" for m in ("teacher", "student") for s in quality.DIAGNOSTIC_SUBSETS}
 
     # A second identical call trains nothing and gives the same tables (diagnostics from their cache).
