@@ -119,7 +119,7 @@ def write_report(
 `python benchmarks/quality.py {note}` — {time.strftime("%Y-%m-%d")}, {len(seeds)} seed(s) ({", ".join(map(str, seeds))}),
 {base.steps} steps per run, batch {base.batch_size}, preset `{base.preset}`, image size {base.image_size},
 data: {base.data or f"phantom cohort ({base.phantom_cases} cases, {base.phantom_shape})"}; {cost}.
-Held-out subjects, whole 3-D volumes; each run's mean over its test subjects, then mean ± population std over seeds. Shipped models:
+Held-out subjects, whole 3-D volumes, test-time flips `{base.test_flips}` (docs/training.md); each run's mean over its test subjects, then mean ± population std over seeds. Shipped models:
 DS3-Net's student, the paired-only teacher, pix2pix's and CUT's generator. Below them, on the same subjects, the
 references of docs/baselines.md: copy-T1 (the floor), the linear fit on the paired subjects, and the phantom's
 ceilings; a trained arm that does not beat copy-T1 is marked. Dice (ET, TC, WT; docs/metrics.md) is that of a
