@@ -306,13 +306,18 @@ def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any
         method_options={**defaults.method_options, **arm.options},
         resume=last.exists(),
     )
-    if metrics_file.exists():
+    finished = metrics_file.exists()
+    if finished:
         _check_reusable(run_dir, config, getattr(recipe, "OPTIONS", None))
-        if json.loads(metrics_file.read_text()).get("test_flips", "none") != config.test_flips and last.exists():
-            # Scored with other test-time flips: the trainer resumes it at its last step, trains nothing, and scores
-            # the weights that shipped again (predictions, metrics.json; the Dice caches are keyed by the flips).
-            Trainer(config, recipe.build, name=arm.recipe).fit()
-    else:  # a fresh run, or one the trainer resumes (it refuses a checkpoint of other settings itself)
+    # A fresh run, or one the trainer resumes (it refuses a checkpoint of other settings itself). A finished run
+    # scored with other test-time flips is resumed at its last step: nothing trains, and the weights that shipped are
+    # scored again (predictions, metrics.json; the Dice caches are keyed by the flips).
+    rescore = (
+        finished
+        and last.exists()
+        and json.loads(metrics_file.read_text()).get("test_flips", "none") != config.test_flips
+    )
+    if not finished or rescore:
         Trainer(config, recipe.build, name=arm.recipe).fit()
     report = json.loads(metrics_file.read_text())
     report["models"]["__shipped__"] = report["models"][report["shipped"]]["mean"]
