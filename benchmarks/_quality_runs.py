@@ -251,6 +251,10 @@ ARMS = (
     # DS3-Net before tumour-level pseudo-targets became its default (2026-12-06): the student distils the teacher's
     # own predictions, its L_id counting every voxel once. The arms measured on these defaults pin them.
     Arm("DS3-Net 5% (no tumour-level pseudo-targets)", "ds3net", 0.05, WITHOUT_LEVELS),
+    # The semi-supervision issue's ensemble teacher (seventeenth session): the pseudo-target is the mean of the
+    # teacher's four passes on the flipped unpaired batch, each flipped back. At test time those flips gave the
+    # teacher +0.17 dB brain PSNR; a student distilling them gets targets better than its teacher's single pass.
+    Arm("DS3-Net 5% (flip-averaged pseudo-targets)", "ds3net", 0.05, {"teacher_flips": "all"}),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised

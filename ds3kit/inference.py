@@ -9,21 +9,13 @@ from tqdm.auto import tqdm
 
 from ds3kit.checkpoint import load_generator, save_generator  # noqa: F401  (re-exported: the synthesis API)
 from ds3kit.models import Generator, for_inference
+from ds3kit.utils.flips import FLIPS, flip_mean  # noqa: F401  (FLIPS re-exported: the synthesis API)
 
 # A CPU forward pass is fastest when one batch holds about one 240 x 240 slice: its activations then stay in the
 # caches. GPUs want more work per launch: 16 slices of 240 x 240. The timings: docs/benchmarks.md, "Synthesis batch
 # size on the CPU".
 _CPU_PIXELS_PER_BATCH = 240 * 240
 _GPU_PIXELS_PER_BATCH = 16 * 240 * 240
-
-
-#: Test-time flip averaging: the in-plane flips (dims of a (B, C, X, Y) batch) whose predictions, flipped back, are
-#: averaged. "lr" is the left-right flip training augments with; "all" adds the anterior-posterior one and both.
-FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
-    "none": ((),),
-    "lr": ((), (-2,)),
-    "all": ((), (-2,), (-1,), (-2, -1)),
-}
 
 
 def default_batch_size(device: str | torch.device, slice_shape: tuple[int, int]) -> int:
@@ -94,10 +86,7 @@ def synthesize_volume(
     with torch.inference_mode():
         for start in tqdm(starts, desc="synthesize", unit="batch", disable=not progress, leave=False):
             batch = slices[start : start + batch_size].to(device, non_blocking=True).float()
-            prediction = sum(
-                generator(batch.flip(dims).contiguous(memory_format=memory_format)).float().clamp_(0, 1).flip(dims)
-                for dims in FLIPS[flips]
-            ) / len(FLIPS[flips])
+            prediction = flip_mean(generator, batch, flips, clamp=True, memory_format=memory_format)
             index = wanted[start : start + batch.shape[0]]
             output[..., index] = np.moveaxis(prediction[:, 0].cpu().numpy(), 0, -1)
     if brain_mask is not None:

@@ -42,6 +42,7 @@ from ds3kit.distill import DualLevelDistillation
 from ds3kit.losses import PatchNCELoss, adversarial_loss, difficulty_beta, difficulty_l1, difficulty_map
 from ds3kit.methods.base import Method, item
 from ds3kit.models import PatchDiscriminator
+from ds3kit.utils.flips import FLIPS, flip_mean
 from ds3kit.utils.streams import STUDENT_STREAM
 
 if TYPE_CHECKING:
@@ -82,6 +83,9 @@ class DS3NetOptions:
     tumour_levels_from: str = "batches"
     student_enhancing_weight: float = 1.0  # L_id's extra factor inside the unpaired enhancing tumour (label 4); ours
     student_core_weight: float = 1.0  # L_id's extra factor inside the unpaired necrotic / non-enhancing core (label 1)
+    # The pseudo-target as the mean of the teacher's predictions on flipped copies of the unpaired batch, each flipped
+    # back (ds3kit.utils.flips.FLIPS: "none", "lr" or "all"): the student distils an ensemble of its teacher; ours.
+    teacher_flips: str = "none"
 
     #: One line per option for the recipes' --help (docs/method.md has the discussion).
     HELP: ClassVar[dict[str, str]] = {
@@ -118,6 +122,8 @@ class DS3NetOptions:
         "on top of student_tumour_weight (needs their seg; ours)",
         "student_core_weight": "L_id's extra factor inside the unpaired subjects' necrotic / non-enhancing core "
         "(label 1), on top of student_tumour_weight (needs their seg; ours)",
+        "teacher_flips": "pseudo-targets averaged over the teacher's passes on flipped copies of the unpaired batch, "
+        "each flipped back: none, lr (left-right) or all (left-right, anterior-posterior, both; four passes); ours",
     }
 
 
@@ -281,6 +287,8 @@ class DS3Net(Method):
             raise ValueError(
                 f"tumour_levels_from must be one of {', '.join(TUMOUR_LEVEL_SOURCES)}, got {options.tumour_levels_from!r}"
             )
+        if options.teacher_flips not in FLIPS:
+            raise ValueError(f"teacher_flips must be one of {', '.join(FLIPS)}, got {options.teacher_flips!r}")
         if not 0.0 <= options.teacher_ema < 1.0:
             raise ValueError(f"teacher_ema must be in [0, 1) (0: off), got {options.teacher_ema}")
         self.student = student
@@ -462,12 +470,18 @@ class DS3Net(Method):
                 raise ValueError(f"{name} needs the unpaired batches' tumour labels (the items' 'seg')")
             image_map = tumour_weighted(image_map, (unpaired["seg"] == label).to(image_map.dtype), factor)
         pseudo_target = None
+        if o.teacher_flips != "none":
+            with torch.no_grad():
+                pseudo_target = flip_mean(
+                    self.distillation.teacher, inputs, o.teacher_flips, unflipped=forward.teacher_prediction
+                ).to(forward.teacher_prediction.dtype)
         if o.tumour_levels:
             if "seg" not in unpaired:
                 raise ValueError("tumour_levels needs the unpaired batches' tumour labels (the items' 'seg')")
             levels = self.paired_levels
             assert levels is not None
-            pseudo_target = tumour_level_targets(forward.teacher_prediction, unpaired["seg"], levels)
+            teacher_prediction = forward.teacher_prediction if pseudo_target is None else pseudo_target
+            pseudo_target = tumour_level_targets(teacher_prediction, unpaired["seg"], levels)
         out = self.distillation.losses(forward, image_map, target=pseudo_target)
 
         terms: dict[str, Tensor] = {}

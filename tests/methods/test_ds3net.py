@@ -714,3 +714,45 @@ def test_the_without_labels_hint_names_every_flag_that_needs_labels():
         {"tumour_levels": True, "student_enhancing_weight": 4.0, "student_core_weight": 2.0}
     )
     assert every == " (--no-tumour-levels --student-enhancing-weight 1 --student-core-weight 1 trains without them)"
+
+
+# -- flip-averaged pseudo-targets ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("flips", "levels"), [("lr", False), ("all", False), ("all", True)])
+def test_teacher_flips_distil_the_mean_of_the_teachers_flipped_back_passes(monkeypatch, flips, levels):
+    from ds3kit.methods.ds3net import TUMOUR_LABELS
+
+    options = dict(IMAGE_DISTILLATION_ONLY, teacher_flips=flips, tumour_levels=levels)
+    method = make_method(**options)
+    paired, unpaired = batches()
+    paired["seg"] = random_seg(paired["target"].shape, seed=7)
+    unpaired["seg"] = random_seg(unpaired["inputs"][:, :1].shape, seed=8)
+    passes = record_distillation_passes(method, monkeypatch)
+    for step in range(method.warmup_steps + 1):
+        method.step = step
+        logs = method.training_step(paired, unpaired)
+    ((unflipped, student),) = passes
+    # Independent reference: the flips in numpy on the inputs and back on each pass, the mean in float64.
+    axes = {"lr": [(), (2,)], "all": [(), (2,), (3,), (2, 3)]}[flips]
+    x = unpaired["inputs"].numpy()
+    teacher = method.teacher.generator
+    with torch.no_grad():
+        outputs = [teacher(torch.from_numpy(np.flip(x, a).copy())).double().numpy() for a in axes]
+    target = torch.from_numpy(np.mean([np.flip(out, a) for out, a in zip(outputs, axes)], axis=0))
+    np.testing.assert_allclose(outputs[0], unflipped.double().numpy(), rtol=0, atol=1e-6)  # the same teacher
+    assert not torch.allclose(target, unflipped.double(), atol=1e-4)  # the flips change the target
+    if levels:
+        for k, label in enumerate(TUMOUR_LABELS):
+            level = method.paired_levels[k]
+            for b in range(target.shape[0]):
+                mask = unpaired["seg"][b] == label
+                if mask.any() and not torch.isnan(level):
+                    target[b][mask] += level - target[b][mask].mean()
+    expected = 100.0 * (student.double() - target).abs().mean()
+    assert logs["student/image"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_teacher_flips_names_its_choices():
+    with pytest.raises(ValueError, match="teacher_flips must be one of none, lr, all, got 'ud'"):
+        make_method(teacher_flips="ud")
