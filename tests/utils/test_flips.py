@@ -8,7 +8,7 @@ from ds3kit.utils.flips import FLIPS, flip_mean
 
 
 class Ramp(torch.nn.Module):
-    """Not flip-equivariant (a position ramp), outside [0, 1] in places; counts the slices it sees."""
+    """Not flip-equivariant (a position ramp), outside [0, 1] in places; counts its calls."""
 
     def __init__(self):
         super().__init__()
