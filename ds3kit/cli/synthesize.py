@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ds3kit.errors import InputError
+from ds3kit.utils.flips import FLIPS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--flips",
-        choices=("none", "lr", "all"),
+        choices=tuple(FLIPS),
         default="all",
         help="test-time flip averaging: the mean of the synthesis on the flipped slices, each flipped back; 'all' "
         "(the four in-plane flips, four passes per slice, what the recipes' test scores use), 'lr' (left-right "

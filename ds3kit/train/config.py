@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ds3kit.inference import FLIPS
 from ds3kit.models.encoders import check_encoder_size
+from ds3kit.utils.flips import FLIPS
 
 SELECTIONS = ("best-val", "last")
 #: The data settings of the unpaired pool: inputs only (the paper), or also real T1ce of other unpaired subjects.
@@ -86,7 +86,7 @@ class RunConfig:
     phantom_cases: int = 40
     phantom_shape: tuple[int, int, int] = (96, 96, 48)
     eval_batch_size: int | None = None  # None: ds3kit.inference.default_batch_size
-    # Test-time flip averaging of the final test evaluation and its predictions (ds3kit.inference.FLIPS); validation,
+    # Test-time flip averaging of the final test evaluation and its predictions (ds3kit.utils.flips.FLIPS); validation,
     # which picks the step that ships, scores single passes.
     test_flips: str = "all"
     max_test_subjects: int | None = None
