@@ -256,6 +256,10 @@ ARMS = (
     # teacher +0.17 dB brain PSNR; a student distilling them gets targets better than its teacher's single pass.
     # Five seeds: -0.08 dB brain on the test-time flips (p = 0.032), +0.16 dB with one pass; not the default.
     Arm("DS3-Net 5% (flip-averaged pseudo-targets)", "ds3net", 0.05, {"teacher_flips": "all"}),
+    # The semi-supervision issue's consistency training (eighteenth session): the student sees each unpaired batch
+    # through a random warp of its own (20 degrees, zoom 0.85-1.15, shift, flip), and learns the teacher's unwarped
+    # answer carried into that view, so it is taught to be equivariant where its teacher was only shown examples.
+    Arm("DS3-Net 5% (consistency: warped student)", "ds3net", 0.05, {"student_warp": True}),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised

@@ -28,6 +28,7 @@ the level the paired subjects' real T1ce has there (:func:`tumour_level_targets`
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -44,6 +45,7 @@ from ds3kit.methods.base import Method, item
 from ds3kit.models import PatchDiscriminator
 from ds3kit.utils.flips import FLIPS, flip_mean
 from ds3kit.utils.streams import STUDENT_STREAM
+from ds3kit.utils.warp import WarpRange, random_affine, warp
 
 if TYPE_CHECKING:
     from ds3kit.data.session import Session
@@ -86,6 +88,10 @@ class DS3NetOptions:
     # The pseudo-target as the mean of the teacher's predictions on flipped copies of the unpaired batch, each flipped
     # back (ds3kit.utils.flips.FLIPS: "none", "lr" or "all"): the student distils an ensemble of its teacher; ours.
     teacher_flips: str = "none"
+    # Consistency training: the student sees its unpaired batch through a random affine warp (ds3kit.utils.warp's
+    # WarpRange: rotation, zoom, shift, flip) that the teacher does not; the pseudo-target, the distilled features
+    # and the unpaired labels are warped alike, so the student is taught the teacher's answer for its view; ours.
+    student_warp: bool = False
 
     #: One line per option for the recipes' --help (docs/method.md has the discussion).
     HELP: ClassVar[dict[str, str]] = {
@@ -124,6 +130,9 @@ class DS3NetOptions:
         "(label 1), on top of student_tumour_weight (needs their seg; ours)",
         "teacher_flips": "pseudo-targets averaged over the teacher's passes on flipped copies of the unpaired batch, "
         "each flipped back: none, lr (left-right) or all (left-right, anterior-posterior, both; four passes); ours",
+        "student_warp": "consistency training: the student sees the unpaired batch through a random affine warp "
+        "(rotation up to 20 degrees, zoom 0.85-1.15, shift, flip) the teacher does not, the pseudo-target, features "
+        "and labels warped alike; ours",
     }
 
 
@@ -446,11 +455,19 @@ class DS3Net(Method):
     def student_step(self, paired: Mapping[str, Tensor], unpaired: Mapping[str, Tensor]) -> dict[str, float]:
         o = self.options
         inputs = unpaired["inputs"]
-        student_inputs = inputs
+        # With student_warp the student's view is a warp of the batch; everything it is compared with (the
+        # pseudo-target, the teacher's features, the labels weighting L_id, D^S's condition) is warped alike.
+        theta = (
+            random_affine(inputs.shape[0], inputs.shape[-2:], STUDENT_WARPS, device=inputs.device)
+            if o.student_warp
+            else None
+        )
+        view = unpaired if theta is None else _warped_batch(unpaired, theta)
+        student_inputs = view["inputs"]
         if self.student_noise is not None:
-            noisy = {"inputs": inputs}
-            if "brain_mask" in unpaired:
-                noisy["brain_mask"] = unpaired["brain_mask"]
+            noisy = {"inputs": student_inputs}
+            if "brain_mask" in view:
+                noisy["brain_mask"] = view["brain_mask"]
             student_inputs = self.student_noise(noisy)["inputs"]
 
         # Phase 1: teacher and student on the unpaired batch.
@@ -458,17 +475,18 @@ class DS3Net(Method):
         prediction = forward.student_prediction
         # D^S on the student's synthesis, conditioned on the clean inputs (noise the student cannot undo must not
         # tell fakes apart): its map M^S weights L_id and L_pad, its score is the student's adversarial term.
-        scores = self._student_scores(inputs, prediction)
+        scores = self._student_scores(view["inputs"], prediction)
         student_map = difficulty_map(scores, prediction.shape[-2:], beta=self.teacher.beta, mode=o.gan_mode)
         # Phase 2: the distillation losses under M^S (L_id's weights also count the unpaired tumour, when asked).
-        image_map = tumour_weighted(student_map, unpaired.get("tumour_mask"), o.student_tumour_weight)
+        image_map = tumour_weighted(student_map, view.get("tumour_mask"), o.student_tumour_weight)
         for name, label in _LABEL_FACTORS.items():
             factor = getattr(o, name)
             if factor == 1.0:
                 continue
             if "seg" not in unpaired:
                 raise ValueError(f"{name} needs the unpaired batches' tumour labels (the items' 'seg')")
-            image_map = tumour_weighted(image_map, (unpaired["seg"] == label).to(image_map.dtype), factor)
+            image_map = tumour_weighted(image_map, (view["seg"] == label).to(image_map.dtype), factor)
+        # The pseudo-target, in the teacher's (unwarped) frame.
         pseudo_target = None
         if o.teacher_flips != "none":
             with torch.no_grad():
@@ -482,6 +500,12 @@ class DS3Net(Method):
             assert levels is not None
             teacher_prediction = forward.teacher_prediction if pseudo_target is None else pseudo_target
             pseudo_target = tumour_level_targets(teacher_prediction, unpaired["seg"], levels)
+        if theta is not None:
+            # Into the student's frame: the pseudo-target and the distilled features, by the student's warp.
+            pseudo_target = warp(forward.teacher_prediction if pseudo_target is None else pseudo_target, theta)
+            forward = dataclasses.replace(
+                forward, teacher_features=[warp(feature, theta) for feature in forward.teacher_features]
+            )
         out = self.distillation.losses(forward, image_map, target=pseudo_target)
 
         terms: dict[str, Tensor] = {}
@@ -507,7 +531,7 @@ class DS3Net(Method):
         if self.unconditional_student_discriminator:
             real, fake = (unpaired["reference_target"],), (prediction,)
         else:
-            real, fake = (paired["inputs"], paired["target"]), (inputs, prediction)
+            real, fake = (paired["inputs"], paired["target"]), (view["inputs"], prediction)
         logs.update(
             self.update_discriminator(
                 "student_discriminator", self.student_discriminator, real, fake, mode=o.gan_mode, prefix="student/"
@@ -546,6 +570,24 @@ ENHANCING_LABEL = 4
 CORE_LABEL = 1
 #: The options that multiply L_id's weight inside one unpaired tumour label, and that label.
 _LABEL_FACTORS = {"student_enhancing_weight": ENHANCING_LABEL, "student_core_weight": CORE_LABEL}
+
+#: The student's warps under ``student_warp``: stronger than the data streams' augmentation (10 degrees, zoom
+#: 0.9-1.1, shift 0.05), which both networks already see, so the student's view differs from its teacher's.
+STUDENT_WARPS = WarpRange(degrees=20.0, scale=(0.85, 1.15), translate=0.08, flip=True)
+#: Keys of an unpaired batch that move with the student's view: the inputs bilinearly, the label maps by nearest.
+_WARPED_IMAGES = ("inputs",)
+_WARPED_LABELS = ("brain_mask", "tumour_mask", "seg")
+
+
+def _warped_batch(batch: Mapping[str, Tensor], theta: Tensor) -> dict[str, Tensor]:
+    """``batch`` with its inputs and label maps warped by ``theta``; other keys as they are."""
+    view = dict(batch)
+    for key in _WARPED_IMAGES:
+        view[key] = warp(batch[key], theta)
+    for key in _WARPED_LABELS:
+        if key in batch:
+            view[key] = warp(batch[key], theta, mode="nearest")
+    return view
 
 
 def label_sums(image: Tensor, seg: Tensor) -> tuple[Tensor, Tensor]:

@@ -756,3 +756,82 @@ def test_teacher_flips_distil_the_mean_of_the_teachers_flipped_back_passes(monke
 def test_teacher_flips_names_its_choices():
     with pytest.raises(ValueError, match="teacher_flips must be one of none, lr, all, got 'ud'"):
         make_method(teacher_flips="ud")
+
+
+# -- consistency training: the student's own warp -------------------------------------------------------------------
+
+QUARTER_TURN = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def quarter_turn(array: np.ndarray) -> np.ndarray:
+    """What QUARTER_TURN does to a square (B, C, N, N) array, written with numpy: out[i, j] = in[j, N - 1 - i]."""
+    return np.rot90(array, 1, axes=(2, 3)).copy()
+
+
+@pytest.mark.parametrize("levels", [False, True])
+def test_student_warp_distils_the_teachers_answer_carried_into_the_students_view(monkeypatch, levels):
+    """A forced quarter turn moves pixel centres onto pixel centres, so the reference is numpy's rot90: the student
+    sees the turned inputs; L_id compares it with the turned (tumour-levelled, in the unturned frame) teacher
+    prediction, the rim counted as the turned labels say; L_fd with the turned teacher features."""
+    from ds3kit.methods import ds3net as module
+
+    monkeypatch.setattr(
+        module, "random_affine", lambda batch, size, warps, device=None: QUARTER_TURN.repeat(batch, 1, 1)
+    )
+    options = dict(IMAGE_DISTILLATION_ONLY, use_feature_distillation=True, lambda_feature=3.0, student_warp=True)
+    options.update(tumour_levels=levels, student_enhancing_weight=4.0)
+    method = make_method(**options)
+    paired, unpaired = batches()
+    paired["seg"] = random_seg(paired["target"].shape, seed=7)
+    unpaired["seg"] = random_seg(unpaired["inputs"][:, :1].shape, seed=8)
+    student_calls = record_inputs(method.student, monkeypatch)
+    passes = record_distillation_passes(method, monkeypatch)
+    student_features = []
+    losses = method.distillation.losses
+
+    def recorded_losses(pass_, *args, **kwargs):
+        student_features.extend(feature.detach().clone() for feature in pass_.student_features)
+        return losses(pass_, *args, **kwargs)
+
+    monkeypatch.setattr(method.distillation, "losses", recorded_losses)
+    for step in range(method.warmup_steps + 1):
+        method.step = step
+        logs = method.training_step(paired, unpaired)
+    ((teacher_prediction, student_prediction),) = passes
+    x = unpaired["inputs"].numpy()
+    np.testing.assert_array_equal(student_calls[-1].numpy(), quarter_turn(x))
+
+    teacher = method.teacher.generator
+    with torch.no_grad():
+        reference, features = teacher.forward_with_features(torch.from_numpy(x.copy()))
+    target = reference.double()
+    if levels:
+        for k, label in enumerate(module.TUMOUR_LABELS):
+            level = method.paired_levels[k]
+            for b in range(target.shape[0]):
+                mask = unpaired["seg"][b] == label
+                if mask.any() and not torch.isnan(level):
+                    target[b][mask] += level - target[b][mask].mean()
+    target = quarter_turn(target.numpy())
+    weights = np.where(quarter_turn(unpaired["seg"].numpy()) == 4, 4.0, 1.0)
+    expected = 100.0 * np.mean(weights * np.abs(student_prediction.double().numpy() - target))
+    assert logs["student/image"] == pytest.approx(expected, rel=1e-5)
+    assert not np.allclose(target, teacher_prediction.double().numpy(), atol=1e-3)  # the turn changed the target
+    assert len(student_features) == len(features) > 1  # every level, coarser than the images
+    feature_terms = [
+        np.mean((mine.double().numpy() - quarter_turn(theirs.double().numpy())) ** 2)
+        for mine, theirs in zip(student_features, features)
+    ]
+    assert logs["student/feature"] == pytest.approx(3.0 * np.mean(feature_terms), rel=1e-4)
+
+
+def test_student_warp_is_off_by_default_and_draws_nothing(monkeypatch):
+    from ds3kit.methods import ds3net as module
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("random_affine must not be called without student_warp")
+
+    monkeypatch.setattr(module, "random_affine", forbidden)
+    method = make_method()
+    assert method.options.student_warp is False
+    run_step(method, method.warmup_steps)

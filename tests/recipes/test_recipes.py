@@ -275,8 +275,9 @@ def test_the_supervised_recipes_weight_the_tumour_in_l_pid(small_cohort, tmp_pat
         ("--lambda-adv", "1", "--use-nce"),
         ("--teacher-ema", "0.9"),
         ("--no-tumour-levels", "--student-tumour-weight", "1", "--student-enhancing-weight", "1"),
+        ("--student-warp",),
     ],
-    ids=["recipe-options", "paper-losses", "ema-teacher", "no-tumour-levels"],
+    ids=["recipe-options", "paper-losses", "ema-teacher", "no-tumour-levels", "student-warp"],
 )
 def test_ds3net_teacher_is_the_paired_only_model_draw_for_draw(small_cohort, tmp_path, extra):
     """The teacher of a DS3-Net run trains on what a paired-only run trains on, with the same initialisation and the
