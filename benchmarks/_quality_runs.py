@@ -260,6 +260,9 @@ ARMS = (
     # through a random warp of its own (20 degrees, zoom 0.85-1.15, shift, flip), and learns the teacher's unwarped
     # answer carried into that view, so it is taught to be equivariant where its teacher was only shown examples.
     Arm("DS3-Net 5% (consistency: warped student)", "ds3net", 0.05, {"student_warp": True}),
+    # The unpaired stream's tumour slices listed three times per epoch, as the paired stream's are by default
+    # (eighteenth session): the student meets more of the tumours whose levels and rims it is taught.
+    Arm("DS3-Net 5% (unpaired tumour slices x3)", "ds3net", 0.05, run={"unpaired_tumour_repeats": 2}),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised

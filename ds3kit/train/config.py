@@ -28,6 +28,7 @@ TRAINING_SETTINGS = (
     "augment",
     "augment_intensity",
     "tumour_repeats",
+    "unpaired_tumour_repeats",
     "unpaired_t1ce",
     "phantom_cases",
     "preset",
@@ -71,6 +72,7 @@ class RunConfig:
     augment: bool = True
     augment_intensity: bool = True  # the augmentation's random gamma, bias field and noise on the inputs
     tumour_repeats: int = 2  # paired stream: each tumour slice listed 1 + N times per epoch (0: uniform)
+    unpaired_tumour_repeats: int = 0  # the same for the unpaired stream (DS3-Net's student); 0: every slice once
     unpaired_t1ce: str = "none"  # "other-subjects": half the unpaired subjects lend real T1ce, the others inputs
     val_every: int = 100
     select: str = "best-val"  # which step's weights ship: "best-val" (validation brain PSNR) or "last"
@@ -202,6 +204,12 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
         "--tumour-repeats",
         int,
         "paired stream: list each slice holding tumour 1 + N times per epoch (0: every slice once)",
+    ),
+    "unpaired_tumour_repeats": (
+        "--unpaired-tumour-repeats",
+        int,
+        "unpaired stream (the student's inputs): list each slice holding tumour 1 + N times per epoch (needs the "
+        "unpaired subjects' seg; 0: every slice once)",
     ),
     "val_every": ("--val-every", int, "validate every N steps"),
     "select": ("--select", str, "weights that ship: 'best-val' (best validation brain PSNR) or 'last'"),

@@ -212,7 +212,15 @@ class Trainer:
                     f"{self.name}'s options need tumour labels (seg) on the {what} training subjects, and none of "
                     f"the {len(dataset.cases)} has one{method.without_labels_hint(cfg.method_options)}"
                 )
-            repeats = cfg.tumour_repeats if what == "paired" and not method.target_domain_only else 0
+            repeats = stream_tumour_repeats(cfg, what, method)
+            # Opt-in for the unpaired stream, so asked for in vain it is refused (the paired default lists a
+            # cohort without labels uniformly, as before).
+            if what == "unpaired" and repeats and not any(c.has_seg for c in dataset.cases):
+                raise InputError(
+                    f"--unpaired-tumour-repeats {repeats} needs tumour labels (seg) on the unpaired training subjects "
+                    f"to find their tumour slices, and none of the {len(dataset.cases)} has one "
+                    "(--unpaired-tumour-repeats 0 trains without)"
+                )
             streams.append(
                 StepBatches(
                     dataset,
@@ -491,6 +499,15 @@ class Trainer:
         self.log.close()
         print(format_table(report), file=sys.stdout)
         return report
+
+
+def stream_tumour_repeats(config: RunConfig, stream: str, method: type[Method]) -> int:
+    """How many extra times a stream lists each slice holding tumour: ``tumour_repeats`` for the paired stream,
+    ``unpaired_tumour_repeats`` for the unpaired one, none for the reference T1ce or for unpaired translation (whose
+    two halves are not the paired / unpaired split)."""
+    if method.target_domain_only:
+        return 0
+    return {"paired": config.tumour_repeats, "unpaired": config.unpaired_tumour_repeats}.get(stream, 0)
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

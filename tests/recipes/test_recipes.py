@@ -119,6 +119,12 @@ def test_ds3net_on_a_cohort_without_labels_is_a_one_line_error_naming_the_way_ou
     # Without either the recipe does not need them, and says it did not use them.
     assert smoke("ds3net", unlabelled, tmp_path / "r2", "--no-tumour-levels", "--student-enhancing-weight", "1") == 0
     assert "unpaired tumour labels: not used" in capsys.readouterr().out
+    # Oversampling the unpaired tumour slices needs the labels that find them; the paired default does not refuse.
+    without = ("--no-tumour-levels", "--student-enhancing-weight", "1", "--unpaired-tumour-repeats", "2")
+    assert smoke("ds3net", unlabelled, tmp_path / "r4", *without) == 2
+    error = capsys.readouterr().err
+    assert "--unpaired-tumour-repeats 2 needs tumour labels (seg) on the unpaired training subjects" in error
+    assert "(--unpaired-tumour-repeats 0 trains without)" in error
     assert smoke("ds3net", small_cohort, tmp_path / "r3") == 0
     assert "unpaired tumour labels: used" in capsys.readouterr().out
     assert json.loads((tmp_path / "r3" / "metrics.json").read_text())["unpaired_labels"] == "used"
@@ -276,8 +282,9 @@ def test_the_supervised_recipes_weight_the_tumour_in_l_pid(small_cohort, tmp_pat
         ("--teacher-ema", "0.9"),
         ("--no-tumour-levels", "--student-tumour-weight", "1", "--student-enhancing-weight", "1"),
         ("--student-warp",),
+        ("--unpaired-tumour-repeats", "2"),
     ],
-    ids=["recipe-options", "paper-losses", "ema-teacher", "no-tumour-levels", "student-warp"],
+    ids=["recipe-options", "paper-losses", "ema-teacher", "no-tumour-levels", "student-warp", "unpaired-repeats"],
 )
 def test_ds3net_teacher_is_the_paired_only_model_draw_for_draw(small_cohort, tmp_path, extra):
     """The teacher of a DS3-Net run trains on what a paired-only run trains on, with the same initialisation and the

@@ -60,6 +60,21 @@ def test_tumour_repeats_list_tumour_slices_more_often_per_epoch():
         StepBatches(_Slices(), batch_size=1, seed=0, stream=0, context=_Context(), tumour_repeats=-1)
 
 
+def test_each_stream_takes_its_own_tumour_repeats():
+    from ds3kit.methods import CUT, DS3Net
+    from ds3kit.train.trainer import stream_tumour_repeats
+
+    config = RunConfig(tumour_repeats=2, unpaired_tumour_repeats=3)
+    assert [stream_tumour_repeats(config, stream, DS3Net) for stream in ("paired", "unpaired", "reference")] == [
+        2,
+        3,
+        0,
+    ]
+    # Unpaired translation splits the subjects in halves of its own: neither half is the paired stream.
+    assert [stream_tumour_repeats(config, stream, CUT) for stream in ("paired", "unpaired")] == [0, 0]
+    assert RunConfig().unpaired_tumour_repeats == 0  # off unless asked
+
+
 def test_ranks_split_one_global_batch():
     class Rank1(_Context):
         world_size = 2
