@@ -104,6 +104,9 @@ class RunConfig:
             raise ValueError(f"unpaired_t1ce must be one of {UNPAIRED_T1CE}, got {self.unpaired_t1ce!r}")
         if self.test_flips not in FLIPS:
             raise ValueError(f"test_flips must be one of {tuple(FLIPS)}, got {self.test_flips!r}")
+        for name in ("tumour_repeats", "unpaired_tumour_repeats"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0 (0: every slice once), got {getattr(self, name)}")
         if self.generator_output not in ("residual", "sigmoid"):
             raise ValueError(f"generator_output must be 'residual' or 'sigmoid', got {self.generator_output!r}")
         # The encoders' own rule, checked before the cohort is read rather than after.

@@ -106,6 +106,10 @@ def test_run_config_refuses_unknown_choices():
         RunConfig(unpaired_t1ce="same-subjects")
     with pytest.raises(ValueError, match="test_flips must be one of"):
         RunConfig(test_flips="ud")
+    with pytest.raises(ValueError, match=r"tumour_repeats must be >= 0 \(0: every slice once\), got -1"):
+        RunConfig(tumour_repeats=-1)
+    with pytest.raises(ValueError, match=r"unpaired_tumour_repeats must be >= 0 \(0: every slice once\), got -2"):
+        RunConfig(unpaired_tumour_repeats=-2)
     with pytest.raises(ValueError, match="base_channels must be >= 1"):
         RunConfig(base_channels=0)
     with pytest.raises(ValueError, match="num_levels must be >= 1"):
