@@ -263,6 +263,17 @@ ARMS = (
     # The unpaired stream's tumour slices listed three times per epoch, as the paired stream's are by default
     # (eighteenth session): the student meets more of the tumours whose levels and rims it is taught.
     Arm("DS3-Net 5% (unpaired tumour slices x3)", "ds3net", 0.05, run={"unpaired_tumour_repeats": 2}),
+    # L_pid as squared error (nineteenth session): L1's minimiser is the conditional median, L2's the conditional mean
+    # that MSE and PSNR score. The teacher (the paired-only model) changes, so the pair is read from one run.
+    Arm(
+        "paired-only 5% (L2 pixel loss)",
+        "paired_only",
+        0.05,
+        {"pixel_loss": "l2"},
+        read_from=("teacher", "DS3-Net 5% (L2 pixel loss)"),
+    ),
+    Arm("DS3-Net 5% (L2 pixel loss)", "ds3net", 0.05, {"pixel_loss": "l2"}),
+    Arm("pix2pix 100% (L2 pixel loss)", "pix2pix", 1.0, {"pixel_loss": "l2"}),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised

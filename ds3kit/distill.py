@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ds3kit.losses.difficulty import difficulty_weighted_mean
+from ds3kit.losses.difficulty import PIXEL_LOSSES, difficulty_pixel
 from ds3kit.utils.checks import check_ndim
 
-IMAGE_LOSSES = ("l1", "l2")
+IMAGE_LOSSES = PIXEL_LOSSES
 
 #: A difficulty map, or a function computing it from the student's prediction (e.g. through D^S), or None.
 DifficultySource = Tensor | Callable[[Tensor], Tensor] | None
@@ -205,9 +205,8 @@ class DualLevelDistillation(nn.Module):
                 f"got {tuple(target.shape)}"
             )
         weight_map = None if difficulty is None else difficulty.detach()
-        errors = student_prediction - target.detach().to(student_prediction.dtype)
-        errors = errors.abs() if self.image_loss == "l1" else errors.square()
-        image_loss = difficulty_weighted_mean(errors, weight_map, mask=mask)
+        target = target.detach().to(student_prediction.dtype)
+        image_loss = difficulty_pixel(student_prediction, target, weight_map, loss=self.image_loss, mask=mask)
 
         return DistillationOutput(
             feature_loss=feature_loss,

@@ -15,7 +15,7 @@ import argparse
 
 from ds3kit.methods import RECIPE_OPTIONS, DS3Net, DS3NetOptions
 from ds3kit.models import build_discriminator, build_generator
-from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
+from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, parse_recipe_args, run_recipe
 from ds3kit.utils.streams import STUDENT_INIT_STREAM, random_stream, stream_seed
 
 #: The recipe's method options type: its --flags, and the defaults a finished run's options are compared with.
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, DEFAULTS)
     add_method_arguments(parser, OPTIONS, DEFAULTS.method_options)
-    args = parser.parse_args(argv)
-    config = config_from_args(args, DEFAULTS)
+    config = parse_recipe_args(parser, argv, DEFAULTS, OPTIONS)
     return run_recipe(Trainer(config, build, name="ds3net"))
 
 

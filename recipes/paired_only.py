@@ -11,7 +11,7 @@ import argparse
 
 from ds3kit.methods import RECIPE_OPTIONS, DS3NetOptions, PairedTeacher
 from ds3kit.models import build_discriminator, build_generator
-from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
+from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, parse_recipe_args, run_recipe
 
 #: The recipe's method options type: its --flags, and the defaults a finished run's options are compared with.
 OPTIONS = DS3NetOptions
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, DEFAULTS)
     add_method_arguments(parser, OPTIONS, DEFAULTS.method_options)
-    config = config_from_args(parser.parse_args(argv), DEFAULTS)
+    config = parse_recipe_args(parser, argv, DEFAULTS, OPTIONS)
     return run_recipe(Trainer(config, build, name="paired_only"))
 
 

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from ds3kit.methods import RECIPE_OPTIONS, DS3NetOptions, PairedTeacher
 from ds3kit.models import build_discriminator, build_generator
-from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, config_from_args, run_recipe
+from ds3kit.train import RunConfig, Trainer, add_method_arguments, add_run_arguments, parse_recipe_args, run_recipe
 
 # L1 at lr 5e-4 by default, as the other recipes, and the tumour counted five times in L1, as in the 5 % recipes
 # (docs/method.md); --lambda-adv 1 --lr 2e-4 --tumour-weight 1 is the original pix2pix.
@@ -34,13 +34,19 @@ class Pix2PixOptions:
     lambda_pixel: float = DS3NetOptions.lambda_pixel
     gan_mode: str = DS3NetOptions.gan_mode
     tumour_weight: float = DS3NetOptions.tumour_weight
+    pixel_loss: str = DS3NetOptions.pixel_loss
 
     HELP: ClassVar[dict[str, str]] = {
         "lambda_adv": "weight of the adversarial term",
-        "lambda_pixel": "weight of the L1 to the real T1ce",
+        "lambda_pixel": "weight of the pixel loss to the real T1ce",
         "gan_mode": "adversarial loss: lsgan, bce or hinge",
         "tumour_weight": DS3NetOptions.HELP["tumour_weight"],
+        "pixel_loss": "the error the pixel loss averages: l1 (pix2pix) or l2 (squared error, whose minimiser is the "
+        "conditional mean that MSE and PSNR score); ours",
     }
+
+    def __post_init__(self) -> None:
+        DS3NetOptions(**dataclasses.asdict(self))  # the same ranges as the teacher's step these options build
 
 
 #: The recipe's method options type: its --flags, and the defaults a finished run's options are compared with.
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, DEFAULTS)
     add_method_arguments(parser, OPTIONS, DEFAULTS.method_options)
-    config = config_from_args(parser.parse_args(argv), DEFAULTS)
+    config = parse_recipe_args(parser, argv, DEFAULTS, OPTIONS)
     return run_recipe(Trainer(config, build, name="pix2pix"))
 
 

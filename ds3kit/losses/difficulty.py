@@ -132,6 +132,41 @@ def difficulty_weighted_mean(
     return weighted.sum() / count.clamp_min(torch.finfo(errors.dtype).tiny)
 
 
+#: The pixel losses :func:`difficulty_pixel` takes: absolute error (pix2pix's L1) or squared error.
+PIXEL_LOSSES: tuple[str, ...] = ("l1", "l2")
+
+
+def difficulty_pixel(
+    pred: Tensor,
+    target: Tensor,
+    difficulty: Tensor | None = None,
+    *,
+    loss: str = "l1",
+    mask: Tensor | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""The difficulty-weighted pixel loss with a choice of error: :math:`\mathrm{mean}(M \odot |\hat y - y|)`
+    (``loss="l1"``, :func:`difficulty_l1`) or :math:`\mathrm{mean}(M \odot (\hat y - y)^2)` (``"l2"``).
+
+    L1's minimiser is the conditional median, L2's the conditional mean, which is what MSE and PSNR score. Arguments
+    as :func:`difficulty_l1`.
+
+    Example:
+        >>> difficulty_pixel(torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 2.0), loss="l2")
+        tensor(4.)
+    """
+    if loss not in PIXEL_LOSSES:
+        raise ValueError(f"loss must be one of {PIXEL_LOSSES}, got {loss!r}")
+    if not isinstance(pred, Tensor) or not isinstance(target, Tensor):
+        raise ValueError(
+            f"pred and target must be torch.Tensors, got {type(pred).__name__} and {type(target).__name__}"
+        )
+    check_same_shape(pred, target, "pred", "target")
+    errors = pred - target
+    errors = errors.abs() if loss == "l1" else errors.square()
+    return difficulty_weighted_mean(errors, difficulty, mask=mask, reduction=reduction)
+
+
 def difficulty_l1(
     pred: Tensor,
     target: Tensor,
@@ -162,12 +197,7 @@ def difficulty_l1(
         >>> difficulty_l1(pred, target, torch.full((1, 1, 2, 2), 1.5))
         tensor(1.5000)
     """
-    if not isinstance(pred, Tensor) or not isinstance(target, Tensor):
-        raise ValueError(
-            f"pred and target must be torch.Tensors, got {type(pred).__name__} and {type(target).__name__}"
-        )
-    check_same_shape(pred, target, "pred", "target")
-    return difficulty_weighted_mean((pred - target).abs(), difficulty, mask=mask, reduction=reduction)
+    return difficulty_pixel(pred, target, difficulty, loss="l1", mask=mask, reduction=reduction)
 
 
 class DifficultyL1Loss(nn.Module):

@@ -40,7 +40,14 @@ from torch import Tensor, nn
 
 from ds3kit.augment import MRIAugmentation
 from ds3kit.distill import DualLevelDistillation
-from ds3kit.losses import PatchNCELoss, adversarial_loss, difficulty_beta, difficulty_l1, difficulty_map
+from ds3kit.losses import (
+    PIXEL_LOSSES,
+    PatchNCELoss,
+    adversarial_loss,
+    difficulty_beta,
+    difficulty_map,
+    difficulty_pixel,
+)
 from ds3kit.methods.base import Method, item
 from ds3kit.models import PatchDiscriminator
 from ds3kit.utils.flips import FLIPS, flip_mean
@@ -92,6 +99,25 @@ class DS3NetOptions:
     # WarpRange: rotation, zoom, shift, flip) that the teacher does not; the pseudo-target, the distilled features
     # and the unpaired labels are warped alike, so the student is taught the teacher's answer for its view; ours.
     student_warp: bool = False
+    # The error L_pid averages: "l1" (pix2pix, the paper) or "l2", whose minimiser is the conditional mean that MSE and
+    # PSNR score; ours. L_id, to the teacher's deterministic prediction, stays L1.
+    pixel_loss: str = "l1"
+
+    def __post_init__(self) -> None:
+        """Each option's own range, checked when the options are made (a recipe's command line, before any data is
+        read); what depends on the networks is checked by :class:`DS3Net`."""
+        for name in ("tumour_weight", "student_tumour_weight", *_LABEL_FACTORS):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, choices in (
+            ("pixel_loss", PIXEL_LOSSES),
+            ("tumour_levels_from", TUMOUR_LEVEL_SOURCES),
+            ("teacher_flips", tuple(FLIPS)),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.teacher_ema < 1.0:
+            raise ValueError(f"teacher_ema must be in [0, 1) (0: off), got {self.teacher_ema}")
 
     #: One line per option for the recipes' --help (docs/method.md has the discussion).
     HELP: ClassVar[dict[str, str]] = {
@@ -133,6 +159,8 @@ class DS3NetOptions:
         "student_warp": "consistency training: the student sees the unpaired batch through a random affine warp "
         "(rotation up to 20 degrees, zoom 0.85-1.15, shift, flip) the teacher does not, the pseudo-target, features "
         "and labels warped alike; ours",
+        "pixel_loss": "the error L_pid averages: l1 (pix2pix, the paper) or l2 (squared error, whose minimiser is the "
+        "conditional mean that MSE and PSNR score); ours",
     }
 
 
@@ -158,8 +186,6 @@ class PairedTeacher(Method):
         role: str = "teacher",
     ) -> None:
         super().__init__()
-        if not options.tumour_weight >= 0:
-            raise ValueError(f"tumour_weight must be >= 0, got {options.tumour_weight}")
         self.options = options
         self.total_steps = total_steps
         self.role = role
@@ -227,7 +253,9 @@ class PairedTeacher(Method):
         terms = {
             f"{self.role}/adv": o.lambda_adv * adversarial_loss(scores, True, mode=o.gan_mode),
             f"{self.role}/pixel": o.lambda_pixel
-            * difficulty_l1(prediction, target, tumour_weighted(difficulty, tumour_mask, o.tumour_weight)),
+            * difficulty_pixel(
+                prediction, target, tumour_weighted(difficulty, tumour_mask, o.tumour_weight), loss=o.pixel_loss
+            ),
         }
         if self.patch_nce is not None:
             terms[f"{self.role}/nce"] = o.lambda_nce * self.patch_nce(
@@ -287,19 +315,6 @@ class DS3Net(Method):
                 "the student has no loss term: enable feature or image distillation, the student's PatchNCE, "
                 "student_pixel or a non-zero lambda_student_adv"
             )
-        if not options.student_tumour_weight >= 0:
-            raise ValueError(f"student_tumour_weight must be >= 0, got {options.student_tumour_weight}")
-        for name in _LABEL_FACTORS:
-            if not getattr(options, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(options, name)}")
-        if options.tumour_levels_from not in TUMOUR_LEVEL_SOURCES:
-            raise ValueError(
-                f"tumour_levels_from must be one of {', '.join(TUMOUR_LEVEL_SOURCES)}, got {options.tumour_levels_from!r}"
-            )
-        if options.teacher_flips not in FLIPS:
-            raise ValueError(f"teacher_flips must be one of {', '.join(FLIPS)}, got {options.teacher_flips!r}")
-        if not 0.0 <= options.teacher_ema < 1.0:
-            raise ValueError(f"teacher_ema must be in [0, 1) (0: off), got {options.teacher_ema}")
         self.student = student
         self.student_discriminator = student_discriminator
         # D^S judges T1ce alone when it was built for one channel: the "other-subjects" setting.
@@ -524,7 +539,9 @@ class DS3Net(Method):
             paired_prediction = self.student(paired["inputs"])
             paired_map = self.difficulty(paired["inputs"], paired_prediction)
             paired_map = tumour_weighted(paired_map, paired.get("tumour_mask"), o.tumour_weight)
-            terms["student/pixel"] = o.lambda_pixel * difficulty_l1(paired_prediction, paired["target"], paired_map)
+            terms["student/pixel"] = o.lambda_pixel * difficulty_pixel(
+                paired_prediction, paired["target"], paired_map, loss=o.pixel_loss
+            )
         self.update("student_generator", terms)
         logs = {name: item(value) for name, value in terms.items()}
 

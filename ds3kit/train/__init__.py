@@ -2,7 +2,14 @@
 the final report."""
 
 from ds3kit.train.batches import StepBatches, prepare_batch
-from ds3kit.train.config import SMOKE_OVERRIDES, RunConfig, add_method_arguments, add_run_arguments, config_from_args
+from ds3kit.train.config import (
+    SMOKE_OVERRIDES,
+    RunConfig,
+    add_method_arguments,
+    add_run_arguments,
+    config_from_args,
+    parse_recipe_args,
+)
 from ds3kit.train.recipe import run_recipe
 from ds3kit.train.report import format_table, write_final_report
 from ds3kit.train.schedule import LinearDecay
@@ -17,6 +24,7 @@ __all__ = [
     "add_method_arguments",
     "add_run_arguments",
     "config_from_args",
+    "parse_recipe_args",
     "format_table",
     "prepare_batch",
     "run_recipe",

@@ -271,6 +271,23 @@ def config_from_args(args: argparse.Namespace, defaults: RunConfig | None = None
     )
 
 
+def parse_recipe_args(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    defaults: RunConfig,
+    options_type: type,
+) -> RunConfig:
+    """A recipe's command line as a :class:`RunConfig`, its method options checked by ``options_type``: a value out of
+    range is a usage error naming the flag's field (argparse's exit status 2), before any data is read."""
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args, defaults)
+        options_type(**config.method_options)
+    except ValueError as error:
+        parser.error(str(error))
+    return config
+
+
 _METHOD_PREFIX = "method__"
 
 

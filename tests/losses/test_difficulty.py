@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ds3kit.losses import DifficultyL1Loss, difficulty_beta, difficulty_l1, difficulty_map
+from ds3kit.losses import DifficultyL1Loss, difficulty_beta, difficulty_l1, difficulty_map, difficulty_pixel
 
 
 def scores(seed: int = 0, shape=(2, 1, 5, 7)) -> torch.Tensor:
@@ -109,6 +109,27 @@ def test_l1_hand_computation_with_map_and_mask():
     )
     none = difficulty_l1(pred, target, weight, mask=mask, reduction="none")
     torch.testing.assert_close(none, mask * weight * (pred - target).abs())
+
+
+def test_l2_hand_computation_with_map_and_mask():
+    pred, target, weight, mask = tensors(3)
+    rows = zip(pred.flatten().tolist(), target.flatten().tolist(), weight.flatten().tolist(), mask.flatten().tolist())
+    numerator = denominator = 0.0
+    for p, t, w, m in rows:
+        numerator += m * w * (p - t) ** 2
+        denominator += m
+    assert float(difficulty_pixel(pred, target, weight, loss="l2", mask=mask)) == pytest.approx(numerator / denominator)
+    none = difficulty_pixel(pred, target, weight, loss="l2", reduction="none")
+    torch.testing.assert_close(none, weight * (pred - target) ** 2)
+
+
+def test_pixel_l1_is_difficulty_l1_and_unknown_losses_are_named():
+    pred, target, weight, mask = tensors(4)
+    assert torch.equal(
+        difficulty_pixel(pred, target, weight, mask=mask), difficulty_l1(pred, target, weight, mask=mask)
+    )
+    with pytest.raises(ValueError, match="loss must be one of"):
+        difficulty_pixel(pred, target, loss="l3")
 
 
 def test_l1_map_broadcasts_over_channels_and_doubling_it_doubles_the_loss():

@@ -468,15 +468,15 @@ def test_tumour_weighted_scales_the_map_inside_the_tumour_only():
         make_method(tumour_weight=-2.0)
 
 
-@pytest.mark.parametrize("weight", [1.0, 4.0])
-def test_the_teachers_l_pid_counts_tumour_voxels_tumour_weight_times(weight, monkeypatch):
+@pytest.mark.parametrize(("weight", "loss"), [(1.0, "l1"), (4.0, "l1"), (3.0, "l2")])
+def test_the_teachers_l_pid_counts_tumour_voxels_tumour_weight_times(weight, loss, monkeypatch):
     from ds3kit.methods import PairedTeacher
 
     torch.manual_seed(0)
     teacher = PairedTeacher(
         build_generator("tiny"),
         build_discriminator("tiny"),
-        DS3NetOptions(use_difficulty=False, use_nce=False, lambda_adv=0.0, tumour_weight=weight),
+        DS3NetOptions(use_difficulty=False, use_nce=False, lambda_adv=0.0, tumour_weight=weight, pixel_loss=loss),
         total_steps=10,
         lr=1e-3,
         betas=(0.5, 0.999),
@@ -495,11 +495,27 @@ def test_the_teachers_l_pid_counts_tumour_voxels_tumour_weight_times(weight, mon
 
     monkeypatch.setattr(teacher.generator, "forward_with_features", recorded)
     logs = teacher.training_step(paired, None)
-    # Independent of the helper: float64 weights 1 outside the tumour and `weight` inside it, mean over every pixel.
-    error = (predictions[0].double() - paired["target"].double()).abs()
+    # Independent of the helper: float64 weights 1 outside the tumour and `weight` inside it, mean over every pixel of
+    # |e| (l1) or e * e (l2).
+    error = predictions[0].double() - paired["target"].double()
+    error = error.abs() if loss == "l1" else error * error
     weights = torch.where(tumour.bool(), weight, 1.0).double()
     expected = 100.0 * (weights * error).mean()
     assert logs["teacher/pixel"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_pixel_loss_names_its_choices():
+    from ds3kit.methods import PairedTeacher
+
+    with pytest.raises(ValueError, match="pixel_loss must be one of l1, l2, got 'huber'"):
+        PairedTeacher(
+            build_generator("tiny"),
+            build_discriminator("tiny"),
+            DS3NetOptions(pixel_loss="huber"),
+            total_steps=10,
+            lr=1e-3,
+            betas=(0.5, 0.999),
+        )
 
 
 @pytest.mark.parametrize("weight", [1.0, 3.0])

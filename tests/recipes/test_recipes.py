@@ -84,7 +84,7 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(
     import ds3kit.methods.ds3net as ds3net_module
 
     out = tmp_path / "run"
-    real = ds3net_module.difficulty_l1
+    real = ds3net_module.difficulty_pixel
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -92,7 +92,7 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(
         value = real(*args, **kwargs)
         return value * float("nan") if calls["n"] == 6 else value  # the teacher's 6th update = step index 5
 
-    monkeypatch.setattr(ds3net_module, "difficulty_l1", poisoned)
+    monkeypatch.setattr(ds3net_module, "difficulty_pixel", poisoned)
     assert smoke("ds3net", small_cohort, out, "--checkpoint-every", "4") == 1
     err = capsys.readouterr().err
     assert "non-finite loss at step 5: teacher/pixel" in err
@@ -103,6 +103,33 @@ def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(
 def test_bad_data_root_is_one_line_error(tmp_path, capsys):
     assert load_recipe("ds3net").main(["--smoke", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("recipe", "flags", "message"),
+    [
+        ("ds3net", ["--teacher-ema", "1.5"], "teacher_ema must be in [0, 1)"),
+        ("ds3net", ["--pixel-loss", "huber"], "pixel_loss must be one of l1, l2, got 'huber'"),
+        ("paired_only", ["--tumour-weight", "-1"], "tumour_weight must be >= 0, got -1.0"),
+        ("pix2pix", ["--pixel-loss", "l3"], "pixel_loss must be one of l1, l2, got 'l3'"),
+        ("ds3net", ["--unpaired-tumour-repeats", "-2"], "unpaired_tumour_repeats must be >= 0"),
+    ],
+)
+def test_an_option_out_of_range_is_a_usage_error_before_any_data_is_read(
+    recipe, flags, message, tmp_path, capsys, monkeypatch
+):
+    module = load_recipe(recipe)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the recipe built a trainer from a bad option")
+
+    monkeypatch.setattr(module, "Trainer", no_training)
+    with pytest.raises(SystemExit) as raised:
+        module.main(["--data", str(tmp_path / "never-read"), "--out", str(tmp_path / "r"), *flags])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert f"error: {message}" in error and "Traceback" not in error
+    assert not (tmp_path / "r").exists()
 
 
 def test_ds3net_on_a_cohort_without_labels_is_a_one_line_error_naming_the_way_out(small_cohort, tmp_path, capsys):
