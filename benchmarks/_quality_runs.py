@@ -274,6 +274,18 @@ ARMS = (
     ),
     Arm("DS3-Net 5% (L2 pixel loss)", "ds3net", 0.05, {"pixel_loss": "l2"}),
     Arm("pix2pix 100% (L2 pixel loss)", "pix2pix", 1.0, {"pixel_loss": "l2"}),
+    # The weights that ship as the mean of the weights at the validation checks in the learning-rate decay
+    # (`--select average`, nineteenth session) instead of the single best-validation step, which four validation
+    # subjects pick noisily. The training is the default arm's draw for draw; only what ships differs.
+    Arm(
+        "paired-only 5% (weight average)",
+        "paired_only",
+        0.05,
+        run={"select": "average"},
+        read_from=("teacher", "DS3-Net 5% (weight average)"),
+    ),
+    Arm("DS3-Net 5% (weight average)", "ds3net", 0.05, run={"select": "average"}),
+    Arm("pix2pix 100% (weight average)", "pix2pix", 1.0, run={"select": "average"}),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised

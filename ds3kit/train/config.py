@@ -11,7 +11,7 @@ from typing import Any
 from ds3kit.models.encoders import check_encoder_size
 from ds3kit.utils.flips import FLIPS
 
-SELECTIONS = ("best-val", "last")
+SELECTIONS = ("best-val", "last", "average")
 #: The data settings of the unpaired pool: inputs only (the paper), or also real T1ce of other unpaired subjects.
 UNPAIRED_T1CE = ("none", "other-subjects")
 
@@ -75,7 +75,9 @@ class RunConfig:
     unpaired_tumour_repeats: int = 0  # the same for the unpaired stream (DS3-Net's student); 0: every slice once
     unpaired_t1ce: str = "none"  # "other-subjects": half the unpaired subjects lend real T1ce, the others inputs
     val_every: int = 100
-    select: str = "best-val"  # which step's weights ship: "best-val" (validation brain PSNR) or "last"
+    # Which weights ship: "best-val" (the step of best validation brain PSNR), "last", or "average" (the uniform average
+    # of the weights at every validation check in the learning-rate decay, where the network has trained).
+    select: str = "best-val"
     log_every: int = 10
     checkpoint_every: int = 250
     stop_after_steps: int | None = None
@@ -215,7 +217,12 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
         "unpaired subjects' seg; 0: every slice once)",
     ),
     "val_every": ("--val-every", int, "validate every N steps"),
-    "select": ("--select", str, "weights that ship: 'best-val' (best validation brain PSNR) or 'last'"),
+    "select": (
+        "--select",
+        str,
+        "weights that ship: 'best-val' (best validation brain PSNR), 'last', or 'average' (the mean of the weights at "
+        "every validation check in the learning-rate decay)",
+    ),
     "checkpoint_every": ("--checkpoint-every", int, "write a resumable checkpoint every N steps"),
     "stop_after_steps": ("--stop-after-steps", int, "stop cleanly after N steps, leaving a resumable run"),
     "phantom_cases": ("--phantom-cases", int, "subjects in the phantom cohort"),

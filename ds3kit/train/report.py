@@ -44,11 +44,14 @@ def write_final_report(
     run_dir: Path,
     total: int,
     precision: str | None = None,
+    average: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every generator of ``method`` on the test subjects and write what a run leaves behind.
 
     With ``config.select == "best-val"`` each generator first takes its weights from ``best`` (role -> ``{"step",
-    "state", ...}``, the trainer's best validation so far). Then, in ``run_dir``: one generator checkpoint per role
+    "state", ...}``, the trainer's best validation so far); with ``"average"`` from ``average`` (role -> ``{"steps",
+    "state"}``, the mean of its weights at those validation checks; its discriminator stays the last step's, and
+    ``report["averaged_steps"]`` lists the steps). Then, in ``run_dir``: one generator checkpoint per role
     (``checkpoints/<role>.pt``), the test predictions (``predictions/<role>/<case>_t1ce.nii.gz``, with Dice when
     ``config.segmenter`` is given), ``metrics.json`` (every model and the baselines and ceilings, per subject, mean
     and std), the PNG panels of the shipped model and the learning curves. Returns the report (``metrics.json``).
@@ -84,6 +87,9 @@ def write_final_report(
         from ds3kit.segment import dice_by_subject, reference_t1ce, session_dice  # MONAI: only when asked
     evaluations: dict[str, Evaluation] = {}
     report["selected_step"] = {}
+    averaged = dict(average or {}) if cfg.select == "average" else {}
+    if averaged:
+        report["averaged_steps"] = {role: list(entry["steps"]) for role, entry in averaged.items()}
     for role, generator in method.generators().items():
         judge = method.discriminators().get(role)
         if cfg.select == "best-val" and role in best:
@@ -93,6 +99,11 @@ def write_final_report(
             if judge is not None and "discriminator_state" in best[role]:
                 judge.load_state_dict(best[role]["discriminator_state"])
         report["selected_step"][role] = best[role]["step"] if cfg.select == "best-val" and role in best else total
+        if role in averaged:
+            # The mean of the weights the decay passed through; the discriminator that trained against the last of
+            # them judges the average (the reliability map's).
+            generator.load_state_dict(averaged[role]["state"])
+            report["selected_step"][role] = averaged[role]["steps"][-1]
         # The discriminator that judged this generator ships with it: `ds3kit synthesize --difficulty` draws the
         # reliability map from it (docs/metrics.md).
         save_generator(

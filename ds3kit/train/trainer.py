@@ -130,6 +130,10 @@ class Trainer:
         self.on_validation = on_validation
         # role -> {"step", SELECTION_METRIC, "state"}: each generator at its best validation score so far.
         self.best: dict[str, dict[str, Any]] = {}
+        # role -> {"steps", "state"}: with ``select == "average"``, the running mean of each generator's weights over
+        # the validation checks from ``average_from`` on (the learning-rate decay's first step, set by fit()).
+        self.average: dict[str, dict[str, Any]] = {}
+        self.average_from = 0
         # What fit() sets up for the run: the device (``config.device`` resolved, then this rank's GPU), the process
         # group, the run's logger (rank 0 writes) and the preprocessed cache. Until then: one CPU process, no logs.
         self.device = torch.device("cpu")
@@ -292,6 +296,7 @@ class Trainer:
             for module in {*method.generators().values(), *method.discriminators().values()}:
                 module.compile()
         schedule = LinearDecay(total, cfg.lr_decay_fraction)
+        self.average_from = schedule.decay_start
         augment = training_augmentation(cfg, self.device)
 
         stop_at = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
@@ -399,6 +404,7 @@ class Trainer:
             "schedule": schedule.state_dict(),
             "rng": capture_rng_state(),
             "best": self.best,
+            "average": self.average,
         }
         save_checkpoint(path, payload, kind=TRAINING_FORMAT)
 
@@ -435,6 +441,7 @@ class Trainer:
         except ValueError as error:
             raise InputError(f"{path}: {error}") from None
         self.best = dict(payload.get("best", {}))
+        self.average = dict(payload.get("average", {}))
         if self.context.is_main:
             restore_rng_state(payload["rng"])
         else:
@@ -467,6 +474,8 @@ class Trainer:
                 judge = method.discriminators().get(role)
                 if judge is not None:  # shipped with its generator, for the reliability map: the same step's
                     self.best[role]["discriminator_state"] = _cpu_state(judge)
+            if self.config.select == "average" and selectable and step >= self.average_from:
+                self.average[role] = _running_mean(self.average.get(role), step, generator)
             if role == method.shipped_generator() and self.on_validation is not None:
                 self.on_validation(step, result.mean)
         method.train()
@@ -491,6 +500,7 @@ class Trainer:
             cache=self.cache,
             split=split,
             best=self.best,
+            average=self.average,
             device=self.device,
             run_dir=run_dir,
             total=total,
@@ -508,6 +518,23 @@ def stream_tumour_repeats(config: RunConfig, stream: str, method: type[Method]) 
     if method.target_domain_only:
         return 0
     return {"paired": config.tumour_repeats, "unpaired": config.unpaired_tumour_repeats}.get(stream, 0)
+
+
+def _running_mean(average: dict[str, Any] | None, step: int, module: torch.nn.Module) -> dict[str, Any]:
+    """``average`` (``{"steps", "state"}`` or None) with ``module``'s weights at ``step`` added to its uniform mean.
+    Floating-point tensors are averaged in float64 and stored in their own dtype; the others (counters) are the
+    latest value."""
+    current = _cpu_state(module)
+    if average is None:
+        return {"steps": [step], "state": current}
+    count = len(average["steps"]) + 1
+    state = {}
+    for name, value in current.items():
+        before = average["state"][name]
+        if value.is_floating_point():
+            value = (before.double() + (value.double() - before.double()) / count).to(value.dtype)
+        state[name] = value
+    return {"steps": [*average["steps"], step], "state": state}
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

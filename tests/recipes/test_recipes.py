@@ -105,6 +105,33 @@ def test_bad_data_root_is_one_line_error(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
+def test_select_average_ships_the_mean_of_the_weights_over_the_decays_validation_checks(
+    small_cohort, tmp_path, monkeypatch
+):
+    import ds3kit.train.trainer as trainer_module
+    from ds3kit.checkpoint import GENERATOR_FORMAT, load_checkpoint
+
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    real = trainer_module._running_mean
+
+    def recorded(average, step, module):
+        states[step] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        return real(average, step, module)
+
+    monkeypatch.setattr(trainer_module, "_running_mean", recorded)
+    out = tmp_path / "run"
+    # 8 steps, validation every 2, the decay over the last half: the checks at steps 4, 6 and 8 are averaged.
+    assert smoke("paired_only", small_cohort, out, "--select", "average", "--val-every", "2") == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["averaged_steps"] == {"teacher": [4, 6, 8]} and sorted(states) == [4, 6, 8]
+    assert report["selected_step"]["teacher"] == 8
+    shipped = load_checkpoint(out / "checkpoints" / "teacher.pt", kind=GENERATOR_FORMAT)["state_dict"]
+    for name, value in shipped.items():
+        if value.is_floating_point():
+            expected = torch.stack([states[step][name].double() for step in (4, 6, 8)]).mean(0)
+            torch.testing.assert_close(value.double(), expected, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("recipe", "flags", "message"),
     [

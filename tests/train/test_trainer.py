@@ -394,3 +394,26 @@ def test_training_autocast_uses_bf16_on_cuda_and_on_cpus_with_native_bf16(monkey
     cuda = trainer.training_autocast(torch.device("cuda"), amp=True)
     assert isinstance(cuda, torch.autocast) and cuda.fast_dtype == torch.bfloat16 and cuda.device == "cuda"
     assert not isinstance(trainer.training_autocast(torch.device("cuda"), amp=False), torch.autocast)
+
+
+def test_running_mean_is_the_uniform_mean_of_the_weights_and_keeps_the_latest_counter():
+    from ds3kit.train.trainer import _running_mean
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
+    seen, average = [], None
+    for step in (600, 700, 800, 900):
+        with torch.no_grad():
+            for param in module.parameters():
+                param.add_(torch.randn_like(param))
+        module[1].num_batches_tracked += step
+        seen.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+        average = _running_mean(average, step, module)
+    assert average["steps"] == [600, 700, 800, 900]
+    for name, value in average["state"].items():
+        if value.is_floating_point():
+            expected = torch.stack([state[name].double() for state in seen]).mean(0)
+            torch.testing.assert_close(value.double(), expected, rtol=0, atol=1e-6)
+            assert value.dtype == seen[-1][name].dtype
+        else:
+            assert torch.equal(value, seen[-1][name])
