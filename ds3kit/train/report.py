@@ -158,6 +158,15 @@ def write_final_report(
             evaluation.subjects[case_id].update(scores)
         evaluations[role] = evaluation
         report["models"][role] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": evaluation.subjects}
+        if role in averaged and role in best:
+            # What best-validation selection would have shipped from the same training, on the same subjects (image
+            # metrics only), so one run compares the two selections; the average is put back for what follows.
+            generator.load_state_dict(best[role]["state"])
+            alternative = evaluate_generator(
+                generator, sessions, device=device, batch_size=cfg.eval_batch_size, flips=cfg.test_flips
+            )
+            generator.load_state_dict(averaged[role]["state"])
+            report.setdefault("best_val", {})[role] = {"step": best[role]["step"], "mean": alternative.mean}
         if reliability:
             # Does the map earn its place: its correlation with |error| on the test voxels, beside a constant map's
             # (0 by definition) and the non-learned edge map's (docs/metrics.md, "Reliability map").

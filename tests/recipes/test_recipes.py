@@ -125,6 +125,9 @@ def test_select_average_ships_the_mean_of_the_weights_over_the_decays_validation
     report = json.loads((out / "metrics.json").read_text())
     assert report["averaged_steps"] == {"teacher": [4, 6, 8]} and sorted(states) == [4, 6, 8]
     assert report["selected_step"]["teacher"] == 8
+    # The best-validation weights of the same training, scored beside the average.
+    assert report["best_val"]["teacher"]["step"] in (2, 4, 6, 8)
+    assert set(report["best_val"]["teacher"]["mean"]) >= {"brain_psnr", "tumour_psnr", "brain_ssim"}
     shipped = load_checkpoint(out / "checkpoints" / "teacher.pt", kind=GENERATOR_FORMAT)["state_dict"]
     for name, value in shipped.items():
         if value.is_floating_point():
