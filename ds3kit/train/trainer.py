@@ -296,7 +296,6 @@ class Trainer:
             for module in {*method.generators().values(), *method.discriminators().values()}:
                 module.compile()
         schedule = LinearDecay(total, cfg.lr_decay_fraction)
-        self.average_from = schedule.decay_start
         augment = training_augmentation(cfg, self.device)
 
         stop_at = total if cfg.stop_after_steps is None else min(total, cfg.stop_after_steps)
@@ -305,6 +304,8 @@ class Trainer:
             start = self._restore(last, method, schedule)
         else:
             torch.manual_seed(cfg.seed + 7919 * ctx.rank)
+        # --select average: the checks in the decay (a resumed run's, restored above, even if the flag changed since).
+        self.average_from = schedule.decay_start
         if paired is not None and not method.target_domain_only:
             # Whole-subject statistics come from the stored volumes, before any augmentation; every rank reads the
             # same subjects, so every rank holds the same values without a collective.

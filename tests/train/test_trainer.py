@@ -417,3 +417,20 @@ def test_running_mean_is_the_uniform_mean_of_the_weights_and_keeps_the_latest_co
             assert value.dtype == seen[-1][name].dtype
         else:
             assert torch.equal(value, seen[-1][name])
+
+
+def test_the_weight_average_resumes_from_the_training_checkpoint(tmp_path):
+    from ds3kit.train import Trainer
+    from ds3kit.train.trainer import _running_mean
+
+    config = RunConfig(out=str(tmp_path), steps=20, select="average")
+    trainer = Trainer(config, _build, name="tiny")
+    method = _Tiny()
+    trainer.average = {"generator": _running_mean(_running_mean(None, 10, method.generator), 12, method.generator)}
+    path = tmp_path / "last.pt"
+    trainer._save(path, 12, method, LinearDecay(total=20, fraction=0.5))
+    resumed = Trainer(config, _build, name="tiny")
+    assert resumed._restore(path, _Tiny(), LinearDecay(total=20, fraction=0.5)) == 12
+    assert resumed.average["generator"]["steps"] == [10, 12]
+    for name, value in trainer.average["generator"]["state"].items():
+        assert torch.equal(resumed.average["generator"]["state"][name], value)
