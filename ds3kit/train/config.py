@@ -109,6 +109,9 @@ class RunConfig:
         for name in ("tumour_repeats", "unpaired_tumour_repeats"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0 (0: every slice once), got {getattr(self, name)}")
+        if not self.seed >= 0:
+            # numpy's generators, which split the cohort, take non-negative seeds only.
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.generator_output not in ("residual", "sigmoid"):
             raise ValueError(f"generator_output must be 'residual' or 'sigmoid', got {self.generator_output!r}")
         # The encoders' own rule, checked before the cohort is read rather than after.

@@ -143,6 +143,7 @@ def test_select_average_ships_the_mean_of_the_weights_over_the_decays_validation
         ("paired_only", ["--tumour-weight", "-1"], "tumour_weight must be >= 0, got -1.0"),
         ("pix2pix", ["--pixel-loss", "l3"], "pixel_loss must be one of l1, l2, got 'l3'"),
         ("ds3net", ["--unpaired-tumour-repeats", "-2"], "unpaired_tumour_repeats must be >= 0"),
+        ("cut", ["--seed", "-1"], "seed must be >= 0, got -1"),
     ],
 )
 def test_an_option_out_of_range_is_a_usage_error_before_any_data_is_read(
