@@ -41,8 +41,7 @@ class Pix2PixOptions:
         "lambda_pixel": "weight of the pixel loss to the real T1ce",
         "gan_mode": "adversarial loss: lsgan, bce or hinge",
         "tumour_weight": DS3NetOptions.HELP["tumour_weight"],
-        "pixel_loss": "the error the pixel loss averages: l1 (pix2pix) or l2 (squared error, whose minimiser is the "
-        "conditional mean that MSE and PSNR score); ours",
+        "pixel_loss": DS3NetOptions.HELP["pixel_loss"],
     }
 
     def __post_init__(self) -> None:
