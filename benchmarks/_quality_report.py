@@ -44,8 +44,9 @@ def diagnostics_table(diagnostics: list[dict[str, dict[str, float]]]) -> str:
 
 
 def selection_table(selection: dict[str, list[dict[str, dict[str, Any]]]]) -> str:
-    """Markdown: per arm and generator, test PSNR at the shipped (best-validation) step and at the last step, and
-    their difference paired by seed (mean ± std over the seeds the arm finished)."""
+    """Markdown: per arm and generator, test PSNR at the shipped (best-validation) step and at the last step, both
+    before the intensity calibration, and their difference paired by seed (mean ± std over the seeds the arm
+    finished)."""
     lines = [
         "| arm | model | seeds | shipped step (median) | shipped: brain / tumour PSNR | last step: brain / tumour PSNR "
         "| shipped - last: brain / tumour |",
@@ -150,7 +151,8 @@ has to help; a student below the teacher on its own unpaired subjects is not yet
 
 Every run validates every 100 steps on its validation subjects (brain PSNR) and ships the best step's weights
 (`--select best-val`). Here each generator at that step and at the run's last step (what `--select last` would have
-shipped), on the test subjects; the last column, paired by seed, is what the selection gained. With a few
+shipped), on the test subjects, both before the intensity calibration that is fitted afterwards (so the
+difference is the step's alone); the last column, paired by seed, is what the selection gained. With a few
 validation subjects the choice is itself noisy: a gain near zero, or one of either sign across seeds, says so.
 
 {selection_table(selection) if selection else "(no finished runs)"}

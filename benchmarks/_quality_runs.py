@@ -449,7 +449,8 @@ def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
     """What the step selection chose: each generator of a finished run at the step that shipped (best validation)
     and at the run's last step (``checkpoints/last.pt``, what ``--select last`` would ship), on the test subjects.
 
-    Returns ``{role: {"selected_step", "last_step", "selected": means, "last": means}}``, cached in the run
+    Both are scored before any intensity calibration (``metrics.json["uncalibrated"]``), so the difference is the
+    step's alone. Returns ``{role: {"selected_step", "last_step", "selected": means, "last": means}}``, cached in the run
     directory as ``last_step.json``. The network is rebuilt by the arm's recipe from the run's own configuration.
     """
     from ds3kit.checkpoint import TRAINING_FORMAT, load_checkpoint
@@ -482,7 +483,8 @@ def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
         result[role] = {
             "selected_step": report["selected_step"].get(role),
             "last_step": payload["step"],
-            "selected": report["models"][role]["mean"],
+            # Both steps as the network gives them: the calibration fitted after training is not a choice of step.
+            "selected": report.get("uncalibrated", {}).get(role, report["models"][role])["mean"],
             "last": evaluate_generator(generator.to(device).eval(), tests, device=device, flips=flips).mean,
         }
     atomic_write_text(cache, json.dumps({"test_flips": flips, "result": result}, indent=2))
@@ -559,6 +561,7 @@ def run_dice(
         "segmenter": str(segmenter),
         "without_t1ce": None if without_t1ce is None else str(without_t1ce),
         "test_flips": report.get("test_flips", "none"),  # the predictions the Dice was taken of
+        "calibration": report.get("calibration", {}).get(shipped),  # and their intensity calibration
     }
     if cache.exists():
         cached = json.loads(cache.read_text())

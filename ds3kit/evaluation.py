@@ -41,6 +41,22 @@ class Evaluation:
         }
 
 
+def session_metrics(session: Session, prediction: np.ndarray) -> dict[str, float]:
+    """One subject's metrics of :func:`~ds3kit.metrics.region_metrics`: the whole image, the brain, and the tumour
+    (segmentation > 0) when the subject has one, of ``prediction`` (X, Y, Z) against the session's real T1ce."""
+    if session.target is None:
+        raise ValueError(f"{session.case_id}: evaluation needs the real T1ce, the session has none")
+    if prediction.shape != session.shape:
+        raise ValueError(f"{session.case_id}: prediction must be {session.shape}, got {prediction.shape}")
+    tumour = None if session.seg is None else torch.from_numpy(session.seg > 0)[None, None]
+    return region_metrics(
+        torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32))[None, None],
+        torch.from_numpy(session.target)[None, None],
+        brain_mask=torch.from_numpy(session.brain_mask)[None, None],
+        tumour_mask=tumour if tumour is not None and bool(tumour.any()) else None,
+    )
+
+
 def evaluate_generator(
     generator: nn.Module,
     sessions: Sequence[Session],
@@ -85,16 +101,7 @@ def evaluate_predictor(
         if session.target is None:
             raise ValueError(f"{session.case_id}: evaluation needs the real T1ce, the session has none")
         prediction = predict(session)
-        if prediction.shape != session.shape:
-            raise ValueError(f"{session.case_id}: prediction must be {session.shape}, got {prediction.shape}")
-        tumour = None if session.seg is None else torch.from_numpy(session.seg > 0)[None, None]
-        metrics = region_metrics(
-            torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32))[None, None],
-            torch.from_numpy(session.target)[None, None],
-            brain_mask=torch.from_numpy(session.brain_mask)[None, None],
-            tumour_mask=tumour if tumour is not None and bool(tumour.any()) else None,
-        )
-        result.subjects[session.case_id] = metrics
+        result.subjects[session.case_id] = session_metrics(session, prediction)
         if on_prediction is not None:
             on_prediction(session, prediction)
         if keep_predictions:

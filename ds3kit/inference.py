@@ -1,6 +1,9 @@
-"""Synthesis with a trained generator: load it from a checkpoint, run it over the axial slices of a volume."""
+"""Synthesis with a trained generator: load it from a checkpoint, run it over the axial slices of a volume, calibrate
+its intensities on subjects it never trained on."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -8,7 +11,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ds3kit.checkpoint import load_generator, save_generator  # noqa: F401  (re-exported: the synthesis API)
+from ds3kit.data import Session
 from ds3kit.models import Generator, for_inference
+from ds3kit.models.calibration import MIN_BIN_VOXELS, CalibrationFit, IntensityCalibration
 from ds3kit.utils.flips import FLIPS, flip_mean  # noqa: F401  (FLIPS re-exported: the synthesis API)
 
 # A CPU forward pass is fastest when one batch holds about one 240 x 240 slice: its activations then stay in the
@@ -40,6 +45,7 @@ def synthesize_volume(
     progress: bool = False,
     channels_last: bool = True,
     flips: str = "none",
+    calibrate: bool = True,
 ) -> np.ndarray:
     """Synthesize T1ce for every axial slice of a normalised session.
 
@@ -55,6 +61,9 @@ def synthesize_volume(
         channels_last: run the convolutions in channels_last (NHWC) memory format.
         flips: test-time flip averaging, a key of :data:`FLIPS`: the mean of the predictions on the flipped slices,
             each flipped back (``"all"``: four passes per slice). Every pass is clamped to [0, 1] before the mean.
+        calibrate: apply the generator's intensity calibration (:class:`~ds3kit.models.IntensityCalibration`, the
+            identity unless fitted by :func:`calibrate_generator`) to the finished synthesis, inside ``brain_mask``
+            when given; False: the network's output as it is.
 
     Returns:
         (X, Y, Z) float32 synthesized T1ce in the normalised [0, 1] scale.
@@ -91,4 +100,44 @@ def synthesize_volume(
             output[..., index] = np.moveaxis(prediction[:, 0].cpu().numpy(), 0, -1)
     if brain_mask is not None:
         output[~brain_mask] = 0.0
+    calibration = getattr(generator, "calibration", None)
+    if calibrate and isinstance(calibration, IntensityCalibration) and calibration.fitted:
+        output = calibration.apply(output, brain_mask)
     return output
+
+
+def calibrate_generator(
+    generator: Generator,
+    sessions: Iterable[Session],
+    *,
+    flips: str = "none",
+    device: str | torch.device = "cpu",
+    batch_size: int | None = None,
+    min_voxels: int = MIN_BIN_VOXELS,
+) -> CalibrationFit:
+    """Fit ``generator.calibration`` on subjects it never trained on (a run's validation subjects); returns the fit.
+
+    Each session (with its real T1ce) is synthesized with ``flips``, the test-time flips the calibration will be
+    applied after, uncalibrated, and its brain voxels are counted (:class:`~ds3kit.models.CalibrationFit`); sessions
+    stream one at a time. The calibration is reset first, so a refit never stacks on an earlier one; with too few
+    voxels (fewer than two bins of ``min_voxels``) it stays the identity.
+    """
+    generator.calibration.reset()
+    fit = CalibrationFit(generator.calibration.source.numel())
+    for session in sessions:
+        if session.target is None:
+            raise ValueError(f"{session.case_id}: calibration needs the real T1ce, the session has none")
+        prediction = synthesize_volume(
+            generator,
+            session.inputs,
+            brain_mask=session.brain_mask,
+            batch_size=batch_size,
+            device=device,
+            flips=flips,
+            calibrate=False,
+        )
+        fit.add(prediction, session.target, session.brain_mask)
+    knots = fit.knots(min_voxels)
+    if knots is not None:
+        generator.calibration.set_knots(*knots)
+    return fit

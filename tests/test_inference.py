@@ -131,3 +131,53 @@ def test_synthesis_without_a_batch_size_uses_the_device_default(shape, expected)
     module = CountingModule()
     synthesize_volume(module, inputs)
     assert module.batches == expected
+
+
+def test_a_fitted_calibration_maps_the_finished_synthesis_inside_the_brain_and_survives_a_checkpoint(tmp_path):
+    from ds3kit.checkpoint import load_generator, save_generator
+
+    torch.manual_seed(0)
+    generator = Generator(base_channels=4, fusion_blocks=1)
+    inputs, mask = volume()
+    raw = synthesize_volume(generator, inputs, brain_mask=mask, flips="lr")
+    source = np.linspace(0.0, 1.0, generator.calibration.source.numel())
+    generator.calibration.set_knots(source, np.clip(1.5 * source - 0.2, 0.0, None).cumsum() / 40 + 0.1)
+    expected = raw.copy()
+    expected[mask] = generator.calibration(torch.from_numpy(raw[mask])).numpy()  # after the flips, not per pass
+    np.testing.assert_allclose(synthesize_volume(generator, inputs, brain_mask=mask, flips="lr"), expected, atol=1e-6)
+    np.testing.assert_array_equal(
+        synthesize_volume(generator, inputs, brain_mask=mask, flips="lr", calibrate=False), raw
+    )
+    assert (expected[~mask] == 0).all()
+    save_generator(tmp_path / "g.pt", generator)
+    loaded, _ = load_generator(tmp_path / "g.pt")  # weights_only=True
+    torch.testing.assert_close(loaded.calibration.target, generator.calibration.target, rtol=0, atol=0)
+    np.testing.assert_allclose(synthesize_volume(loaded, inputs, brain_mask=mask, flips="lr"), expected, atol=1e-6)
+
+
+def test_calibrate_generator_fits_on_the_uncalibrated_synthesis_and_a_refit_does_not_stack():
+    from types import SimpleNamespace
+
+    from ds3kit.inference import calibrate_generator
+    from ds3kit.models import CalibrationFit
+
+    torch.manual_seed(0)
+    generator = Generator(base_channels=4, fusion_blocks=1)
+    sessions = []
+    for seed in range(3):
+        inputs, mask = volume(shape=(24, 22, 9), seed=seed)
+        target = np.clip(inputs[0] ** 2 + 0.1, 0, 1).astype(np.float32)
+        sessions.append(SimpleNamespace(case_id=f"s{seed}", inputs=inputs, brain_mask=mask, target=target))
+    by_hand = CalibrationFit()
+    for s in sessions:
+        prediction = synthesize_volume(generator, s.inputs, brain_mask=s.brain_mask, flips="all", calibrate=False)
+        by_hand.add(prediction, s.target, s.brain_mask)
+    fit = calibrate_generator(generator, sessions, flips="all", min_voxels=20)
+    source, target = by_hand.knots(20)
+    assert fit.voxels == by_hand.voxels == sum(int(s.brain_mask.sum()) for s in sessions)
+    torch.testing.assert_close(generator.calibration.source, torch.from_numpy(source).float())
+    torch.testing.assert_close(generator.calibration.target, torch.from_numpy(target).float())
+    calibrate_generator(generator, sessions, flips="all", min_voxels=20)  # fitted on the raw synthesis again
+    torch.testing.assert_close(generator.calibration.target, torch.from_numpy(target).float())
+    with pytest.raises(ValueError, match="s9: calibration needs the real T1ce"):
+        calibrate_generator(generator, [SimpleNamespace(case_id="s9", target=None)])

@@ -44,6 +44,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(the four in-plane flips, four passes per slice, what the recipes' test scores use), 'lr' (left-right "
         "only) or 'none' (one pass) (default: all)",
     )
+    parser.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="write the network's output as it is, without the intensity calibration the checkpoint carries "
+        "(fitted on its run's validation subjects; docs/models.md, 'Intensity calibration')",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: CUDA when present)")
     parser.add_argument(
         "--batch-size",
@@ -90,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
                 "(the checkpoint predates ds3kit storing one, or its run was not trained with one); nothing written"
             )
         gan_mode = discriminator_gan_mode(args.checkpoint)
+    fitted_with = (metadata.get("calibration") or {}).get("flips")
+    if args.calibrate and generator.calibration.fitted and fitted_with not in (None, args.flips):
+        print(
+            f"note: {args.checkpoint}'s intensity calibration was fitted after --flips {fitted_with}, and this "
+            f"synthesis runs --flips {args.flips}",
+            file=sys.stderr,
+        )
     session = load_session(args.t1, args.t2, args.flair, mask=args.mask)
     prediction = synthesize_volume(
         generator,
@@ -99,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         progress=args.progress,
         flips=args.flips,
+        calibrate=args.calibrate,
     )
     reliability = None
     if discriminator is not None:

@@ -1,5 +1,7 @@
-"""Networks: the DS3-Net generator (built-in or timm modality encoders), its inference copy, the PatchGAN discriminator."""
+"""Networks: the DS3-Net generator (built-in or timm modality encoders), its inference copy, its intensity calibration,
+the PatchGAN discriminator."""
 
+from ds3kit.models.calibration import CalibrationFit, IntensityCalibration
 from ds3kit.models.discriminator import DISCRIMINATOR_PRESETS, PatchDiscriminator, build_discriminator
 from ds3kit.models.encoders import BuiltinEncoder, TimmEncoder, build_encoder
 from ds3kit.models.fusion import for_inference
@@ -9,8 +11,10 @@ __all__ = [
     "DISCRIMINATOR_PRESETS",
     "GENERATOR_PRESETS",
     "BuiltinEncoder",
+    "CalibrationFit",
     "FusionBlock",
     "Generator",
+    "IntensityCalibration",
     "PatchDiscriminator",
     "TimmEncoder",
     "build_discriminator",

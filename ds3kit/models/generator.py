@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ds3kit.models.calibration import IntensityCalibration
 from ds3kit.models.encoders import NORMS, build_encoder, conv_block, make_norm
 from ds3kit.utils.checks import check_ndim
 
@@ -175,6 +176,9 @@ class Generator(nn.Module):
 
         self.feature_channels: list[int] = [*skip_channels, skip_channels[-1]]
         self.feature_reductions: list[int] = [*reductions, reductions[-1]]
+        # Fitted after training on the validation subjects, applied to the finished synthesis only
+        # (ds3kit.inference.synthesize_volume), never in forward: training does not see it (docs/models.md).
+        self.calibration = IntensityCalibration()
 
     # -- public API -------------------------------------------------------------------------------------------------
 

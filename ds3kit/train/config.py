@@ -93,6 +93,8 @@ class RunConfig:
     # Test-time flip averaging of the final test evaluation and its predictions (ds3kit.utils.flips.FLIPS); validation,
     # which picks the step that ships, scores single passes.
     test_flips: str = "all"
+    # Fit each shipped generator's intensity calibration on the validation subjects (docs/models.md).
+    calibrate: bool = True
     max_test_subjects: int | None = None
     segmenter: str | None = None  # a recipes/segmenter.py checkpoint: adds ET/TC/WT Dice to the final report
     num_threads: int | None = None
@@ -258,6 +260,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: RunConfig | Non
     parser.add_argument(
         "--no-amp", dest="amp", action="store_false", help="no bf16 autocast (on CUDA, and on CPUs with native bf16)"
     )
+    parser.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="ship the networks' output as it is: no intensity calibration fitted on the validation subjects",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--smoke", action="store_true", help="tiny configuration for CI (8 steps, small phantom)")
 
@@ -276,6 +284,7 @@ def config_from_args(args: argparse.Namespace, defaults: RunConfig | None = None
         resume=args.resume,
         compile=args.compile,
         amp=args.amp,
+        calibrate=args.calibrate,
         progress=args.progress,
         method_options={**config.method_options, **_method_options(args)},
     )

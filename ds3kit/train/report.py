@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,10 @@ import torch
 from ds3kit.baselines import COPY_T1, LINEAR, ceiling_predictors, reference_predictors
 from ds3kit.checkpoint import save_generator
 from ds3kit.data import CachedSessions, CohortSplit, PreprocessResult, Session, save_volume
-from ds3kit.evaluation import Evaluation, evaluate_generator, evaluate_predictor
+from ds3kit.evaluation import Evaluation, evaluate_generator, evaluate_predictor, session_metrics
+from ds3kit.inference import calibrate_generator, synthesize_volume
 from ds3kit.methods.base import Method
+from ds3kit.models.calibration import IntensityCalibration
 from ds3kit.reliability import edge_map, error_correlation, reliability_volume
 from ds3kit.train.config import RunConfig
 from ds3kit.train.figures import save_learning_curves, save_panel
@@ -87,6 +89,9 @@ def write_final_report(
         from ds3kit.segment import dice_by_subject, reference_t1ce, session_dice  # MONAI: only when asked
     evaluations: dict[str, Evaluation] = {}
     report["selected_step"] = {}
+    # The validation subjects, which chose the step, also fit each shipped generator's intensity calibration.
+    val_sessions = CachedSessions(cache.select(split.val)) if cfg.calibrate and split.val else None
+    report["calibration"] = {}
     averaged = dict(average or {}) if cfg.select == "average" else {}
     if averaged:
         report["averaged_steps"] = {role: list(entry["steps"]) for role, entry in averaged.items()}
@@ -104,6 +109,9 @@ def write_final_report(
             # them judges the average (the reliability map's).
             generator.load_state_dict(averaged[role]["state"])
             report["selected_step"][role] = averaged[role]["steps"][-1]
+        calibration = _calibrate(generator, cfg, val_sessions, device)
+        if calibration is not None:
+            report["calibration"][role] = calibration
         # The discriminator that judged this generator ships with it: `ds3kit synthesize --difficulty` draws the
         # reliability map from it (docs/metrics.md).
         save_generator(
@@ -116,6 +124,7 @@ def write_final_report(
             step=report["selected_step"][role],
             image_size=cfg.image_size,
             intensity="per-modality brain mean +- 3 sd -> [0, 1]",
+            calibration=calibration,
             **provenance,
         )
         folder = run_dir / "predictions" / role
@@ -145,27 +154,29 @@ def write_final_report(
                     judge, session, prediction, gan_mode_of(method), device
                 )
 
-        evaluation = evaluate_generator(
-            generator,
-            sessions,
-            device=device,
-            batch_size=cfg.eval_batch_size,
-            on_prediction=write,
-            flips=cfg.test_flips,
+        uncalibrated: dict[str, dict[str, float]] = {}
+        evaluation = evaluate_predictor(
+            _scoring_uncalibrated(generator, cfg, device, uncalibrated), sessions, on_prediction=write
         )
         evaluation.predictions = shown
         for case_id, scores in dice.items():
             evaluation.subjects[case_id].update(scores)
         evaluations[role] = evaluation
         report["models"][role] = {"mean": evaluation.mean, "std": evaluation.std, "subjects": evaluation.subjects}
+        if uncalibrated:
+            # The same synthesis before the calibration, on the same subjects: what the calibration changed.
+            report.setdefault("uncalibrated", {})[role] = {"mean": Evaluation(subjects=uncalibrated).mean}
         if role in averaged and role in best:
             # What best-validation selection would have shipped from the same training, on the same subjects (image
-            # metrics only), so one run compares the two selections; the average is put back for what follows.
+            # metrics only, calibrated alike), so one run compares the two selections; the average and its
+            # calibration are put back for what follows.
+            shipped = {key: value.clone() for key, value in generator.state_dict().items()}
             generator.load_state_dict(best[role]["state"])
+            _calibrate(generator, cfg, val_sessions, device)
             alternative = evaluate_generator(
                 generator, sessions, device=device, batch_size=cfg.eval_batch_size, flips=cfg.test_flips
             )
-            generator.load_state_dict(averaged[role]["state"])
+            generator.load_state_dict(shipped)
             report.setdefault("best_val", {})[role] = {"step": best[role]["step"], "mean": alternative.mean}
         if reliability:
             # Does the map earn its place: its correlation with |error| on the test voxels, beside a constant map's
@@ -196,6 +207,48 @@ def write_final_report(
     _save_test_panel(method, sessions, evaluations, run_dir / "figures", name=name, device=device)
     save_learning_curves(run_dir / "figures" / "learning_curves.png", run_dir / "metrics.jsonl", title=name)
     return report
+
+
+def _calibrate(
+    generator: torch.nn.Module, cfg: RunConfig, sessions: CachedSessions | None, device: torch.device
+) -> dict[str, Any] | None:
+    """Fit ``generator``'s intensity calibration on the validation ``sessions`` (after the test-time flips the
+    report applies); what the report records of it, or None when there is nothing to fit (``--no-calibrate``, no
+    validation subjects, or a generator without a calibration)."""
+    if sessions is None or not isinstance(getattr(generator, "calibration", None), IntensityCalibration):
+        return None
+    fit = calibrate_generator(generator, sessions, flips=cfg.test_flips, device=device, batch_size=cfg.eval_batch_size)
+    return {
+        "fitted": generator.calibration.fitted,
+        "subjects": len(sessions),
+        "voxels": fit.voxels,
+        "flips": cfg.test_flips,
+    }
+
+
+def _scoring_uncalibrated(
+    generator: torch.nn.Module, cfg: RunConfig, device: torch.device, scores: dict[str, dict[str, float]]
+) -> Callable[[Session], np.ndarray]:
+    """A predictor of the shipped (calibrated) synthesis that also scores the synthesis before its calibration into
+    ``scores`` (case -> metrics), from one pass of the network."""
+    calibration = getattr(generator, "calibration", None)
+
+    def predict(session: Session) -> np.ndarray:
+        raw = synthesize_volume(
+            generator,
+            session.inputs,
+            brain_mask=session.brain_mask,
+            batch_size=cfg.eval_batch_size,
+            device=device,
+            flips=cfg.test_flips,
+            calibrate=False,
+        )
+        if not isinstance(calibration, IntensityCalibration) or not calibration.fitted:
+            return raw
+        scores[session.case_id] = session_metrics(session, raw)
+        return calibration.apply(raw, session.brain_mask)
+
+    return predict
 
 
 def gan_mode_of(method: Method) -> str:
@@ -323,6 +376,19 @@ def format_table(report: Mapping[str, Any]) -> str:
     ]
     if gaps:
         lines.append(f"{report.get('shipped')}: brain PSNR below the ceilings by " + ", ".join(gaps))
+    fitted = [role for role, entry in report.get("calibration", {}).items() if entry.get("fitted")]
+    if fitted:
+        raw = report.get("uncalibrated", {})
+        changes = [
+            f"{role} {report['models'][role]['mean']['brain_psnr'] - raw[role]['mean']['brain_psnr']:+.2f} dB"
+            for role in fitted
+            if "brain_psnr" in raw.get(role, {}).get("mean", {}) and "brain_psnr" in report["models"][role]["mean"]
+        ]
+        subjects = report["calibration"][fitted[0]]["subjects"]
+        lines.append(
+            f"intensity calibration fitted on {subjects} validation subjects (--no-calibrate: off); brain PSNR "
+            "against the uncalibrated synthesis: " + (", ".join(changes) or "n/a")
+        )
     reliability = report["models"].get(report.get("shipped", ""), {}).get("reliability", {})
     if reliability:
         regions = [r for r in ("brain", "tumour") if f"map/{r}" in reliability]

@@ -246,3 +246,23 @@ def test_difficulty_path_is_checked(phantom, checkpoint, tmp_path, capsys, name,
     err = capsys.readouterr().err
     assert "--difficulty" in err and message in err
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ the calibration
+def test_the_checkpoints_calibration_is_applied_unless_no_calibrate(phantom, tmp_path, capsys):
+    torch.manual_seed(0)
+    generator = build_generator("tiny")
+    source = np.linspace(0.0, 1.0, generator.calibration.source.numel())
+    generator.calibration.set_knots(source, 0.1 + 0.8 * source)  # a line: exact between the knots
+    calibrated = tmp_path / "calibrated.pt"
+    save_generator(calibrated, generator, calibration={"flips": "all", "fitted": True})
+    outs = {name: tmp_path / f"{name}.nii.gz" for name in ("default", "raw", "lr")}
+    assert synthesize_phantom(phantom, calibrated, outs["default"]) == 0
+    assert synthesize_phantom(phantom, calibrated, outs["raw"], "--no-calibrate") == 0
+    assert "fitted after" not in capsys.readouterr().err
+    shipped, raw = (np.asarray(nib.load(outs[name]).dataobj) for name in ("default", "raw"))
+    brain = raw > 0
+    assert brain.any() and (shipped[~brain] == 0).all()
+    np.testing.assert_allclose(shipped[brain], 0.1 + 0.8 * raw[brain], atol=1e-5)
+    assert synthesize_phantom(phantom, calibrated, outs["lr"], "--flips", "lr") == 0
+    assert "fitted after --flips all, and this synthesis runs --flips lr" in capsys.readouterr().err
