@@ -345,12 +345,16 @@ def run_report(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, Any
     if finished:
         _check_reusable(run_dir, config, getattr(recipe, "OPTIONS", None))
     # A fresh run, or one the trainer resumes (it refuses a checkpoint of other settings itself). A finished run
-    # scored with other test-time flips is resumed at its last step: nothing trains, and the weights that shipped are
-    # scored again (predictions, metrics.json; the Dice caches are keyed by the flips).
+    # scored with other test-time flips, or before the intensity calibration existed, is resumed at its last step:
+    # nothing trains, and the weights that shipped are calibrated and scored again (predictions, metrics.json; the
+    # Dice caches are keyed by the flips and the calibration).
+    stored = json.loads(metrics_file.read_text()) if finished else {}
     rescore = (
         finished
         and last.exists()
-        and json.loads(metrics_file.read_text()).get("test_flips", "none") != config.test_flips
+        and (
+            stored.get("test_flips", "none") != config.test_flips or (config.calibrate and "calibration" not in stored)
+        )
     )
     if not finished or rescore:
         Trainer(config, recipe.build, name=arm.recipe).fit()

@@ -20,8 +20,8 @@ the step selection chose: every generator at its shipped step and at its last st
 
 A run whose ``metrics.json`` exists is reused, so an interrupted study resumes where it stopped; ``--out`` may be
 shared by several invocations running different ``--arms`` / ``--seeds`` in parallel. A finished run scored with
-other test-time flips than the recipes' (``RunConfig.test_flips``) is scored again from its checkpoint, with no
-step trained, ``--finished-only`` included.
+other test-time flips than the recipes' (``RunConfig.test_flips``), or before the intensity calibration existed, is
+calibrated and scored again from its checkpoint, with no step trained, ``--finished-only`` included.
 """
 
 from __future__ import annotations

@@ -445,6 +445,16 @@ def test_finished_only_reports_what_finished_and_trains_nothing(small_cohort: Pa
     assert quality.main([*common, "--arms", pix2pix, "--finished-only", "--report", str(report)]) == 0
     assert json.loads((run / "metrics.json").read_text())["test_flips"] == "all"
     assert (run / "metrics.jsonl").read_text() == steps  # no step trained, no validation logged
+    # So is a run scored before the intensity calibration existed: its shipped weights are calibrated and rescored.
+    metrics = json.loads((run / "metrics.json").read_text())
+    calibration = metrics.pop("calibration")
+    metrics.pop("uncalibrated")
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert quality.main([*common, "--arms", pix2pix, "--finished-only", "--report", str(report)]) == 0
+    rescored = json.loads((run / "metrics.json").read_text())
+    assert rescored["calibration"] == calibration and rescored["calibration"]["generator"]["fitted"]
+    assert rescored["models"] == metrics["models"]  # the same weights, calibrated the same way
+    assert (run / "metrics.jsonl").read_text() == steps
 
 
 def test_the_pix2pix_gap_is_paired_by_seed_over_the_seeds_all_three_ran() -> None:
