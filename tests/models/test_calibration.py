@@ -171,3 +171,15 @@ def test_a_generator_saved_before_calibration_existed_loads_with_the_identity():
     half = {**old, "calibration.source": torch.linspace(0, 1, KNOTS)}
     with pytest.raises(RuntimeError, match="calibration.target"):
         generator.load_state_dict(half)
+
+
+def test_knots_that_round_to_one_float32_value_map_to_finite_values():
+    # searchsorted finds the first of two equal knots, so no zero-width segment is ever interpolated.
+    source = np.linspace(0.1, 0.9, KNOTS)
+    source[10] = source[9] + 1e-12  # apart in float64, one value in float32
+    target = np.linspace(0.0, 1.0, KNOTS)
+    calibration = IntensityCalibration()
+    calibration.set_knots(source, target)
+    x = torch.tensor([float(calibration.source[9]), 0.5], dtype=torch.float32)
+    y = calibration(x)
+    assert torch.isfinite(y).all() and float(y[0]) == pytest.approx(target[9], abs=1e-6)
