@@ -164,7 +164,7 @@ class CalibrationFit:
         means_p = self.sum_prediction[kept] / weights
         means_t = isotonic(self.sum_target[kept] / weights, weights)
         centres = (np.arange(self.bins) + 0.5) / self.bins
-        source = np.where(kept, 0.0, centres)
+        source = centres.copy()
         source[kept] = means_p
         target = _piecewise(source, means_p, means_t)
         target[kept] = means_t
