@@ -286,6 +286,10 @@ ARMS = (
     ),
     Arm("DS3-Net 5% (weight average)", "ds3net", 0.05, run={"select": "average"}),
     Arm("pix2pix 100% (weight average)", "pix2pix", 1.0, run={"select": "average"}),
+    # Calibrated pseudo-targets (twenty-first session): the teacher's intensity calibration, refitted on the validation
+    # subjects after every check, maps the pseudo-targets inside the brain, so the student learns levels fitted on
+    # held-out T1ce where its teacher hedges between tissues. The teacher is the default arm's draw for draw.
+    Arm("DS3-Net 5% (calibrated pseudo-targets)", "ds3net", 0.05, {"calibrated_targets": True}),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised

@@ -66,17 +66,24 @@ def evaluate_generator(
     keep_predictions: bool = False,
     on_prediction: Callable[[Session, np.ndarray], None] | None = None,
     flips: str = "none",
+    calibrate: bool = True,
 ) -> Evaluation:
     """Synthesize every session's T1ce and score it against the real one over the whole 3-D volume.
 
     Regions: the whole image, the brain mask, and the tumour (segmentation > 0) when a segmentation exists.
     ``batch_size`` None picks :func:`~ds3kit.inference.default_batch_size` for the device and slice size; ``flips``
-    is the test-time flip averaging of :func:`~ds3kit.inference.synthesize_volume`.
+    and ``calibrate`` are :func:`~ds3kit.inference.synthesize_volume`'s.
     """
 
     def synthesize(session: Session) -> np.ndarray:
         return synthesize_volume(
-            generator, session.inputs, brain_mask=session.brain_mask, batch_size=batch_size, device=device, flips=flips
+            generator,
+            session.inputs,
+            brain_mask=session.brain_mask,
+            batch_size=batch_size,
+            device=device,
+            flips=flips,
+            calibrate=calibrate,
         )
 
     return evaluate_predictor(synthesize, sessions, keep_predictions=keep_predictions, on_prediction=on_prediction)

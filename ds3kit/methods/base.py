@@ -96,6 +96,13 @@ class Method(nn.Module):
         select its weights (a student idle during its teacher's warm-up is still its initialisation)."""
         return step > 0
 
+    def calibrated_during_training(self) -> dict[str, tuple[nn.Module, str]]:
+        """Generators whose intensity calibration the trainer refits on the validation subjects after every validation
+        check, by name, each with the test-time flips (``"none"``, ``"lr"``, ``"all"``) its calibrated passes use:
+        a method that trains on a calibrated prediction (DS3-Net's ``calibrated_targets``) lists its source here. The
+        default lists none."""
+        return {}
+
     @torch.no_grad()
     def difficulty(self, inputs: Tensor, prediction: Tensor) -> Tensor | None:
         """The difficulty map the shipped model's discriminator draws for a prediction (for figures), if any."""

@@ -102,6 +102,10 @@ class DS3NetOptions:
     # The error L_pid averages: "l1" (pix2pix, the paper) or "l2", whose minimiser is the conditional mean that MSE and
     # PSNR score; ours. L_id, to the teacher's deterministic prediction, stays L1.
     pixel_loss: str = "l1"
+    # Calibrated pseudo-targets: after each validation check the trainer fits the pseudo-targets' generator's
+    # intensity calibration (ds3kit.models.IntensityCalibration) on the validation subjects, and the student distils
+    # the calibrated prediction inside the brain, so it learns levels fitted on held-out T1ce, not its teacher's; ours.
+    calibrated_targets: bool = False
 
     def __post_init__(self) -> None:
         """Each option's own range, checked when the options are made (a recipe's command line, before any data is
@@ -161,6 +165,8 @@ class DS3NetOptions:
         "and labels warped alike; ours",
         "pixel_loss": "the error L_pid averages: l1 (pix2pix, the paper) or l2 (squared error, whose minimiser is the "
         "conditional mean that MSE and PSNR score); ours",
+        "calibrated_targets": "the student distils its teacher's prediction through an intensity calibration refitted "
+        "on the validation subjects after every validation check (inside the brain); ours",
     }
 
 
@@ -365,6 +371,12 @@ class DS3Net(Method):
     def discriminators(self) -> dict[str, nn.Module]:
         return {**self.teacher.discriminators(), "student": self.student_discriminator}
 
+    def calibrated_during_training(self) -> dict[str, tuple[nn.Module, str]]:
+        if not self.options.calibrated_targets:
+            return {}
+        # The generator whose predictions are the pseudo-targets, fitted on the passes the student distils.
+        return {"pseudo-targets": (self.distillation.teacher, self.options.teacher_flips)}
+
     def has_trained(self, role: str, step: int) -> bool:
         # The student's first step is the first after the teacher's warm-up; before it, a residual student is
         # copy-T1, which validation must not be allowed to pick as "the best student".
@@ -508,6 +520,13 @@ class DS3Net(Method):
                 pseudo_target = flip_mean(
                     self.distillation.teacher, inputs, o.teacher_flips, unflipped=forward.teacher_prediction
                 ).to(forward.teacher_prediction.dtype)
+        if o.calibrated_targets:
+            if "brain_mask" not in unpaired:
+                raise ValueError("calibrated_targets needs the unpaired batches' brain masks (the items' 'brain_mask')")
+            teacher_prediction = forward.teacher_prediction if pseudo_target is None else pseudo_target
+            pseudo_target = calibrated_target(
+                teacher_prediction, unpaired["brain_mask"], self.distillation.teacher.calibration
+            )
         if o.tumour_levels:
             if "seg" not in unpaired:
                 raise ValueError("tumour_levels needs the unpaired batches' tumour labels (the items' 'seg')")
@@ -605,6 +624,15 @@ def _warped_batch(batch: Mapping[str, Tensor], theta: Tensor) -> dict[str, Tenso
         if key in batch:
             view[key] = warp(batch[key], theta, mode="nearest")
     return view
+
+
+def calibrated_target(prediction: Tensor, brain_mask: Tensor, calibration: nn.Module) -> Tensor:
+    """The pseudo-target through the teacher's intensity calibration inside the brain (``brain_mask`` > 0; voxels
+    outside keep the prediction), computed in float32 whatever the prediction's dtype (bf16 would round the knots)
+    and returned in it. With an unfitted calibration (the identity) the prediction comes back unchanged."""
+    with torch.no_grad():
+        mapped = calibration(prediction.float()).to(prediction.dtype)
+        return torch.where(brain_mask > 0, mapped, prediction)
 
 
 def label_sums(image: Tensor, seg: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,6 +27,12 @@ class DistributedContext:
         if self.enabled:
             dist.barrier()
 
+    def broadcast(self, tensors: list[torch.Tensor]) -> None:
+        """Every process takes the main process's values of ``tensors`` (in place; nothing without a group)."""
+        if self.enabled:
+            for tensor in tensors:
+                dist.broadcast(tensor, src=0)
+
 
 def init_distributed(device: torch.device) -> DistributedContext:
     """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""

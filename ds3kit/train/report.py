@@ -215,7 +215,12 @@ def _calibrate(
     """Fit ``generator``'s intensity calibration on the validation ``sessions`` (after the test-time flips the
     report applies); what the report records of it, or None when there is nothing to fit (``--no-calibrate``, no
     validation subjects, or a generator without a calibration)."""
-    if sessions is None or not isinstance(getattr(generator, "calibration", None), IntensityCalibration):
+    if not isinstance(getattr(generator, "calibration", None), IntensityCalibration):
+        return None
+    if sessions is None:
+        # Uncalibrated as asked, even for a generator that trained through a calibration (DS3-Net's teacher under
+        # calibrated_targets): it ships the identity.
+        generator.calibration.reset()
         return None
     fit = calibrate_generator(generator, sessions, flips=cfg.test_flips, device=device, batch_size=cfg.eval_batch_size)
     return {

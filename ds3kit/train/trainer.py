@@ -56,6 +56,7 @@ from ds3kit.data import (
 )
 from ds3kit.errors import InputError
 from ds3kit.evaluation import evaluate_generator, evaluate_predictor
+from ds3kit.inference import calibrate_generator
 from ds3kit.methods.base import Method, NonFiniteLossError
 from ds3kit.train.batches import StepBatches, prepare_batch
 from ds3kit.train.config import RunConfig, option_defaults
@@ -453,20 +454,37 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- evaluation
     def _validate(self, step: int, method: Method, sessions: Sequence[Session]) -> None:
-        if not self.context.is_main or not sessions:
+        if self.context.is_main and sessions:
+            # Scoring must not move the training's random stream: building a generator's inference copy initialises
+            # new layers, so without the fork each extra model validated (DS3-Net's teacher_ema, say) would change
+            # the augmentation every later step draws, and the run's trajectory with it.
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                self._score_validation(step, method, sessions)
+                self._refit_calibrations(method, sessions)
+        else:
             self.context.barrier()
-            return
-        # Scoring must not move the training's random stream: building a generator's inference copy initialises
-        # new layers, so without the fork each extra model validated (DS3-Net's teacher_ema, say) would change the
-        # augmentation every later step draws, and the run's trajectory with it.
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            self._score_validation(step, method, sessions)
+        # Every process trains on the main process's fit (the others hold no validation subjects).
+        for generator, _ in method.calibrated_during_training().values():
+            self.context.broadcast([generator.calibration.source, generator.calibration.target])
+
+    def _refit_calibrations(self, method: Method, sessions: Sequence[Session]) -> None:
+        """The intensity calibrations a method trains through (``Method.calibrated_during_training``), refitted on
+        the validation subjects with the weights just scored; the final report refits the shipped ones anew."""
+        for generator, flips in method.calibrated_during_training().values():
+            calibrate_generator(
+                generator, sessions, flips=flips, device=self.device, batch_size=self.config.eval_batch_size
+            )
+        method.train()
 
     def _score_validation(self, step: int, method: Method, sessions: Sequence[Session]) -> None:
         summary: dict[str, float] = {}
         for role, generator in method.generators().items():
-            result = evaluate_generator(generator, sessions, device=self.device, batch_size=self.config.eval_batch_size)
+            # Uncalibrated: the step is chosen on the network alone, whatever calibration it carries during training
+            # (the report fits the shipped generators' calibrations after the choice).
+            result = evaluate_generator(
+                generator, sessions, device=self.device, batch_size=self.config.eval_batch_size, calibrate=False
+            )
             summary.update({f"{role}/{k}": v for k, v in result.mean.items()})
             score = result.mean.get(SELECTION_METRIC)
             selectable = method.has_trained(role, step)

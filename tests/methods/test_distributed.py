@@ -70,3 +70,29 @@ def test_non_finite_term_is_named_before_the_weights_change():
         raise AssertionError("a non-finite loss must raise")
     for name, value in method.net.state_dict().items():
         assert torch.equal(value, before[name])
+
+
+def _broadcast_worker(rank: int, world_size: int, init_file: str, result_file: str) -> None:
+    from ds3kit.train.distributed import DistributedContext
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    # What the trainer broadcasts after a validation check: a calibration's knots, fitted on the main process only.
+    tensors = [torch.full((4,), float(rank)), torch.arange(3.0) + 10 * rank]
+    DistributedContext(rank, world_size).broadcast(tensors)
+    torch.save(tensors, f"{result_file}.{rank}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_broadcast_gives_every_process_the_main_processs_values(tmp_path):
+    from ds3kit.train.distributed import DistributedContext
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    result = tmp_path / "broadcast"
+    mp.spawn(_broadcast_worker, args=(2, str(tmp_path / "init"), str(result)), nprocs=2, join=True)
+    for rank in (0, 1):
+        first, second = torch.load(f"{result}.{rank}", weights_only=True)
+        assert torch.equal(first, torch.zeros(4)) and torch.equal(second, torch.arange(3.0))
+    alone = [torch.ones(2)]
+    DistributedContext().broadcast(alone)  # without a process group: nothing to do, nothing changed
+    assert torch.equal(alone[0], torch.ones(2))

@@ -588,6 +588,32 @@ def random_seg(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return seg
 
 
+def first_student_pass(method: DS3Net, monkeypatch) -> tuple[dict, dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
+    """Train ``method`` on labelled batches up to and including its first joint step: the unpaired batch, that
+    step's logs, and its one distillation pass (teacher prediction, student prediction)."""
+    paired, unpaired = batches()
+    paired["seg"] = random_seg(paired["target"].shape, seed=7)
+    unpaired["seg"] = random_seg(unpaired["inputs"][:, :1].shape, seed=8)
+    passes = record_distillation_passes(method, monkeypatch)
+    for step in range(method.warmup_steps + 1):
+        method.step = step
+        logs = method.training_step(paired, unpaired)
+    (only,) = passes
+    return unpaired, logs, only
+
+
+def shift_to_paired_levels(target: torch.Tensor, seg: torch.Tensor, levels: torch.Tensor) -> None:
+    """The tumour levels written out, in place: each image's voxels of each label shifted so their mean is the
+    paired subjects' level there (labels absent from the image, or never seen in the paired ones, untouched)."""
+    from ds3kit.methods.ds3net import TUMOUR_LABELS
+
+    for k, label in enumerate(TUMOUR_LABELS):
+        for b in range(target.shape[0]):
+            mask = seg[b] == label
+            if mask.any() and not torch.isnan(levels[k]):
+                target[b][mask] += levels[k] - target[b][mask].mean()
+
+
 def test_label_sums_match_a_float64_loop():
     from ds3kit.methods.ds3net import TUMOUR_LABELS, label_sums
 
@@ -737,18 +763,9 @@ def test_the_without_labels_hint_names_every_flag_that_needs_labels():
 
 @pytest.mark.parametrize(("flips", "levels"), [("lr", False), ("all", False), ("all", True)])
 def test_teacher_flips_distil_the_mean_of_the_teachers_flipped_back_passes(monkeypatch, flips, levels):
-    from ds3kit.methods.ds3net import TUMOUR_LABELS
-
     options = dict(IMAGE_DISTILLATION_ONLY, teacher_flips=flips, tumour_levels=levels)
     method = make_method(**options)
-    paired, unpaired = batches()
-    paired["seg"] = random_seg(paired["target"].shape, seed=7)
-    unpaired["seg"] = random_seg(unpaired["inputs"][:, :1].shape, seed=8)
-    passes = record_distillation_passes(method, monkeypatch)
-    for step in range(method.warmup_steps + 1):
-        method.step = step
-        logs = method.training_step(paired, unpaired)
-    ((unflipped, student),) = passes
+    unpaired, logs, (unflipped, student) = first_student_pass(method, monkeypatch)
     # Independent reference: the flips in numpy on the inputs and back on each pass, the mean in float64.
     axes = {"lr": [(), (2,)], "all": [(), (2,), (3,), (2, 3)]}[flips]
     x = unpaired["inputs"].numpy()
@@ -759,12 +776,7 @@ def test_teacher_flips_distil_the_mean_of_the_teachers_flipped_back_passes(monke
     np.testing.assert_allclose(outputs[0], unflipped.double().numpy(), rtol=0, atol=1e-6)  # the same teacher
     assert not torch.allclose(target, unflipped.double(), atol=1e-4)  # the flips change the target
     if levels:
-        for k, label in enumerate(TUMOUR_LABELS):
-            level = method.paired_levels[k]
-            for b in range(target.shape[0]):
-                mask = unpaired["seg"][b] == label
-                if mask.any() and not torch.isnan(level):
-                    target[b][mask] += level - target[b][mask].mean()
+        shift_to_paired_levels(target, unpaired["seg"], method.paired_levels)
     expected = 100.0 * (student.double() - target).abs().mean()
     assert logs["student/image"] == pytest.approx(expected.item(), rel=1e-5)
 
@@ -822,12 +834,7 @@ def test_student_warp_distils_the_teachers_answer_carried_into_the_students_view
         reference, features = teacher.forward_with_features(torch.from_numpy(x.copy()))
     target = reference.double()
     if levels:
-        for k, label in enumerate(module.TUMOUR_LABELS):
-            level = method.paired_levels[k]
-            for b in range(target.shape[0]):
-                mask = unpaired["seg"][b] == label
-                if mask.any() and not torch.isnan(level):
-                    target[b][mask] += level - target[b][mask].mean()
+        shift_to_paired_levels(target, unpaired["seg"], method.paired_levels)
     target = quarter_turn(target.numpy())
     weights = np.where(quarter_turn(unpaired["seg"].numpy()) == 4, 4.0, 1.0)
     expected = 100.0 * np.mean(weights * np.abs(student_prediction.double().numpy() - target))
@@ -851,3 +858,75 @@ def test_student_warp_is_off_by_default_and_draws_nothing(monkeypatch):
     method = make_method()
     assert method.options.student_warp is False
     run_step(method, method.warmup_steps)
+
+
+# -- calibrated pseudo-targets ---------------------------------------------------------------------------------------
+
+# A monotone map, far from the identity: dark voxels darker, bright ones brighter (64 knots, as the buffers hold).
+CALIBRATION_SOURCE = np.linspace(0.0, 1.0, 64)
+CALIBRATION_TARGET = np.clip(0.5 + 1.6 * (CALIBRATION_SOURCE - 0.5), 0.0, 1.0)
+
+
+def piecewise_reference(x: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The calibration written out in float64 with numpy: interpolation inside the knots, slope 1 beyond, [0, 1]."""
+    inside = np.interp(x, source, target)
+    below = x + (target[0] - source[0])
+    above = x + (target[-1] - source[-1])
+    return np.clip(np.where(x < source[0], below, np.where(x > source[-1], above, inside)), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("levels", [False, True])
+def test_calibrated_targets_distil_the_teachers_prediction_through_its_calibration_inside_the_brain(
+    monkeypatch, levels
+):
+    method = make_method(**IMAGE_DISTILLATION_ONLY, calibrated_targets=True, tumour_levels=levels)
+    method.teacher.generator.calibration.set_knots(CALIBRATION_SOURCE, CALIBRATION_TARGET)
+    assert method.calibrated_during_training() == {"pseudo-targets": (method.teacher.generator, "none")}
+    unpaired, logs, (teacher_prediction, student_prediction) = first_student_pass(method, monkeypatch)
+    raw = teacher_prediction.double().numpy()
+    brain = unpaired["brain_mask"].expand_as(teacher_prediction).numpy() > 0
+    target = np.where(brain, piecewise_reference(raw, CALIBRATION_SOURCE, CALIBRATION_TARGET), raw)
+    assert np.abs(target - raw)[brain].max() > 0.05 and (target == raw)[~brain].all()
+    target = torch.from_numpy(target)
+    if levels:
+        shift_to_paired_levels(target, unpaired["seg"], method.paired_levels)
+    expected = 100.0 * (student_prediction.double() - target).abs().mean()
+    assert logs["student/image"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_an_unfitted_calibration_leaves_the_pseudo_target_as_the_teachers_prediction(monkeypatch):
+    losses = []
+    for calibrated in (False, True):
+        method = make_method(**IMAGE_DISTILLATION_ONLY, calibrated_targets=calibrated)
+        for step in range(method.warmup_steps + 1):
+            logs = run_step(method, step)
+        losses.append(logs["student/image"])
+    assert losses[0] == losses[1]
+    assert make_method().calibrated_during_training() == {}  # off by default: the trainer fits nothing
+
+
+def test_calibrated_target_maps_in_float32_and_returns_the_predictions_dtype():
+    from ds3kit.methods.ds3net import calibrated_target
+    from ds3kit.models import IntensityCalibration
+
+    calibration = IntensityCalibration()
+    calibration.set_knots(CALIBRATION_SOURCE, CALIBRATION_TARGET)
+    prediction = torch.linspace(0.0, 1.0, 2 * 1 * 8 * 8).reshape(2, 1, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 1.0
+    for dtype in (torch.float32, torch.bfloat16):
+        out = calibrated_target(prediction.to(dtype), mask, calibration)
+        assert out.dtype == dtype
+        expected = piecewise_reference(prediction.to(dtype).double().numpy(), CALIBRATION_SOURCE, CALIBRATION_TARGET)
+        expected = np.where(mask.numpy() > 0, expected, prediction.to(dtype).double().numpy())
+        tolerance = 1e-6 if dtype == torch.float32 else 2**-8  # one bf16 rounding of the result
+        np.testing.assert_allclose(out.double().numpy(), expected, rtol=0, atol=tolerance)
+
+
+def test_calibrated_targets_need_the_unpaired_brain_masks():
+    method = make_method(calibrated_targets=True)
+    paired, unpaired = batches()
+    del unpaired["brain_mask"]
+    method.step = method.warmup_steps
+    with pytest.raises(ValueError, match="calibrated_targets needs the unpaired batches' brain masks"):
+        method.training_step(paired, unpaired)
