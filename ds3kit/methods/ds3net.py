@@ -433,8 +433,12 @@ class DS3Net(Method):
             torch._foreach_copy_(averaged, current)
         else:
             torch._foreach_lerp_(averaged, current, 1.0 - decay)
-        for mine, theirs in zip(self.teacher_average.buffers(), self.teacher.generator.buffers()):
-            mine.copy_(theirs)
+        theirs = dict(self.teacher.generator.named_buffers())
+        for name, mine in self.teacher_average.named_buffers():
+            # Normalisation statistics follow the teacher; the average's own intensity calibration (fitted on it
+            # under calibrated_targets) is not the teacher's to overwrite.
+            if not name.startswith("calibration."):
+                mine.copy_(theirs[name])
 
     @torch.no_grad()
     def observe_paired_subjects(self, sessions: Iterable[Session]) -> None:

@@ -930,3 +930,14 @@ def test_calibrated_targets_need_the_unpaired_brain_masks():
     method.step = method.warmup_steps
     with pytest.raises(ValueError, match="calibrated_targets needs the unpaired batches' brain masks"):
         method.training_step(paired, unpaired)
+
+
+def test_the_teacher_average_keeps_its_own_calibration_while_it_follows_the_teachers_other_buffers():
+    method = make_method(teacher_ema=0.5, calibrated_targets=True)
+    assert method.calibrated_during_training() == {"pseudo-targets": (method.teacher_average, "none")}
+    method.teacher_average.calibration.set_knots(CALIBRATION_SOURCE, CALIBRATION_TARGET)
+    for step in range(method.warmup_steps + 2):
+        run_step(method, step)
+    calibration = method.teacher_average.calibration
+    assert torch.equal(calibration.target, torch.as_tensor(CALIBRATION_TARGET, dtype=calibration.target.dtype))
+    assert not method.teacher.generator.calibration.fitted

@@ -59,13 +59,15 @@ def test_baseline_smoke(recipe, roles, small_cohort, tmp_path):
     assert set(report["models"]) == roles and report["steps"] == 6
 
 
-def test_stop_and_resume_gives_the_same_metrics_as_a_straight_run(small_cohort, tmp_path):
+# With --calibrated-targets the teacher's calibration, fitted at the check of step 4, must resume from the checkpoint.
+@pytest.mark.parametrize("options", [(), ("--calibrated-targets",)])
+def test_stop_and_resume_gives_the_same_metrics_as_a_straight_run(small_cohort, tmp_path, options):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert smoke("ds3net", small_cohort, straight) == 0
-    assert smoke("ds3net", small_cohort, resumed, "--stop-after-steps", "5") == 0
+    assert smoke("ds3net", small_cohort, straight, *options) == 0
+    assert smoke("ds3net", small_cohort, resumed, "--stop-after-steps", "5", *options) == 0
     assert not (resumed / "metrics.json").exists()
     assert torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)["step"] == 5
-    assert smoke("ds3net", small_cohort, resumed, "--resume") == 0
+    assert smoke("ds3net", small_cohort, resumed, "--resume", *options) == 0
     assert json.loads((resumed / "metrics.json").read_text()) == json.loads((straight / "metrics.json").read_text())
 
 
