@@ -290,6 +290,11 @@ ARMS = (
     # subjects after every check, maps the pseudo-targets inside the brain, so the student learns levels fitted on
     # held-out T1ce where its teacher hedges between tissues. The teacher is the default arm's draw for draw.
     Arm("DS3-Net 5% (calibrated pseudo-targets)", "ds3net", 0.05, {"calibrated_targets": True}),
+    # Co-training (twenty-first session): once the student has joined, the teacher also learns the L1 to the student's
+    # prediction on the unpaired batch at a tenth of L_pid's weight, so better targets can come back from the student
+    # that has seen the unpaired subjects. The teacher is no longer the paired-only model: read the student against
+    # the paired-only arm (the default arm's teacher, the same seed and split).
+    Arm("DS3-Net 5% (co-training)", "ds3net", 0.05, {"teacher_mutual": 10.0}),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -106,11 +106,15 @@ class DS3NetOptions:
     # intensity calibration (ds3kit.models.IntensityCalibration) on the validation subjects, and the student distils
     # the calibrated prediction inside the brain, so it learns levels fitted on held-out T1ce, not its teacher's; ours.
     calibrated_targets: bool = False
+    # Co-training: once the student has joined, the teacher's loss also has this weight times the L1 between its
+    # prediction on the unpaired batch and the student's (detached), so it learns back from the student that has seen
+    # the unpaired subjects; 0: off (the teacher is the paired-only model); ours.
+    teacher_mutual: float = 0.0
 
     def __post_init__(self) -> None:
         """Each option's own range, checked when the options are made (a recipe's command line, before any data is
         read); what depends on the networks is checked by :class:`DS3Net`."""
-        for name in ("tumour_weight", "student_tumour_weight", *_LABEL_FACTORS):
+        for name in ("tumour_weight", "student_tumour_weight", "teacher_mutual", *_LABEL_FACTORS):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name, choices in (
@@ -165,6 +169,8 @@ class DS3NetOptions:
         "and labels warped alike; ours",
         "pixel_loss": "the error L_pid averages: l1 (pix2pix, the paper) or l2 (squared error, whose minimiser is the "
         "conditional mean that MSE and PSNR score); ours",
+        "teacher_mutual": "co-training: weight of the teacher's L1 to the student's (detached) prediction on the unpaired "
+        "batch once the student has joined (0: off, the teacher stays the paired-only model); ours",
         "calibrated_targets": "the student distils its teacher's prediction through an intensity calibration refitted "
         "on the validation subjects after every validation check (inside the brain); ours",
     }
@@ -232,11 +238,18 @@ class PairedTeacher(Method):
         return difficulty_map(scores, prediction.shape[-2:], beta=max(self.beta, 1e-12), mode=self.options.gan_mode)
 
     def training_step(
-        self, paired: Mapping[str, Tensor] | None, unpaired: Mapping[str, Tensor] | None
+        self,
+        paired: Mapping[str, Tensor] | None,
+        unpaired: Mapping[str, Tensor] | None,
+        *,
+        extra_terms: Callable[[], dict[str, Tensor]] | None = None,
     ) -> dict[str, float]:
+        """``extra_terms`` (DS3-Net's co-training) adds loss terms of the generator to its update."""
         assert paired is not None
         inputs, target = paired["inputs"], paired["target"]
-        logs, prediction = self.generator_step(inputs, target, tumour_mask=paired.get("tumour_mask"))
+        logs, prediction = self.generator_step(
+            inputs, target, tumour_mask=paired.get("tumour_mask"), extra_terms=extra_terms
+        )
         logs.update(
             self.update_discriminator(
                 f"{self.role}_discriminator",
@@ -250,7 +263,12 @@ class PairedTeacher(Method):
         return logs
 
     def generator_step(
-        self, inputs: Tensor, target: Tensor, *, tumour_mask: Tensor | None = None
+        self,
+        inputs: Tensor,
+        target: Tensor,
+        *,
+        tumour_mask: Tensor | None = None,
+        extra_terms: Callable[[], dict[str, Tensor]] | None = None,
     ) -> tuple[dict[str, float], Tensor]:
         o = self.options
         prediction, input_features = self.generator.forward_with_features(inputs)
@@ -267,6 +285,8 @@ class PairedTeacher(Method):
             terms[f"{self.role}/nce"] = o.lambda_nce * self.patch_nce(
                 self.generator.encode(prediction), input_features, difficulty
             )
+        if extra_terms is not None:
+            terms.update(extra_terms())
         self.update(f"{self.role}_generator", terms)
         logs = {name: item(value) for name, value in terms.items()}
         logs[f"{self.role}/beta"] = self.beta
@@ -408,7 +428,10 @@ class DS3Net(Method):
         self.teacher.step = self.step
         if self.options.tumour_levels and self.options.tumour_levels_from == "batches":
             self._count_paired_levels(paired)
-        logs = self.teacher.training_step(paired, None)
+        mutual = None
+        if self.options.teacher_mutual and self.step > self.warmup_steps:
+            mutual = lambda: self._mutual_terms(unpaired["inputs"])  # noqa: E731  (evaluated inside the update)
+        logs = self.teacher.training_step(paired, None, extra_terms=mutual)
         if self.teacher_average is not None:
             self._update_teacher_average()
         if self.step < self.warmup_steps:
@@ -422,6 +445,14 @@ class DS3Net(Method):
         with self.random_stream(STUDENT_STREAM):
             logs.update(self.student_step(paired, unpaired))
         return logs
+
+    def _mutual_terms(self, inputs: Tensor) -> dict[str, Tensor]:
+        """Co-training: the teacher's L1 to the student's prediction on the unpaired inputs (the student's as it was
+        after its last step, detached; it draws no random numbers)."""
+        with torch.no_grad():
+            student_prediction = self.student(inputs)
+        teacher_prediction = self.teacher.generator(inputs)
+        return {"teacher/mutual": self.options.teacher_mutual * (teacher_prediction - student_prediction).abs().mean()}
 
     @torch.no_grad()
     def _update_teacher_average(self) -> None:

@@ -941,3 +941,27 @@ def test_the_teacher_average_keeps_its_own_calibration_while_it_follows_the_teac
     calibration = method.teacher_average.calibration
     assert torch.equal(calibration.target, torch.as_tensor(CALIBRATION_TARGET, dtype=calibration.target.dtype))
     assert not method.teacher.generator.calibration.fitted
+
+
+# -- co-training: the teacher learns back from the student ----------------------------------------------------------
+
+
+def test_teacher_mutual_adds_the_teachers_l1_to_the_students_prediction_once_the_student_has_joined():
+    method = make_method(teacher_mutual=7.0)
+    paired, unpaired = batches()
+    for step in range(method.warmup_steps + 1):
+        method.step = step
+        assert "teacher/mutual" not in method.training_step(paired, unpaired)  # none before the student's first step
+    method.step = method.warmup_steps + 1
+    with torch.no_grad():  # the weights the term sees: both networks as they are before this step
+        teacher = method.teacher.generator(unpaired["inputs"]).double()
+        student = method.student(unpaired["inputs"]).double()
+    before = snapshot(method.teacher.generator)
+    logs = method.training_step(paired, unpaired)
+    assert logs["teacher/mutual"] == pytest.approx(7.0 * (teacher - student).abs().mean().item(), rel=1e-5)
+    assert not same_weights(before, snapshot(method.teacher.generator))
+
+
+def test_teacher_mutual_is_a_non_negative_weight():
+    with pytest.raises(ValueError, match="teacher_mutual must be >= 0"):
+        make_method(teacher_mutual=-1.0)
