@@ -448,7 +448,8 @@ class DS3Net(Method):
 
     def _mutual_terms(self, inputs: Tensor) -> dict[str, Tensor]:
         """Co-training: the teacher's L1 to the student's prediction on the unpaired inputs (the student's as it was
-        after its last step, detached; it draws no random numbers)."""
+        after its last step, detached; it draws no random numbers). With a batch-norm generator (``norm="batch"``) the
+        pass also moves the student's running statistics on this batch, which its own step sees next anyway."""
         with torch.no_grad():
             student_prediction = self.student(inputs)
         teacher_prediction = self.teacher.generator(inputs)
