@@ -295,7 +295,7 @@ ARMS = (
     # prediction on the unpaired batch at a tenth of L_pid's weight, so better targets can come back from the student
     # that has seen the unpaired subjects. The teacher is no longer the paired-only model: read the student against
     # the paired-only arm (the default arm's teacher, the same seed and split). Five seeds: +0.24 dB brain over
-    # paired-only (p = 0.031), +0.09 dB over the default student, -0.05 ET Dice; a second cohort is still to run.
+    # paired-only (p = 0.031), +0.09 dB over the default student, -0.05 ET Dice; second cohort +0.05 dB: off.
     Arm("DS3-Net 5% (co-training)", "ds3net", 0.05, {"teacher_mutual": 10.0}),
 )
 
