@@ -50,7 +50,7 @@ from ds3kit.losses import (
 )
 from ds3kit.methods.base import Method, item
 from ds3kit.models import PatchDiscriminator
-from ds3kit.utils.flips import FLIPS, flip_mean
+from ds3kit.utils.flips import FLIPS, flip_passes
 from ds3kit.utils.streams import STUDENT_STREAM
 from ds3kit.utils.warp import WarpRange, random_affine, warp
 
@@ -110,6 +110,11 @@ class DS3NetOptions:
     # prediction on the unpaired batch and the student's (detached), so it learns back from the student that has seen
     # the unpaired subjects; 0: off (the teacher is the paired-only model); ours.
     teacher_mutual: float = 0.0
+    # Confidence-weighted pseudo-targets: L_id's weight inside the brain follows the teacher's agreement with itself
+    # across flipped copies of the unpaired batch (FLIPS: "none" = off, "lr", "all"), 1 / (1 + s / s_bar) with s the
+    # passes' mean absolute deviation and s_bar its brain mean per slice, rescaled to mean 1 there
+    # (:func:`agreement_weights`), so the student copies its teacher least where the teacher contradicts itself; ours.
+    teacher_agreement: str = "none"
 
     def __post_init__(self) -> None:
         """Each option's own range, checked when the options are made (a recipe's command line, before any data is
@@ -121,6 +126,7 @@ class DS3NetOptions:
             ("pixel_loss", PIXEL_LOSSES),
             ("tumour_levels_from", TUMOUR_LEVEL_SOURCES),
             ("teacher_flips", tuple(FLIPS)),
+            ("teacher_agreement", tuple(FLIPS)),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
@@ -171,6 +177,9 @@ class DS3NetOptions:
         "conditional mean that MSE and PSNR score); ours",
         "teacher_mutual": "co-training: weight of the teacher's L1 to the student's (detached) prediction on the unpaired "
         "batch once the student has joined (0: off, the teacher stays the paired-only model); ours",
+        "teacher_agreement": "confidence-weighted pseudo-targets: L_id's weight inside the brain follows the teacher's "
+        "agreement across flipped copies of the unpaired batch, 1 / (1 + s / s_bar) rescaled to mean 1 per slice (s: "
+        "the passes' spread, s_bar: its brain mean): none (off), lr or all; ours",
         "calibrated_targets": "the student distils its teacher's prediction through an intensity calibration refitted "
         "on the validation subjects after every validation check (inside the brain); ours",
     }
@@ -549,13 +558,23 @@ class DS3Net(Method):
             if "seg" not in unpaired:
                 raise ValueError(f"{name} needs the unpaired batches' tumour labels (the items' 'seg')")
             image_map = tumour_weighted(image_map, (view["seg"] == label).to(image_map.dtype), factor)
-        # The pseudo-target, in the teacher's (unwarped) frame.
+        # The pseudo-target and its confidence, in the teacher's (unwarped) frame.
+        passes: dict[str, Tensor] = {}
+
+        def teacher_passes(flips: str) -> Tensor:
+            if flips not in passes:
+                with torch.no_grad():
+                    passes[flips] = flip_passes(
+                        self.distillation.teacher, inputs, flips, unflipped=forward.teacher_prediction
+                    )
+            return passes[flips]
+
         pseudo_target = None
         if o.teacher_flips != "none":
-            with torch.no_grad():
-                pseudo_target = flip_mean(
-                    self.distillation.teacher, inputs, o.teacher_flips, unflipped=forward.teacher_prediction
-                ).to(forward.teacher_prediction.dtype)
+            pseudo_target = teacher_passes(o.teacher_flips).mean(0).to(forward.teacher_prediction.dtype)
+        confidence = None
+        if o.teacher_agreement != "none":
+            confidence, spread = agreement_weights(teacher_passes(o.teacher_agreement), unpaired.get("brain_mask"))
         if o.calibrated_targets:
             if "brain_mask" not in unpaired:
                 raise ValueError("calibrated_targets needs the unpaired batches' brain masks (the items' 'brain_mask')")
@@ -571,11 +590,15 @@ class DS3Net(Method):
             teacher_prediction = forward.teacher_prediction if pseudo_target is None else pseudo_target
             pseudo_target = tumour_level_targets(teacher_prediction, unpaired["seg"], levels)
         if theta is not None:
-            # Into the student's frame: the pseudo-target and the distilled features, by the student's warp.
+            # Into the student's frame: the pseudo-target, its confidence and the distilled features, by the warp.
             pseudo_target = warp(forward.teacher_prediction if pseudo_target is None else pseudo_target, theta)
+            if confidence is not None:
+                confidence = warp(confidence, theta)
             forward = dataclasses.replace(
                 forward, teacher_features=[warp(feature, theta) for feature in forward.teacher_features]
             )
+        if confidence is not None:
+            image_map = image_map * confidence.to(image_map.dtype)
         out = self.distillation.losses(forward, image_map, target=pseudo_target)
 
         terms: dict[str, Tensor] = {}
@@ -599,6 +622,8 @@ class DS3Net(Method):
             )
         self.update("student_generator", terms)
         logs = {name: item(value) for name, value in terms.items()}
+        if confidence is not None:
+            logs["student/teacher_spread"] = item(spread)
 
         if self.unconditional_student_discriminator:
             real, fake = (unpaired["reference_target"],), (prediction,)
@@ -669,6 +694,39 @@ def calibrated_target(prediction: Tensor, brain_mask: Tensor, calibration: nn.Mo
     with torch.no_grad():
         mapped = calibration(prediction.float()).to(prediction.dtype)
         return torch.where(brain_mask > 0, mapped, prediction)
+
+
+def agreement_weights(passes: Tensor, brain_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-voxel confidence weights from a teacher's agreement with itself across K passes, and its typical spread.
+
+    ``passes`` is (K, B, 1, H, W), K >= 2 (e.g. :func:`ds3kit.utils.flips.flip_passes`). Per voxel, the spread ``s`` is
+    the passes' mean absolute deviation from their mean; per image, ``s_bar`` is the mean of ``s`` inside the brain
+    (``brain_mask`` > 0; the whole image without a mask). The weight inside the brain is ``1 / (1 + s / s_bar)``,
+    rescaled so that its brain mean is 1 (a slice's L_id keeps its total, moved towards the voxels its teacher agrees
+    on); outside the brain, and in an image with no brain voxel, it is 1. Where ``s_bar`` is 0 (every pass agrees)
+    every weight is 1. Computed in float64 (passes that agree to the bit then have no spread at all), returned as
+    the (B, 1, H, W) float32 weights and the batch's mean ``s_bar`` (a float32 scalar), both detached.
+    """
+    if passes.dim() != 5 or passes.shape[0] < 2:
+        raise ValueError(f"passes must be (K >= 2, B, 1, H, W), got {tuple(passes.shape)}")
+    with torch.no_grad():
+        values = passes.double()
+        spread = (values - values.mean(0)).abs().mean(0)  # (B, 1, H, W)
+        if brain_mask is None:
+            inside = torch.ones_like(spread)
+        elif brain_mask.shape != spread.shape:
+            raise ValueError(
+                f"brain_mask must have one pass's shape {tuple(spread.shape)}, got {tuple(brain_mask.shape)}"
+            )
+        else:
+            inside = (brain_mask > 0).to(spread.dtype)
+        tiny = torch.finfo(spread.dtype).tiny
+        count = inside.flatten(1).sum(1).clamp(min=1).view(-1, 1, 1, 1)
+        typical = (spread * inside).flatten(1).sum(1).view(-1, 1, 1, 1) / count
+        raw = torch.where(typical > 0, 1.0 / (1.0 + spread / typical.clamp(min=tiny)), 1.0)
+        scale = (raw * inside).flatten(1).sum(1).view(-1, 1, 1, 1) / count
+        weights = torch.where((inside > 0) & (scale > 0), raw / scale.clamp(min=tiny), 1.0)
+        return weights.float(), typical.mean().float()
 
 
 def label_sums(image: Tensor, seg: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,6 +8,7 @@ is aligned with the unflipped slice voxel for voxel.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,7 +22,7 @@ FLIPS: dict[str, tuple[tuple[int, ...], ...]] = {
 }
 
 
-def flip_mean(
+def flip_passes(
     generator: Callable[[Tensor], Tensor],
     batch: Tensor,
     flips: str,
@@ -30,11 +31,12 @@ def flip_mean(
     unflipped: Tensor | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> Tensor:
-    """The mean of ``generator``'s predictions on the flipped copies of ``batch`` (B, C, X, Y), each flipped back.
+    """``generator``'s float32 predictions on the flipped copies of ``batch`` (B, C, X, Y), each flipped back, stacked
+    along a new first dim (one per flip of ``FLIPS[flips]``, the plain pass first).
 
-    ``flips`` is a key of :data:`FLIPS` ("none": one plain pass). ``clamp`` clamps every pass to [0, 1] before the
-    mean. ``unflipped``: the plain pass's prediction when the caller already has it (it is then not recomputed, and
-    is used as given: clamped too when ``clamp``). Gradients flow as the caller's grad mode says.
+    ``flips`` is a key of :data:`FLIPS` ("none": one plain pass). ``clamp`` clamps every pass to [0, 1]. ``unflipped``:
+    the plain pass's prediction when the caller already has it (it is then not recomputed, and is used as given:
+    clamped too when ``clamp``). Gradients flow as the caller's grad mode says.
     """
     if flips not in FLIPS:
         raise ValueError(f"flips must be one of {', '.join(FLIPS)}, got {flips!r}")
@@ -45,4 +47,11 @@ def flip_mean(
         else:
             prediction = generator(batch.flip(dims).contiguous(memory_format=memory_format)).float().flip(dims)
         passes.append(prediction.clamp(0, 1) if clamp else prediction)
-    return passes[0] if len(passes) == 1 else torch.stack(passes).mean(0)
+    return torch.stack(passes)
+
+
+def flip_mean(generator: Callable[[Tensor], Tensor], batch: Tensor, flips: str, **options: Any) -> Tensor:
+    """The mean of :func:`flip_passes` (the same arguments, ``options`` its keywords): the flip-averaged prediction,
+    float32, (B, C, X, Y)."""
+    passes = flip_passes(generator, batch, flips, **options)
+    return passes[0] if len(passes) == 1 else passes.mean(0)

@@ -786,6 +786,89 @@ def test_teacher_flips_names_its_choices():
         make_method(teacher_flips="ud")
 
 
+# -- confidence-weighted pseudo-targets: the teacher's agreement across flips ---------------------------------------
+
+
+def agreement_reference(passes: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """float64 numpy, image by image: the spread, its brain mean, 1 / (1 + s / s_bar) rescaled to brain mean 1."""
+    spread = np.abs(passes - passes.mean(0)).mean(0)
+    weights, typicals = np.ones_like(spread), []
+    for b in range(spread.shape[0]):
+        inside = np.ones(spread[b].shape, bool) if mask is None else mask[b] > 0
+        typical = spread[b][inside].mean() if inside.any() else 0.0
+        typicals.append(typical)
+        if typical > 0:
+            raw = 1.0 / (1.0 + spread[b] / typical)
+            weights[b][inside] = raw[inside] / raw[inside].mean()
+    return weights, float(np.mean(typicals))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_agreement_weights_match_a_float64_reference_on_odd_sizes(masked):
+    from ds3kit.methods.ds3net import agreement_weights
+
+    generator = torch.Generator().manual_seed(5)
+    passes = torch.rand(3, 4, 1, 9, 7, generator=generator)
+    mask = (torch.rand(4, 1, 9, 7, generator=generator) > 0.4).float() if masked else None
+    if masked:
+        mask[1] = 0  # an image with no brain voxel: weights 1
+    passes[:, 2] = passes[0, 2]  # an image whose passes all agree: weights 1
+    weights, spread = agreement_weights(passes, mask)
+    expected, typical = agreement_reference(passes.double().numpy(), None if mask is None else mask.numpy())
+    np.testing.assert_allclose(weights.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert spread.item() == pytest.approx(typical, rel=1e-5)
+    assert torch.equal(weights[2], torch.ones_like(weights[2]))
+    inside = torch.ones_like(weights[0]) if mask is None else mask[0]
+    assert (weights[0] * inside).sum() / inside.sum() == pytest.approx(1.0, rel=1e-5)  # the slice keeps its total
+    if masked:
+        assert torch.equal(weights[1], torch.ones_like(weights[1]))
+        assert torch.equal(weights[0][mask[0] == 0], torch.ones_like(weights[0][mask[0] == 0]))
+    # The more a voxel's passes disagree, the less it weighs.
+    disagreement = (passes - passes.mean(0)).abs().mean(0)[3].flatten()
+    order = disagreement.argsort()
+    region = torch.ones_like(order, dtype=torch.bool) if mask is None else mask[3].flatten()[order] > 0
+    assert torch.all(weights[3].flatten()[order][region].diff() <= 1e-6)
+
+
+def test_agreement_weights_name_bad_shapes():
+    from ds3kit.methods.ds3net import agreement_weights
+
+    with pytest.raises(ValueError, match=r"passes must be \(K >= 2, B, 1, H, W\)"):
+        agreement_weights(torch.zeros(1, 2, 1, 4, 4))
+    with pytest.raises(ValueError, match="brain_mask must have one pass's shape"):
+        agreement_weights(torch.zeros(2, 2, 1, 4, 4), torch.ones(2, 1, 4, 5))
+
+
+@pytest.mark.parametrize(("agreement", "flips"), [("lr", "none"), ("all", "none"), ("all", "lr")])
+def test_teacher_agreement_weights_the_students_image_loss_by_its_teachers_flip_spread(monkeypatch, agreement, flips):
+    method = make_method(**IMAGE_DISTILLATION_ONLY, teacher_agreement=agreement, teacher_flips=flips)
+    unpaired, logs, (unflipped, student) = first_student_pass(method, monkeypatch)
+    # Independent reference: the teacher's passes on numpy-flipped inputs, flipped back, the weights in float64.
+    axes = {"none": [()], "lr": [(), (2,)], "all": [(), (2,), (3,), (2, 3)]}
+    x = unpaired["inputs"].numpy()
+    with torch.no_grad():
+
+        def passes(name):
+            outs = [
+                method.teacher.generator(torch.from_numpy(np.flip(x, a).copy())).double().numpy() for a in axes[name]
+            ]
+            return np.stack([np.flip(out, a) for out, a in zip(outs, axes[name])])
+
+        weights, typical = agreement_reference(passes(agreement), unpaired["brain_mask"].numpy())
+        target = passes(flips).mean(0)
+    assert not np.allclose(weights, 1.0, atol=1e-3)  # the flips disagree somewhere: the weights do something
+    expected = 100.0 * (weights * np.abs(student.double().numpy() - target)).mean()
+    assert logs["student/image"] == pytest.approx(expected, rel=1e-5)
+    assert logs["student/teacher_spread"] == pytest.approx(typical, rel=1e-5)
+
+
+def test_teacher_agreement_is_off_by_default_and_names_its_choices():
+    method = make_method(**IMAGE_DISTILLATION_ONLY)
+    assert method.options.teacher_agreement == "none"
+    with pytest.raises(ValueError, match="teacher_agreement must be one of none, lr, all, got 'ud'"):
+        make_method(teacher_agreement="ud")
+
+
 # -- consistency training: the student's own warp -------------------------------------------------------------------
 
 QUARTER_TURN = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])

@@ -1,10 +1,11 @@
-"""flip_mean: the flips' passes, each flipped back, averaged; a given plain pass reused; gradients as asked."""
+"""flip_passes / flip_mean: the flips' passes, each flipped back (and averaged); a given plain pass reused;
+gradients as asked."""
 
 import numpy as np
 import pytest
 import torch
 
-from ds3kit.utils.flips import FLIPS, flip_mean
+from ds3kit.utils.flips import FLIPS, flip_mean, flip_passes
 
 
 class Ramp(torch.nn.Module):
@@ -22,8 +23,8 @@ class Ramp(torch.nn.Module):
         return self.scale * x[:, :1] * ramp + x[:, 1:2] ** 2
 
 
-def reference(x: np.ndarray, flips: str, clamp: bool) -> np.ndarray:
-    """float64 numpy: each pass on the flipped batch, flipped back (numpy's own flip), the mean."""
+def reference_passes(x: np.ndarray, flips: str, clamp: bool) -> list[np.ndarray]:
+    """float64 numpy: each pass on the flipped batch, flipped back (numpy's own flip)."""
     h, w = x.shape[-2:]
     ramp = np.outer(np.linspace(-0.3, 1.2, h), np.linspace(0.5, 1.3, w))
     passes = []
@@ -33,7 +34,11 @@ def reference(x: np.ndarray, flips: str, clamp: bool) -> np.ndarray:
         out = 1.5 * flipped[:, :1] * ramp + flipped[:, 1:2] ** 2
         out = np.clip(out, 0, 1) if clamp else out
         passes.append(np.flip(out, axes) if axes else out)
-    return np.mean(passes, axis=0)
+    return passes
+
+
+def reference(x: np.ndarray, flips: str, clamp: bool) -> np.ndarray:
+    return np.mean(reference_passes(x, flips, clamp), axis=0)
 
 
 @pytest.mark.parametrize("flips", list(FLIPS))
@@ -42,6 +47,16 @@ def test_flip_mean_matches_a_float64_reference_on_odd_sizes(flips, clamp):
     x = torch.rand(3, 2, 7, 5, generator=torch.Generator().manual_seed(0))
     actual = flip_mean(Ramp(), x, flips, clamp=clamp)
     np.testing.assert_allclose(actual.detach().double().numpy(), reference(x.double().numpy(), flips, clamp), atol=1e-6)
+
+
+@pytest.mark.parametrize("flips", list(FLIPS))
+def test_flip_passes_are_each_pass_flipped_back_the_plain_one_first(flips):
+    x = torch.rand(2, 2, 5, 7, generator=torch.Generator().manual_seed(3))
+    passes = flip_passes(Ramp(), x, flips)
+    assert passes.shape == (len(FLIPS[flips]), 2, 1, 5, 7) and passes.dtype == torch.float32
+    np.testing.assert_allclose(
+        passes.detach().double().numpy(), np.stack(reference_passes(x.double().numpy(), flips, False)), atol=1e-6
+    )
 
 
 def test_a_given_plain_pass_is_used_and_not_recomputed():
