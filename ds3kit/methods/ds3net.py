@@ -49,6 +49,16 @@ from ds3kit.losses import (
     difficulty_pixel,
 )
 from ds3kit.methods.base import Method, item
+from ds3kit.methods.pseudo_targets import (
+    CORE_LABEL,
+    ENHANCING_LABEL,
+    TUMOUR_LABELS,
+    agreement_weights,
+    calibrated_target,
+    label_sums,
+    tumour_level_targets,
+    tumour_weighted,
+)
 from ds3kit.models import PatchDiscriminator
 from ds3kit.utils.flips import FLIPS, flip_passes
 from ds3kit.utils.streams import STUDENT_STREAM
@@ -644,27 +654,8 @@ class DS3Net(Method):
 RECIPE_OPTIONS: dict[str, object] = {"lambda_adv": 0.0, "use_nce": False, "tumour_weight": 5.0}
 
 
-def tumour_weighted(difficulty: Tensor, tumour_mask: Tensor | None, weight: float) -> Tensor:
-    """The pixel loss's weights ``M * (1 + (weight - 1) * tumour)``: the tumour's few voxels count ``weight`` times.
-
-    ``tumour_mask`` is the batch's 0/1 (B, 1, H, W) map of seg > 0; without one (a cohort without labels) or at
-    ``weight == 1`` the difficulty map is returned unchanged.
-    """
-    if weight < 0:
-        raise ValueError(f"tumour_weight must be >= 0, got {weight}")
-    if tumour_mask is None or weight == 1.0:
-        return difficulty
-    return difficulty * (1.0 + (weight - 1.0) * tumour_mask)
-
-
-#: The BraTS tumour labels (internal convention): necrotic core, oedema, enhancing tumour.
-TUMOUR_LABELS: tuple[int, ...] = (1, 2, 4)
 #: Where ``tumour_levels`` counts the paired subjects' levels (``DS3NetOptions.tumour_levels_from``).
 TUMOUR_LEVEL_SOURCES: tuple[str, ...] = ("subjects", "batches")
-#: The enhancing tumour's label: the region T1ce exists to show (BraTS's ET).
-ENHANCING_LABEL = 4
-#: The necrotic / non-enhancing core's label: dark in T1ce, inside the rim (with it, BraTS's TC).
-CORE_LABEL = 1
 #: The options that multiply L_id's weight inside one unpaired tumour label, and that label.
 _LABEL_FACTORS = {"student_enhancing_weight": ENHANCING_LABEL, "student_core_weight": CORE_LABEL}
 
@@ -685,89 +676,6 @@ def _warped_batch(batch: Mapping[str, Tensor], theta: Tensor) -> dict[str, Tenso
         if key in batch:
             view[key] = warp(batch[key], theta, mode="nearest")
     return view
-
-
-def calibrated_target(prediction: Tensor, brain_mask: Tensor, calibration: nn.Module) -> Tensor:
-    """The pseudo-target through the teacher's intensity calibration inside the brain (``brain_mask`` > 0; voxels
-    outside keep the prediction), computed in float32 whatever the prediction's dtype (bf16 would round the knots)
-    and returned in it. With an unfitted calibration (the identity) the prediction comes back unchanged."""
-    with torch.no_grad():
-        mapped = calibration(prediction.float()).to(prediction.dtype)
-        return torch.where(brain_mask > 0, mapped, prediction)
-
-
-def agreement_weights(passes: Tensor, brain_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per-voxel confidence weights from a teacher's agreement with itself across K passes, and its typical spread.
-
-    ``passes`` is (K, B, 1, H, W), K >= 2 (e.g. :func:`ds3kit.utils.flips.flip_passes`). Per voxel, the spread ``s`` is
-    the passes' mean absolute deviation from their mean; per image, ``s_bar`` is the mean of ``s`` inside the brain
-    (``brain_mask`` > 0; the whole image without a mask). The weight inside the brain is ``1 / (1 + s / s_bar)``,
-    rescaled so that its brain mean is 1 (a slice's L_id keeps its total, moved towards the voxels its teacher agrees
-    on); outside the brain, and in an image with no brain voxel, it is 1. Where ``s_bar`` is 0 (every pass agrees)
-    every weight is 1. Computed in float64 (passes that agree to the bit then have no spread at all), returned as
-    the (B, 1, H, W) float32 weights and the batch's mean ``s_bar`` (a float32 scalar), both detached.
-    """
-    if passes.dim() != 5 or passes.shape[0] < 2:
-        raise ValueError(f"passes must be (K >= 2, B, 1, H, W), got {tuple(passes.shape)}")
-    with torch.no_grad():
-        values = passes.double()
-        spread = (values - values.mean(0)).abs().mean(0)  # (B, 1, H, W)
-        if brain_mask is None:
-            inside = torch.ones_like(spread)
-        elif brain_mask.shape != spread.shape:
-            raise ValueError(
-                f"brain_mask must have one pass's shape {tuple(spread.shape)}, got {tuple(brain_mask.shape)}"
-            )
-        else:
-            inside = (brain_mask > 0).to(spread.dtype)
-        tiny = torch.finfo(spread.dtype).tiny
-        count = inside.flatten(1).sum(1).clamp(min=1).view(-1, 1, 1, 1)
-        typical = (spread * inside).flatten(1).sum(1).view(-1, 1, 1, 1) / count
-        raw = torch.where(typical > 0, 1.0 / (1.0 + spread / typical.clamp(min=tiny)), 1.0)
-        scale = (raw * inside).flatten(1).sum(1).view(-1, 1, 1, 1) / count
-        weights = torch.where((inside > 0) & (scale > 0), raw / scale.clamp(min=tiny), 1.0)
-        return weights.float(), typical.mean().float()
-
-
-def label_sums(image: Tensor, seg: Tensor) -> tuple[Tensor, Tensor]:
-    """Per tumour label (:data:`TUMOUR_LABELS`): the sum of ``image`` over the label's voxels and their count, both
-    float64 of shape (len(TUMOUR_LABELS),). ``image`` and ``seg`` are (B, 1, H, W); ``seg`` holds the labels."""
-    if image.shape != seg.shape:
-        raise ValueError(f"image and seg must have one shape, got {tuple(image.shape)} and {tuple(seg.shape)}")
-    masks = torch.stack([seg == label for label in TUMOUR_LABELS])  # (L, B, 1, H, W)
-    values = image.detach().to(torch.float64)
-    sums = (masks * values).flatten(1).sum(1)
-    return sums, masks.flatten(1).sum(1).to(torch.float64)
-
-
-def tumour_level_targets(prediction: Tensor, seg: Tensor, levels: Tensor) -> Tensor:
-    """The teacher's pseudo-target with each tumour label's mean moved to the paired subjects' level there.
-
-    Per image ``b`` and label ``k`` of :data:`TUMOUR_LABELS` present in ``seg[b]``, the prediction over that label's
-    voxels is shifted by ``levels[k] - mean(prediction[b] over them)``: the teacher's pattern inside the label is
-    kept, its level is the one the paired subjects' real T1ce has (ours, docs/method.md). Labels whose level is NaN
-    (never seen in a paired batch) and voxels outside the tumour are left as they are.
-
-    Args:
-        prediction: (B, 1, H, W) the teacher's prediction on unpaired inputs.
-        seg: (B, 1, H, W) BraTS labels (0, 1, 2, 4) of the unpaired subjects.
-        levels: (len(TUMOUR_LABELS),) target level per label.
-    """
-    if prediction.shape != seg.shape:
-        raise ValueError(
-            f"prediction and seg must have one shape, got {tuple(prediction.shape)} and {tuple(seg.shape)}"
-        )
-    if levels.shape != (len(TUMOUR_LABELS),):
-        raise ValueError(f"levels must have shape ({len(TUMOUR_LABELS)},), got {tuple(levels.shape)}")
-    # All labels at once and without a host sync (the labels are disjoint, so the shifts add up voxel by voxel).
-    values = prediction.detach().float()
-    masks = torch.stack([seg == label for label in TUMOUR_LABELS]).float()  # (L, B, 1, H, W)
-    counts = masks.flatten(2).sum(2)  # (L, B)
-    means = (masks * values).flatten(2).sum(2) / counts.clamp(min=1)
-    shifts = levels.to(values)[:, None] - means
-    shifts = torch.where(torch.isnan(shifts) | (counts == 0), 0.0, shifts)
-    corrected = values + (masks * shifts.view(*shifts.shape, *([1] * (prediction.dim() - 1)))).sum(0)
-    return corrected.to(prediction.dtype)
 
 
 def _config(generator: nn.Module) -> object:

@@ -453,7 +453,7 @@ def test_reference_t1ce_and_the_student_discriminator_must_agree():
 
 
 def test_tumour_weighted_scales_the_map_inside_the_tumour_only():
-    from ds3kit.methods.ds3net import tumour_weighted
+    from ds3kit.methods.pseudo_targets import tumour_weighted
 
     difficulty = torch.tensor([[[[1.0, 1.5], [2.0, 1.0]]]])
     tumour = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]])
@@ -605,7 +605,7 @@ def first_student_pass(method: DS3Net, monkeypatch) -> tuple[dict, dict[str, flo
 def shift_to_paired_levels(target: torch.Tensor, seg: torch.Tensor, levels: torch.Tensor) -> None:
     """The tumour levels written out, in place: each image's voxels of each label shifted so their mean is the
     paired subjects' level there (labels absent from the image, or never seen in the paired ones, untouched)."""
-    from ds3kit.methods.ds3net import TUMOUR_LABELS
+    from ds3kit.methods.pseudo_targets import TUMOUR_LABELS
 
     for k, label in enumerate(TUMOUR_LABELS):
         for b in range(target.shape[0]):
@@ -615,7 +615,7 @@ def shift_to_paired_levels(target: torch.Tensor, seg: torch.Tensor, levels: torc
 
 
 def test_label_sums_match_a_float64_loop():
-    from ds3kit.methods.ds3net import TUMOUR_LABELS, label_sums
+    from ds3kit.methods.pseudo_targets import TUMOUR_LABELS, label_sums
 
     generator = torch.Generator().manual_seed(3)
     image = torch.rand(3, 1, 17, 19, generator=generator)
@@ -630,7 +630,7 @@ def test_label_sums_match_a_float64_loop():
 
 
 def test_tumour_level_targets_move_each_labels_mean_to_its_level_and_keep_the_pattern():
-    from ds3kit.methods.ds3net import TUMOUR_LABELS, tumour_level_targets
+    from ds3kit.methods.pseudo_targets import TUMOUR_LABELS, tumour_level_targets
 
     generator = torch.Generator().manual_seed(5)
     prediction = torch.rand(4, 1, 23, 21, generator=generator)
@@ -657,7 +657,7 @@ def test_tumour_level_targets_move_each_labels_mean_to_its_level_and_keep_the_pa
 
 
 def test_tumour_levels_distil_the_corrected_pseudo_target_at_the_paired_subjects_levels(monkeypatch):
-    from ds3kit.methods.ds3net import TUMOUR_LABELS
+    from ds3kit.methods.pseudo_targets import TUMOUR_LABELS
 
     method = make_method(**IMAGE_DISTILLATION_ONLY, tumour_levels=True)
     assert "paired_label_sums" in method.state_dict()  # resumes with the run
@@ -685,7 +685,7 @@ def test_tumour_levels_distil_the_corrected_pseudo_target_at_the_paired_subjects
 
 
 def test_tumour_levels_from_subjects_are_the_whole_volumes_means_and_no_batch_moves_them():
-    from ds3kit.methods.ds3net import TUMOUR_LABELS
+    from ds3kit.methods.pseudo_targets import TUMOUR_LABELS
 
     rng = np.random.default_rng(3)
     shapes = [(7, 5, 3), (6, 9, 4)]  # odd sizes, two subjects
@@ -805,7 +805,7 @@ def agreement_reference(passes: np.ndarray, mask: np.ndarray | None) -> tuple[np
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_agreement_weights_match_a_float64_reference_on_odd_sizes(masked):
-    from ds3kit.methods.ds3net import agreement_weights
+    from ds3kit.methods.pseudo_targets import agreement_weights
 
     generator = torch.Generator().manual_seed(5)
     passes = torch.rand(3, 4, 1, 9, 7, generator=generator)
@@ -831,7 +831,7 @@ def test_agreement_weights_match_a_float64_reference_on_odd_sizes(masked):
 
 
 def test_agreement_weights_name_bad_shapes():
-    from ds3kit.methods.ds3net import agreement_weights
+    from ds3kit.methods.pseudo_targets import agreement_weights
 
     with pytest.raises(ValueError, match=r"passes must be \(K >= 2, B, 1, H, W\)"):
         agreement_weights(torch.zeros(1, 2, 1, 4, 4))
@@ -989,7 +989,7 @@ def test_an_unfitted_calibration_leaves_the_pseudo_target_as_the_teachers_predic
 
 
 def test_calibrated_target_maps_in_float32_and_returns_the_predictions_dtype():
-    from ds3kit.methods.ds3net import calibrated_target
+    from ds3kit.methods.pseudo_targets import calibrated_target
     from ds3kit.models import IntensityCalibration
 
     calibration = IntensityCalibration()
