@@ -137,7 +137,14 @@ def calibrate_generator(
             calibrate=False,
         )
         fit.add(prediction, session.target, session.brain_mask)
+    apply_calibration_fit(generator, fit, min_voxels=min_voxels)
+    return fit
+
+
+def apply_calibration_fit(generator: Generator, fit: CalibrationFit, *, min_voxels: int = MIN_BIN_VOXELS) -> None:
+    """Set ``generator.calibration`` from a finished ``fit`` (counted from the generator's uncalibrated predictions,
+    as :func:`calibrate_generator` counts them): its knots, or the identity with too few voxels."""
+    generator.calibration.reset()
     knots = fit.knots(min_voxels)
     if knots is not None:
         generator.calibration.set_knots(*knots)
-    return fit

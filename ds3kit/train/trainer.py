@@ -25,11 +25,12 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -56,8 +57,9 @@ from ds3kit.data import (
 )
 from ds3kit.errors import InputError
 from ds3kit.evaluation import evaluate_generator, evaluate_predictor
-from ds3kit.inference import calibrate_generator
+from ds3kit.inference import apply_calibration_fit, calibrate_generator
 from ds3kit.methods.base import Method, NonFiniteLossError
+from ds3kit.models.calibration import CalibrationFit
 from ds3kit.train.batches import StepBatches, prepare_batch
 from ds3kit.train.config import RunConfig, option_defaults
 from ds3kit.train.distributed import DistributedContext, init_distributed, shutdown_distributed
@@ -460,31 +462,50 @@ class Trainer:
             # the augmentation every later step draws, and the run's trajectory with it.
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
-                self._score_validation(step, method, sessions)
-                self._refit_calibrations(method, sessions)
+                fitted = self._score_validation(step, method, sessions)
+                self._refit_calibrations(method, sessions, skip=fitted)
         else:
             self.context.barrier()
         # Every process trains on the main process's fit (the others hold no validation subjects).
         for generator, _ in method.calibrated_during_training().values():
             self.context.broadcast([generator.calibration.source, generator.calibration.target])
 
-    def _refit_calibrations(self, method: Method, sessions: Sequence[Session]) -> None:
+    def _refit_calibrations(self, method: Method, sessions: Sequence[Session], *, skip: Container[int] = ()) -> None:
         """The intensity calibrations a method trains through (``Method.calibrated_during_training``), refitted on
-        the validation subjects with the weights just scored; the final report refits the shipped ones anew."""
+        the validation subjects with the weights just scored (except the generators whose ``id`` is in ``skip``,
+        already fitted from the scoring's own predictions); the final report refits the shipped ones anew."""
         for generator, flips in method.calibrated_during_training().values():
+            if id(generator) in skip:
+                continue
             calibrate_generator(
                 generator, sessions, flips=flips, device=self.device, batch_size=self.config.eval_batch_size
             )
         method.train()
 
-    def _score_validation(self, step: int, method: Method, sessions: Sequence[Session]) -> None:
+    def _score_validation(self, step: int, method: Method, sessions: Sequence[Session]) -> set[int]:
+        """Score every generator on the validation subjects; returns the ``id`` of each generator whose in-training
+        calibration was refitted from these very predictions (those calibrated through no flips: one pass serves
+        both)."""
         summary: dict[str, float] = {}
+        calibrated = {id(g) for g, flips in method.calibrated_during_training().values() if flips == "none"}
+        fitted: set[int] = set()
         for role, generator in method.generators().items():
+            fit = None
+            if id(generator) in calibrated and id(generator) not in fitted:
+                fit = CalibrationFit(generator.calibration.source.numel())
             # Uncalibrated: the step is chosen on the network alone, whatever calibration it carries during training
             # (the report fits the shipped generators' calibrations after the choice).
             result = evaluate_generator(
-                generator, sessions, device=self.device, batch_size=self.config.eval_batch_size, calibrate=False
+                generator,
+                sessions,
+                device=self.device,
+                batch_size=self.config.eval_batch_size,
+                calibrate=False,
+                on_prediction=None if fit is None else _counting_into(fit),
             )
+            if fit is not None:
+                apply_calibration_fit(generator, fit)
+                fitted.add(id(generator))
             summary.update({f"{role}/{k}": v for k, v in result.mean.items()})
             score = result.mean.get(SELECTION_METRIC)
             selectable = method.has_trained(role, step)
@@ -500,6 +521,7 @@ class Trainer:
         method.train()
         self.log.log(step, "val", summary)
         self.context.barrier()
+        return fitted
 
     def _validate_baselines(self, split: CohortSplit, sessions: Sequence[Session]) -> None:
         """The references the learning curves are drawn against, on the validation subjects (once per run)."""
@@ -554,6 +576,15 @@ def _running_mean(average: dict[str, Any] | None, step: int, module: torch.nn.Mo
             value = (before.double() + (value.double() - before.double()) / count).to(value.dtype)
         state[name] = value
     return {"steps": [*average["steps"], step], "state": state}
+
+
+def _counting_into(fit: CalibrationFit) -> Callable[[Session, np.ndarray], None]:
+    """An ``on_prediction`` callback that counts each scored prediction into a calibration fit."""
+
+    def count(session: Session, prediction: np.ndarray) -> None:
+        fit.add(prediction, session.target, session.brain_mask)
+
+    return count
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

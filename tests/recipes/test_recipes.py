@@ -407,13 +407,18 @@ def test_the_shipped_synthesis_is_calibrated_on_the_validation_subjects_and_scor
 
 
 def test_calibrated_targets_refit_the_teachers_calibration_at_each_check_and_leave_the_teacher_untouched(
-    small_cohort, tmp_path
+    small_cohort, tmp_path, monkeypatch
 ):
     from ds3kit.inference import calibrate_generator
+    from ds3kit.train import trainer
 
+    # The fit is counted from validation's own predictions (no flips: the same passes): no second synthesis.
+    separate_fits = []
+    monkeypatch.setattr(trainer, "calibrate_generator", lambda *args, **kwargs: separate_fits.append(kwargs))
     plain, calibrated = tmp_path / "plain", tmp_path / "calibrated"
     assert smoke("ds3net", small_cohort, plain) == 0
     assert smoke("ds3net", small_cohort, calibrated, "--calibrated-targets") == 0
+    assert separate_fits == []
 
     def val_lines(run):
         lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -442,3 +447,7 @@ def test_calibrated_targets_refit_the_teachers_calibration_at_each_check_and_lea
     off = tmp_path / "off"
     assert smoke("ds3net", small_cohort, off, "--calibrated-targets", "--no-calibrate") == 0
     assert not load_generator(off / "checkpoints" / "teacher.pt")[0].calibration.fitted
+    # Pseudo-targets through flips are fitted on flipped passes, which validation does not make: one fit per check.
+    flipped = tmp_path / "flipped"
+    assert smoke("ds3net", small_cohort, flipped, "--calibrated-targets", "--teacher-flips", "lr") == 0
+    assert [fit["flips"] for fit in separate_fits] == ["lr"] * len(val_lines(flipped))
