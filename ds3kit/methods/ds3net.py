@@ -572,12 +572,18 @@ class DS3Net(Method):
         passes: dict[str, Tensor] = {}
 
         def teacher_passes(flips: str) -> Tensor:
-            if flips not in passes:
-                with torch.no_grad():
-                    passes[flips] = flip_passes(
-                        self.distillation.teacher, inputs, flips, unflipped=forward.teacher_prediction
-                    )
+            # A flip set whose passes begin another's (lr's are all's first two) reuses them.
+            for made, stacked in passes.items():
+                if FLIPS[made][: len(FLIPS[flips])] == FLIPS[flips]:
+                    return stacked[: len(FLIPS[flips])]
+            with torch.no_grad():
+                passes[flips] = flip_passes(
+                    self.distillation.teacher, inputs, flips, unflipped=forward.teacher_prediction
+                )
             return passes[flips]
+
+        if len(FLIPS[o.teacher_agreement]) > len(FLIPS[o.teacher_flips]):
+            teacher_passes(o.teacher_agreement)  # the wider set first, so the other can reuse its passes
 
         pseudo_target = None
         if o.teacher_flips != "none":

@@ -841,8 +841,16 @@ def test_agreement_weights_name_bad_shapes():
 
 @pytest.mark.parametrize(("agreement", "flips"), [("lr", "none"), ("all", "none"), ("all", "lr")])
 def test_teacher_agreement_weights_the_students_image_loss_by_its_teachers_flip_spread(monkeypatch, agreement, flips):
+    from ds3kit.methods import ds3net as module
+
+    calls = []
+    original = module.flip_passes
+    monkeypatch.setattr(
+        module, "flip_passes", lambda *args, **kwargs: calls.append(args[2]) or original(*args, **kwargs)
+    )
     method = make_method(**IMAGE_DISTILLATION_ONLY, teacher_agreement=agreement, teacher_flips=flips)
     unpaired, logs, (unflipped, student) = first_student_pass(method, monkeypatch)
+    assert calls == [agreement]  # one set of passes per step: an lr-flipped target reuses all's first two
     # Independent reference: the teacher's passes on numpy-flipped inputs, flipped back, the weights in float64.
     axes = {"none": [()], "lr": [(), (2,)], "all": [(), (2,), (3,), (2, 3)]}
     x = unpaired["inputs"].numpy()
