@@ -47,7 +47,7 @@ def flip_passes(
         else:
             prediction = generator(batch.flip(dims).contiguous(memory_format=memory_format)).float().flip(dims)
         passes.append(prediction.clamp(0, 1) if clamp else prediction)
-    return torch.stack(passes)
+    return passes[0].unsqueeze(0) if len(passes) == 1 else torch.stack(passes)  # one pass: a view, no copy
 
 
 def flip_mean(generator: Callable[[Tensor], Tensor], batch: Tensor, flips: str, **options: Any) -> Tensor:
