@@ -34,7 +34,7 @@ from pathlib import Path
 
 # The study's parts are sibling modules (benchmarks/ is the script's folder, and on pytest's pythonpath); the names
 # the tests and users reach for are re-exported here.
-from _quality_report import PAPER, diagnostics_table, plot, write_report
+from _quality_report import PAPER, diagnostics_table, plot, room_table, write_report
 from _quality_runs import (
     ARMS,
     DEFAULT_ARMS,
@@ -75,6 +75,7 @@ __all__ = [
     "main",
     "plot",
     "reference_rows",
+    "room_table",
     "run_arm",
     "run_dir",
     "run_report",
@@ -142,12 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results: Runs = {arm.name: [] for arm in arms}
-    references: Runs = {}
+    references_by_seed: dict[str, dict[int, dict[str, float]]] = {}  # label -> seed -> its means
     trained = reused = 0
     counted: set[Path] = set()  # run directories counted as trained or reused (an arm may be read from another's)
     floor: dict[int, float] = {}  # copy-T1's brain PSNR per seed: what each arm must beat at that seed
     for seed in seeds:
-        seen: set[str] = set()
         for arm in arms:
             t0 = time.perf_counter()
             folder = run_dir(arm, seed, out)
@@ -179,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             # One row per reference and seed: the test subjects depend on the seed only, the linear fit on the
             # paired fraction too.
             for label, means in rows.items():
-                if label not in seen:
-                    seen.add(label)
-                    references.setdefault(label, []).append(means)
+                references_by_seed.setdefault(label, {}).setdefault(seed, means)
             brain = results[arm.name][-1].get("brain_psnr", float("nan"))
             print(
                 f"[{time.perf_counter() - started:7.0f} s] seed {seed} {arm.name:<36} brain PSNR {brain:6.2f} dB "
@@ -189,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+    # Aligned by seed like the arms' lists (a seed no arm finished, or a reference only some arms give, is empty).
+    references: Runs = {
+        label: [by_seed.get(seed, {}) for seed in seeds] for label, by_seed in references_by_seed.items()
+    }
     diagnostics = []
     diagnosed = next((arm for arm in arms if arm.name == DIAGNOSED_ARM), None)
     if diagnosed is not None:

@@ -567,3 +567,35 @@ def test_paired_only_is_read_from_whichever_ds3net_run_with_its_teacher_finished
     first.mkdir()
     (first / "metrics.json").write_text("{}")
     assert quality.run_dir(arm[PAIRED], 3, tmp_path) == first
+
+
+def test_room_table_places_the_target_against_pix2pix_and_the_population_ceiling_per_seed() -> None:
+    # Three seeds; pix2pix did not finish at the second, so that seed is left out of the table and the counts.
+    results = {
+        PAIRED: [{"brain_psnr": 22.6}, {"brain_psnr": 23.3}, {"brain_psnr": 23.5}],
+        DS3: [{"brain_psnr": 23.1}, {"brain_psnr": 23.4}, {"brain_psnr": 23.7}],
+        PIX: [{"brain_psnr": 23.3}, {}, {"brain_psnr": 23.6}],
+    }
+    references = {
+        "copy-T1": [{"brain_psnr": 20.7}, {"brain_psnr": 21.6}, {"brain_psnr": 22.1}],
+        "ceiling: tissue map, paired levels (5% paired)": [
+            {"brain_psnr": 23.0},
+            {"brain_psnr": 23.4},
+            {"brain_psnr": 23.4},
+        ],
+        "ceiling: tissue map, population levels": [{"brain_psnr": 23.6}, {"brain_psnr": 24.1}, {"brain_psnr": 23.9}],
+    }
+    text = quality.room_table(results, references, seeds=[0, 1, 2], target=0.5)
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| 0 ") or line.startswith("| 1 ") or line.startswith("| 2 ")
+    ]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 2"]
+    # Seed 0: target 23.10, 0.20 under pix2pix, 0.50 under the ceiling; seed 2: target 24.00, 0.40 above pix2pix
+    # and 0.10 above the ceiling.
+    assert rows[0].endswith("| 23.10 | -0.20 | -0.50 |") and "23.00 / 23.60" in rows[0]
+    assert rows[1].endswith("| 24.00 | +0.40 | +0.10 |") and "| 22.10 | 23.50 | 23.70 | 23.60 |" in rows[1]
+    assert "At 1 of 2 seeds the target lies above pix2pix at 100 %, and at 1 above" in text
+    assert quality.room_table({PAIRED: results[PAIRED]}, references, seeds=[0, 1, 2]).startswith("(needs")
+    assert quality.room_table(results, {}, seeds=[0, 1, 2]).startswith("(no seed")
