@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _quality_stats import DICE_METRICS, METRICS, Runs, claims, difference, flag_losers, summarise
+from _quality_stats import DICE_METRICS, METRICS, Runs, claims, difference, flag_losers, reference_label, summarise
 from scipy import stats
 
+from ds3kit.baselines import CEILING_PAIRED_LEVELS, CEILING_POPULATION_LEVELS, COPY_T1
 from ds3kit.train import RunConfig
 from ds3kit.utils.atomic import atomic_path, atomic_write_text
 
@@ -82,7 +83,6 @@ def selection_table(selection: dict[str, list[dict[str, dict[str, Any]]]]) -> st
 
 # The semi-supervision issue's bar: DS3-Net at 5 % beats paired-only at 5 % by this much brain PSNR.
 TARGET_DB = 0.5
-POPULATION_CEILING = "ceiling: tissue map, population levels"
 
 
 def room_table(results: Runs, references: Runs, seeds, target: float = TARGET_DB) -> str:
@@ -96,14 +96,13 @@ def room_table(results: Runs, references: Runs, seeds, target: float = TARGET_DB
     ds3, paired, pix = "DS3-Net 5%", "paired-only 5%", "pix2pix 100%"
     if not {ds3, paired, pix} <= set(results):
         return "(needs the DS3-Net 5%, paired-only 5% and pix2pix 100% arms)"
-    paired_ceiling = next(
-        (label for label in references if label.startswith("ceiling: tissue map, paired levels")), None
-    )
-    columns = {"copy-T1": references.get("copy-T1", []), paired: results[paired], ds3: results[ds3]}
-    columns |= {
+    columns = {
+        "copy-T1": references.get(COPY_T1, []),
+        paired: results[paired],
+        ds3: results[ds3],
         pix: results[pix],
-        "paired": references.get(paired_ceiling, []),
-        "population": references.get(POPULATION_CEILING, []),
+        "paired": references.get(reference_label(CEILING_PAIRED_LEVELS, 0.05), []),
+        "population": references.get(CEILING_POPULATION_LEVELS, []),
     }
     lines = [
         f"| seed | copy-T1 | paired-only | DS3-Net | pix2pix 100 % | ceiling: paired / population levels "

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _quality_stats import reference_label
 from _recipes import load_recipe
 
 from ds3kit.baselines import (
@@ -424,8 +425,7 @@ def reference_rows(report: dict[str, Any], paired_fraction: float) -> dict[str, 
     baselines = report.get("baselines", {})
     for name, result in sorted(baselines.items(), key=lambda item: order.index(item[0]) if item[0] in order else 99):
         depends_on_paired = name in (LINEAR, CEILING_PAIRED_LEVELS)
-        label = f"{name} ({paired_fraction:.0%} paired)" if depends_on_paired else name
-        rows[label] = result["mean"]
+        rows[reference_label(name, paired_fraction if depends_on_paired else None)] = result["mean"]
     return rows
 
 

@@ -15,6 +15,12 @@ DICE_METRICS = ("dice_et", "dice_tc", "dice_wt")  # a segmenter run on the synth
 Runs = dict[str, list[dict[str, float]]]  # arm -> its runs' held-out means, one per seed, in seed order
 
 
+def reference_label(name: str, paired_fraction: float | None = None) -> str:
+    """A reference's row label: one that depends on the paired subjects (the linear fit, the paired-levels ceiling)
+    carries the paired fraction, ``"linear (5% paired)"``; the others are their own name."""
+    return name if paired_fraction is None else f"{name} ({paired_fraction:.0%} paired)"
+
+
 def summarise(results: Runs) -> dict[str, dict[str, tuple[float, float]]]:
     table = {}
     for arm, runs in results.items():
