@@ -558,13 +558,17 @@ def segmenter_for(
     steps: int | None = None,
     smoke: bool = False,
     without_t1ce: bool = False,
-) -> Path:
+    train: bool = True,
+) -> Path | None:
     """The seed's segmenter checkpoint (``recipes/segmenter.py`` on the seed's split, so it never saw the seed's test
     subjects), trained into ``out/segmenter-seed{seed}`` (``segmenter-without-t1ce-seed{seed}`` for the one trained
-    on T1, T2, FLAIR alone) the first time and reused after."""
+    on T1, T2, FLAIR alone) the first time and reused after. With ``train=False`` a missing one is not trained:
+    None."""
     folder = out / f"segmenter-{'without-t1ce-' if without_t1ce else ''}seed{seed}"
     checkpoint = folder / "checkpoints" / "segmenter.pt"
     if not checkpoint.exists():
+        if not train:
+            return None
         argv = ["--seed", str(seed), "--out", str(folder), "--no-progress", "--overwrite"]
         argv += ["--without-t1ce"] if without_t1ce else []
         argv += ["--data", base.data] if base.data else []

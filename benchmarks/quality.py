@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = reused = 0
     counted: set[Path] = set()  # run directories counted as trained or reused (an arm may be read from another's)
     floor: dict[int, float] = {}  # copy-T1's brain PSNR per seed: what each arm must beat at that seed
+    unscored: set[int] = set()  # seeds without Dice: --finished-only found their segmenters missing
     for seed in seeds:
         for arm in arms:
             t0 = time.perf_counter()
@@ -162,18 +163,35 @@ def main(argv: list[str] | None = None) -> int:
             report_of_run = run_report(arm, seed, base, out)
             shipped = dict(report_of_run["models"]["__shipped__"])
             rows = reference_rows(report_of_run, arm.paired_fraction)
-            if args.dice:
-                segmenters = {
+            segmenters = (
+                {
                     without: segmenter_for(
-                        seed, base, out, steps=args.segmenter_steps, smoke=args.smoke, without_t1ce=without
+                        seed,
+                        base,
+                        out,
+                        steps=args.segmenter_steps,
+                        smoke=args.smoke,
+                        without_t1ce=without,
+                        train=not args.finished_only,
                     )
                     for without in (False, True)
                 }
+                if args.dice
+                else {}
+            )
+            if segmenters and None not in segmenters.values():
                 dice = run_dice(arm, seed, base, out, segmenters[False], without_t1ce=segmenters[True])
                 shipped.update(dice["__shipped__"])
                 rows[COPY_T1] = {**rows.get(COPY_T1, {}), **dice[COPY_T1]}
                 rows[REAL_T1CE] = dice[REAL_T1CE]
                 rows[WITHOUT_T1CE] = dice[WITHOUT_T1CE]
+            elif segmenters and seed not in unscored:
+                unscored.add(seed)
+                print(
+                    f"seed {seed}: no Dice, its segmenters are not all in {out} and --finished-only trains nothing "
+                    "(run without --finished-only to train them)",
+                    file=sys.stderr,
+                )
             results[arm.name].append(shipped)
             floor[seed] = rows.get(COPY_T1, {}).get("brain_psnr")  # copy-T1 depends on the seed's test subjects only
             # One row per reference and seed: the test subjects depend on the seed only, the linear fit on the

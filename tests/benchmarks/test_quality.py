@@ -422,7 +422,7 @@ def test_plot_adds_the_paired_panel_only_with_several_seeds(tmp_path: Path) -> N
     assert width(tmp_path / "one.png") == width(tmp_path / "no-reference.png") == 1200
 
 
-def test_finished_only_reports_what_finished_and_trains_nothing(small_cohort: Path, tmp_path: Path) -> None:
+def test_finished_only_reports_what_finished_and_trains_nothing(small_cohort: Path, tmp_path: Path, capsys) -> None:
     out, report = tmp_path / "out", tmp_path / "q.md"
     common = ["--smoke", "--device", "cpu", "--data", str(small_cohort), "--out", str(out), "--no-dice"]
     pix2pix = "pix2pix 100%"
@@ -435,6 +435,12 @@ def test_finished_only_reports_what_finished_and_trains_nothing(small_cohort: Pa
     assert "n/a" not in rows[f"| {pix2pix}"]
     for unfinished in (DS3, PAIRED):  # no seed finished: every cell n/a
         assert rows[f"| {unfinished}"].count("n/a") == len(quality.METRICS)
+    # Nor a segmenter: with Dice asked for and none in --out, the seed gets no Dice columns and the study says why.
+    with_dice = [arg for arg in common if arg != "--no-dice"]
+    assert quality.main([*with_dice, "--arms", pix2pix, "--finished-only", "--report", str(report)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == before
+    assert "no Dice, its segmenters are not all in" in capsys.readouterr().err
+    assert "dice_et" not in report.read_text()
     # A run scored with other test-time flips (one from before RunConfig.test_flips) is scored again from its
     # checkpoint: nothing trained, its metrics.json now says the recipes' flips.
     (run,) = [path for path in out.iterdir() if path.name.startswith("pix2pix")]
