@@ -592,11 +592,7 @@ def test_room_table_places_the_target_against_pix2pix_and_the_population_ceiling
         "ceiling: tissue map, population levels": [{"brain_psnr": 23.6}, {"brain_psnr": 24.1}, {"brain_psnr": 23.9}],
     }
     text = quality.room_table(results, references, seeds=[0, 1, 2], target=0.5)
-    rows = [
-        line
-        for line in text.splitlines()
-        if line.startswith("| 0 ") or line.startswith("| 1 ") or line.startswith("| 2 ")
-    ]
+    rows = [line for line in text.splitlines() if line.startswith(("| 0 ", "| 1 ", "| 2 "))]
     assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 2"]
     # Seed 0: target 23.10, 0.20 under pix2pix, 0.50 under the ceiling; seed 2: target 24.00, 0.40 above pix2pix
     # and 0.10 above the ceiling.
