@@ -319,6 +319,14 @@ ARMS = (
         0.05,
         {"teacher_mutual": 3.0, "teacher_agreement": "all"},
     ),
+    # The student's adversarial term on the current defaults (twenty-fourth session). The recipes train the teacher
+    # without one; the student's, at weight 1, is judged by a D^S whose only real images are the paired subject's, and
+    # in the default arm's log at seed 0 it weighs as much as L_id once D^S wins (d_real, d_fake 0.003-0.03 from step
+    # 900). The default student loses to its own teacher in the healthy white and grey matter (test MSE 0.0044 against
+    # 0.0041 inside the white matter, five seeds) and gains only in the tumour; an adversary that pushes toward one
+    # subject's texture is a suspect. The twelfth session's arm "no student adversarial" measured it on defaults
+    # since replaced.
+    Arm("DS3-Net 5% (lambda_student_adv 0)", "ds3net", 0.05, {"lambda_student_adv": 0.0}),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised
