@@ -134,6 +134,60 @@ def room_table(results: Runs, references: Runs, seeds, target: float = TARGET_DB
     return "\n".join(lines)
 
 
+def tissue_table(tissues: dict[str, list[dict[str, dict[str, list[float]]] | None]], seeds) -> str:
+    """Markdown: each arm's brain MSE split by the phantom's tissue, pooled over its seeds' test subjects, beside the
+    references (:data:`_quality_runs.TISSUE_REFERENCES`) pooled over every seed some arm gave.
+
+    ``tissues[arm][i]`` is :func:`_quality_runs.tissue_errors_of` at ``seeds[i]`` (None: not measured). A cell is the
+    tissue's MSE x 1e3 and, in brackets, its share of that row's brain squared error; the header gives each tissue's
+    share of the brain's voxels. Returns an explanation instead when no arm was measured (data without phantom truth).
+    """
+    references: dict[str, dict[int, dict[str, list[float]]]] = {}
+    rows: dict[str, list[dict[str, list[float]]]] = {}
+    for arm, per_seed in tissues.items():
+        measured = [(seed, result) for seed, result in zip(seeds, per_seed) if result]
+        if measured:
+            rows[arm] = [result["model"] for _, result in measured]
+        for seed, result in measured:
+            for name, totals in result.items():
+                if name != "model":
+                    references.setdefault(name, {}).setdefault(seed, totals)
+    if not rows:
+        return "(not measured: the data has no phantom truth, or no run saved its test predictions)"
+
+    def pooled(results: list[dict[str, list[float]]]) -> dict[str, tuple[float, float]]:
+        return {name: (sum(r[name][0] for r in results), sum(r[name][1] for r in results)) for name in results[0]}
+
+    table = {
+        **{
+            f"{arm}" + (f" ({len(v)} of {len(seeds)} seeds)" if len(v) < len(seeds) else ""): pooled(v)
+            for arm, v in rows.items()
+        },
+        **{name: pooled(list(by_seed.values())) for name, by_seed in references.items()},
+    }
+    first = next(iter(table.values()))
+    brain_voxels = sum(count for _, count in first.values())
+    names = [name for name, (_, count) in first.items() if count > 0]
+    header = (
+        "| model | "
+        + " | ".join(f"{name.replace('_', ' ')} ({100 * first[name][1] / brain_voxels:.1f} %)" for name in names)
+        + " | brain: MSE x 1e3 / PSNR |"
+    )
+    lines = [header, "|---|" + "---|" * (len(names) + 1)]
+    for label, totals in table.items():
+        total_error = sum(error for error, _ in totals.values())
+        total_count = sum(count for _, count in totals.values())
+        cells = [
+            f"{1e3 * totals[name][0] / totals[name][1]:.2f} ({100 * totals[name][0] / total_error:.0f} %)"
+            if totals[name][1]
+            else "n/a"
+            for name in names
+        ]
+        mse = total_error / total_count
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {1e3 * mse:.3f} / {10 * np.log10(1 / mse):.2f} dB |")
+    return "\n".join(lines)
+
+
 def write_report(
     path: Path,
     results: Runs,
@@ -148,6 +202,7 @@ def write_report(
     selection: dict[str, list[dict[str, dict[str, Any]]]] | None = None,
     floor: list[float | None] | None = None,
     versus: dict[str, tuple[str, ...]] | None = None,
+    tissues: dict[str, list[dict[str, dict[str, list[float]]] | None]] | None = None,
 ) -> None:
     table = summarise({**results, **(references or {})})
     labels = flag_losers(table, results, floor or [])
@@ -218,6 +273,17 @@ paired-only at 5 % + {TARGET_DB} dB; beside that target, what full supervision r
 tissue-map ceilings (docs/baselines.md).
 
 {room_table(results, references or {}, seeds)}
+
+## Where the brain error lies, by tissue
+
+The phantom's true tissue map (`phantom_truth/tissue`) splits each model's squared error on the test subjects;
+pooled over the subjects of every seed, so the last column is the pooled brain MSE (the tables above average
+PSNR per subject instead). Each cell: the tissue's MSE x 1e3 (its share of the row's brain error). Beside the arms:
+copy-T1, the tissue map at the population's levels, and an oracle that paints each test subject's own mean T1ce
+per tissue: what it leaves is the T1ce's own bias field, texture and noise, which no input carries, so no synthesis
+goes below it.
+
+{tissue_table(tissues, seeds) if tissues else "(not measured)"}
 
 ## The paper (BraTS2020, whole image)
 

@@ -535,6 +535,78 @@ def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
     return result
 
 
+# The tissue split's oracle: the true tissue map painted with each test subject's own mean T1ce per tissue. It sees
+# the test subject's T1ce, so no synthesis can reach it; what it leaves is the T1ce's own bias field, texture and noise,
+# which the phantom draws independently of the inputs (ds3kit.data.phantom).
+OWN_LEVELS = "oracle: tissue map, each subject's own levels"
+# The references the tissue split puts beside the arms: the floor, the ceiling fully supervised levels allow, the
+# oracle.
+TISSUE_REFERENCES = (COPY_T1, CEILING_POPULATION_LEVELS, OWN_LEVELS)
+
+
+def tissue_errors_of(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[str, dict[str, list[float]]] | None:
+    """Where the brain error of ``arm``'s model lies at ``seed``, by the phantom's tissue, beside the references.
+
+    Each entry of the result is ``{tissue: [sum of squared errors, voxels]}`` over the seed's test subjects
+    (:func:`ds3kit.baselines.tissue_errors`): the arm's model under ``"model"``, read from its saved test predictions
+    (the calibrated synthesis the run scored), and each of :data:`TISSUE_REFERENCES` under its name. None when the
+    data has no phantom truth or the run saved no predictions. Cached per run in ``tissue_errors.json`` (every role
+    with predictions), keyed by the run's test-time flips like the other caches.
+    """
+    import nibabel as nib
+
+    from ds3kit.baselines import copy_t1, tissue_errors, tissue_levels
+    from ds3kit.data import load_brats_case
+    from ds3kit.data.phantom import load_phantom_truth
+
+    folder = run_dir(arm, seed, out)
+    report = json.loads((folder / "metrics.json").read_text())
+    role = _role(arm, report)
+    cache = folder / "tissue_errors.json"
+    flips = report.get("test_flips", "none")
+    cached = _cached(cache, flips)
+    if cached is None:
+        root = _cohort_root(base)
+        predictions = folder / "predictions"
+        roles = sorted(path.name for path in predictions.iterdir() if path.is_dir()) if predictions.is_dir() else []
+        cases = [
+            case
+            for case in report["split"]["test"]
+            if roles and (predictions / roles[0] / f"{case}_t1ce.nii.gz").exists()
+        ]
+        training = report["split"]["train_paired"] + report["split"]["train_unpaired"]
+        truths = [load_phantom_truth(root / case) for case in (*cases, *training)]
+        if not cases or any(truth is None for truth in truths):
+            cached = {}
+        else:
+            population = tissue_levels(
+                (load_brats_case(root / case), truth["tissue"]) for case, truth in zip(training, truths[len(cases) :])
+            )
+            cached = {}
+            for case, truth in zip(cases, truths):
+                session = load_brats_case(root / case)
+                brain, tissue = session.brain_mask, truth["tissue"]
+                own = tissue_levels([(session, tissue)])
+                candidates = {
+                    COPY_T1: copy_t1(session),
+                    CEILING_POPULATION_LEVELS: np.where(brain, population[tissue], 0.0),
+                    OWN_LEVELS: np.where(brain, own[tissue], 0.0),
+                }
+                for name in roles:
+                    image = nib.load(predictions / name / f"{case}_t1ce.nii.gz")
+                    candidates[name] = np.asarray(image.dataobj, dtype=np.float32)
+                for name, prediction in candidates.items():
+                    totals = cached.setdefault(name, {})
+                    for tissue_name, (error, count) in tissue_errors(prediction, session.target, tissue, brain).items():
+                        entry = totals.setdefault(tissue_name, [0.0, 0])
+                        entry[0] += error
+                        entry[1] += count
+        atomic_write_text(cache, json.dumps({"test_flips": flips, "result": cached}, indent=2))
+    if role not in cached:
+        return None
+    return {"model": cached[role], **{name: cached[name] for name in TISSUE_REFERENCES}}
+
+
 def _cohort_root(base: RunConfig) -> Path:
     """The study's data: ``--data``, or the phantom cohort of the study's size (generated on first use)."""
     from ds3kit.data import default_cohort

@@ -15,7 +15,8 @@ is the paired-only model draw for draw (common random numbers, docs/training.md)
 the seed's training subjects (``recipes/segmenter.py``) and run on each arm's saved test predictions: ET / TC / WT
 Dice (``--no-dice`` skips it). Writes ``docs/results/quality.md`` (mean ± std over seeds, whole brain, tumour and
 Dice, copy-T1, linear and the ceilings beside them, the paper's tables, paired t-tests of each claim, DS3-Net's teacher and student on the subjects each trained on, and what
-the step selection chose: every generator at its shipped step and at its last step on the test subjects) and
+the step selection chose: every generator at its shipped step and at its last step on the test subjects, and on
+phantom data each arm's brain error split by the true tissue map) and
 ``docs/results/quality.png``.
 
 A run whose ``metrics.json`` exists is reused, so an interrupted study resumes where it stopped; ``--out`` may be
@@ -34,12 +35,13 @@ from pathlib import Path
 
 # The study's parts are sibling modules (benchmarks/ is the script's folder, and on pytest's pythonpath); the names
 # the tests and users reach for are re-exported here.
-from _quality_report import PAPER, diagnostics_table, plot, room_table, write_report
+from _quality_report import PAPER, diagnostics_table, plot, room_table, tissue_table, write_report
 from _quality_runs import (
     ARMS,
     DEFAULT_ARMS,
     DIAGNOSED_ARM,
     DIAGNOSTIC_SUBSETS,
+    OWN_LEVELS,
     REAL_T1CE,
     WITHOUT_T1CE,
     Arm,
@@ -51,6 +53,7 @@ from _quality_runs import (
     run_dir,
     run_report,
     segmenter_for,
+    tissue_errors_of,
 )
 from _quality_stats import METRICS, NOISE_FLOOR_DB, Difference, Runs, claims, difference, flag_losers, summarise
 
@@ -63,6 +66,7 @@ __all__ = [
     "DIAGNOSTIC_SUBSETS",
     "METRICS",
     "NOISE_FLOOR_DB",
+    "OWN_LEVELS",
     "PAPER",
     "Arm",
     "Difference",
@@ -80,6 +84,8 @@ __all__ = [
     "run_dir",
     "run_report",
     "summarise",
+    "tissue_errors_of",
+    "tissue_table",
     "write_report",
 ]
 
@@ -224,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for arm in arms
     }
+    tissues = {
+        arm.name: [
+            tissue_errors_of(arm, seed, base, out) if (run_dir(arm, seed, out) / "metrics.json").exists() else None
+            for seed in seeds
+        ]
+        for arm in arms
+    }
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     note = " ".join(argv if argv is not None else sys.argv[1:])
@@ -241,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         selection,
         [floor.get(seed) for seed in seeds],
         {arm.name: arm.versus for arm in arms if arm.versus},
+        tissues,
     )
     plot(report.with_suffix(".png"), results)
     print(report.read_text())

@@ -152,6 +152,42 @@ def tissue_levels(sessions_and_tissues: Iterable[tuple[Session, np.ndarray]]) ->
     return np.where(counts > 0, totals / np.maximum(counts, 1), overall).astype(np.float32)
 
 
+def tissue_errors(
+    prediction: np.ndarray, target: np.ndarray, tissue: np.ndarray, brain: np.ndarray
+) -> dict[str, tuple[float, int]]:
+    """Where a prediction's brain error lies on a phantom subject: per tissue, the squared error summed over the
+    tissue's brain voxels and their count.
+
+    Summed over subjects, ``sum / count`` is a tissue's MSE and the sums over all tissues divided by the brain's
+    voxels the pooled brain MSE, so a model's loss to another can be split by tissue.
+
+    Args:
+        prediction, target: (X, Y, Z) in the normalised T1ce scale.
+        tissue: (X, Y, Z) integer tissue codes, in the order of :data:`~ds3kit.data.phantom.TISSUE_CONTRASTS`.
+        brain: (X, Y, Z) boolean brain mask; voxels outside it are not counted.
+
+    Returns:
+        ``{tissue name: (sum of squared errors, voxels)}`` for every tissue of ``TISSUE_CONTRASTS``, in its order
+        (a tissue absent from the brain has ``(0.0, 0)``).
+    """
+    shapes = {
+        name: np.shape(array)
+        for name, array in (("prediction", prediction), ("target", target), ("tissue", tissue), ("brain", brain))
+    }
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"tissue_errors needs arrays of one shape, got {shapes}")
+    brain = np.asarray(brain, dtype=bool)
+    codes = np.asarray(tissue)[brain].astype(np.int64)
+    if codes.size and (codes.min() < 0 or codes.max() >= len(TISSUE_CONTRASTS)):
+        raise ValueError(
+            f"tissue codes must lie in [0, {len(TISSUE_CONTRASTS) - 1}] inside the brain, got {codes.min()}..{codes.max()}"
+        )
+    error = np.asarray(prediction, dtype=np.float64)[brain] - np.asarray(target, dtype=np.float64)[brain]
+    sums = np.bincount(codes, weights=error * error, minlength=len(TISSUE_CONTRASTS))
+    counts = np.bincount(codes, minlength=len(TISSUE_CONTRASTS))
+    return {name: (float(sums[code]), int(counts[code])) for code, name in enumerate(TISSUE_CONTRASTS)}
+
+
 def ceiling_predictors(
     case_dirs: Sequence[str | Path],
     paired_case_dirs: Sequence[str | Path] = (),

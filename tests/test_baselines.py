@@ -15,6 +15,7 @@ from ds3kit.baselines import (
     ceiling_predictors,
     copy_t1,
     reference_predictors,
+    tissue_errors,
     tissue_map_ceiling,
 )
 from ds3kit.data import load_brats_case
@@ -125,6 +126,51 @@ def test_tissue_ceiling_is_one_line_of_the_nominal_contrasts(cohort):
     # An affine function of the nominal contrast: equal contrasts give equal predictions.
     for level in np.unique(nominal):
         assert np.ptp(values[nominal == level]) < 1e-5
+
+
+def test_tissue_errors_split_the_brain_mse_by_tissue(cohort):
+    folders, sessions = cohort
+    session = sessions[2]
+    tissue = load_phantom_truth(folders[2])["tissue"]
+    brain = session.brain_mask
+    prediction = copy_t1(session)
+    errors = tissue_errors(prediction, session.target, tissue, brain)
+    assert list(errors) == list(TISSUE_CONTRASTS)
+    # Independently: a Python loop over the brain voxels, in float64.
+    expected = {name: [0.0, 0] for name in TISSUE_CONTRASTS}
+    names = list(TISSUE_CONTRASTS)
+    for index in zip(*np.nonzero(brain)):
+        entry = expected[names[tissue[index]]]
+        entry[0] += (float(prediction[index]) - float(session.target[index])) ** 2
+        entry[1] += 1
+    for name, (total, count) in errors.items():
+        assert count == expected[name][1]
+        assert total == pytest.approx(expected[name][0], rel=1e-9, abs=1e-12)
+    # The tissues' sums add up to the brain's MSE, which the metrics report.
+    pooled = sum(total for total, _ in errors.values()) / sum(count for _, count in errors.values())
+    assert pooled == pytest.approx(float(np.mean((prediction[brain] - session.target[brain].astype(np.float64)) ** 2)))
+    assert sum(count for _, count in errors.values()) == int(brain.sum())
+    # A perfect prediction has no error anywhere; one error of 0.5 in one white-matter voxel lands there alone.
+    perfect = tissue_errors(session.target, session.target, tissue, brain)
+    assert all(total == 0.0 for total, _ in perfect.values())
+    voxel = tuple(np.argwhere(brain & (tissue == names.index("white_matter")))[0])
+    shifted = session.target.copy()
+    shifted[voxel] += 0.5
+    one = tissue_errors(shifted, session.target, tissue, brain)
+    assert one["white_matter"][0] == pytest.approx(0.25)
+    assert sum(total for name, (total, _) in one.items() if name != "white_matter") == 0.0
+
+
+def test_tissue_errors_reject_bad_input(cohort):
+    folders, sessions = cohort
+    session = sessions[0]
+    tissue = load_phantom_truth(folders[0])["tissue"]
+    with pytest.raises(ValueError, match="one shape"):
+        tissue_errors(session.target[:-1], session.target, tissue, session.brain_mask)
+    bad = tissue.astype(np.int64)
+    bad[session.brain_mask] = len(TISSUE_CONTRASTS)
+    with pytest.raises(ValueError, match="tissue codes"):
+        tissue_errors(session.target, session.target, bad, session.brain_mask)
 
 
 def test_ceilings_absent_without_phantom_truth(tmp_path, cohort):

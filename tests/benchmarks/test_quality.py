@@ -358,6 +358,31 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     for row in at_last_step:
         assert row[4] == row[5] and row[6] == "+0.00 ± 0.00 / +0.00 ± 0.00", row
 
+    # The tissue split: the arms, then the floor, the population-levels ceiling and the own-levels oracle.
+    section = text.split("## Where the brain error lies, by tissue", 1)[1].split("\n## ", 1)[0]
+    tissue_rows = _table_rows(section)[1:]
+    assert [row.split(" | ")[0] for row in tissue_rows] == [
+        f"| {PAIRED}",
+        f"| {DS3}",
+        "| copy-T1",
+        "| ceiling: tissue map, population levels",
+        f"| {quality.OWN_LEVELS}",
+    ]
+    # The student's pooled brain MSE, recomputed from its saved predictions and the cohort's volumes.
+    import nibabel as nib
+
+    from ds3kit.data import load_brats_case
+
+    (ds3_dir,) = [path for path in out.iterdir() if path.name.startswith("ds3net-")]
+    error = voxels = 0.0
+    for case in json.loads((ds3_dir / "metrics.json").read_text())["split"]["test"]:
+        session = load_brats_case(small_cohort / case)
+        prediction = np.asarray(nib.load(ds3_dir / "predictions" / "student" / f"{case}_t1ce.nii.gz").dataobj)
+        difference = prediction[session.brain_mask].astype(np.float64) - session.target[session.brain_mask]
+        error, voxels = error + float(np.sum(difference**2)), voxels + difference.size
+    assert tissue_rows[1].rsplit(" | ", 1)[1].startswith(f"{1e3 * error / voxels:.3f} / ")
+    assert all("n/a" not in row.split(" | ", 1)[1] for row in tissue_rows)
+
     png = report.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -366,6 +391,7 @@ def test_smoke_study_end_to_end_then_everything_is_reused(small_cohort: Path, tm
     assert run_dirs == [quality.run_dir(arm[DS3], 0, out)] == [quality.run_dir(arm[PAIRED], 0, out)]
     assert all((path / "metrics.json").is_file() for path in run_dirs)
     assert all((path / "dice.json").is_file() and (path / "last_step.json").is_file() for path in run_dirs)
+    assert all((path / "tissue_errors.json").is_file() for path in run_dirs)
     assert (run_dirs[0] / "dice-teacher.json").is_file()  # paired-only's Dice: the teacher's predictions
     assert (out / "segmenter-seed0" / "checkpoints" / "segmenter.pt").is_file()
     _, metadata = load_segmenter(out / "segmenter-without-t1ce-seed0" / "checkpoints" / "segmenter.pt")
@@ -601,3 +627,26 @@ def test_room_table_places_the_target_against_pix2pix_and_the_population_ceiling
     assert "At 1 of 2 seeds the target lies above pix2pix at 100 %, and at 1 above" in text
     assert quality.room_table({PAIRED: results[PAIRED]}, references, seeds=[0, 1, 2]).startswith("(needs")
     assert quality.room_table(results, {}, seeds=[0, 1, 2]).startswith("(no seed")
+
+
+def test_tissue_table_pools_each_arm_over_its_seeds_and_the_references_over_every_seed() -> None:
+    def result(model_wm: float, copy_wm: float) -> dict[str, dict[str, list[float]]]:
+        return {
+            "model": {"white_matter": [model_wm, 1000], "csf": [1.0, 500], "vessel": [0.0, 0]},
+            "copy-T1": {"white_matter": [copy_wm, 1000], "csf": [3.0, 500], "vessel": [0.0, 0]},
+        }
+
+    # Arm A at seeds 0 and 1, arm B at seed 0 only; the references come from whichever arm measured a seed.
+    tissues = {"A": [result(2.0, 5.0), result(4.0, 7.0)], "B": [result(3.0, 5.0), None]}
+    text = quality.tissue_table(tissues, seeds=[0, 1])
+    lines = text.splitlines()
+    # Tissues with no voxel are left out; the header gives each tissue's share of the brain's voxels.
+    assert lines[0] == "| model | white matter (66.7 %) | csf (33.3 %) | brain: MSE x 1e3 / PSNR |"
+    rows = {line.split(" | ")[0]: line for line in lines[2:]}
+    assert list(rows) == ["| A", "| B (1 of 2 seeds)", "| copy-T1"]
+    # A: white matter 6 / 2000, csf 2 / 1000, brain 8 / 3000 (10 log10(375) dB); shares of A's own error.
+    assert rows["| A"] == "| A | 3.00 (75 %) | 2.00 (25 %) | 2.667 / 25.74 dB |"
+    assert rows["| B (1 of 2 seeds)"] == "| B (1 of 2 seeds) | 3.00 (75 %) | 2.00 (25 %) | 2.667 / 25.74 dB |"
+    # copy-T1 over both seeds: white matter 12 / 2000, csf 6 / 1000, brain 18 / 3000.
+    assert rows["| copy-T1"] == "| copy-T1 | 6.00 (67 %) | 6.00 (33 %) | 6.000 / 22.22 dB |"
+    assert quality.tissue_table({"A": [None, None]}, seeds=[0, 1]).startswith("(not measured")
