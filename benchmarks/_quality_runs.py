@@ -569,7 +569,7 @@ def tissue_errors_of(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
     """
     import nibabel as nib
 
-    from ds3kit.baselines import copy_t1, tissue_errors, tissue_levels
+    from ds3kit.baselines import ceiling_predictors, copy_t1, tissue_errors, tissue_levels
     from ds3kit.data import load_brats_case
     from ds3kit.data.phantom import load_phantom_truth
 
@@ -588,23 +588,17 @@ def tissue_errors_of(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
             for case in report["split"]["test"]
             if roles and (predictions / roles[0] / f"{case}_t1ce.nii.gz").exists()
         ]
-        training = report["split"]["train_paired"] + report["split"]["train_unpaired"]
-        truths = [load_phantom_truth(root / case) for case in (*cases, *training)]
-        if not cases or any(truth is None for truth in truths):
-            cached = {}
-        else:
-            population = tissue_levels(
-                (load_brats_case(root / case), truth["tissue"]) for case, truth in zip(training, truths[len(cases) :])
-            )
-            cached = {}
-            for case, truth in zip(cases, truths):
+        training = [root / case for case in report["split"]["train_paired"] + report["split"]["train_unpaired"]]
+        ceilings = ceiling_predictors([root / case for case in cases], (), training) if cases else None
+        cached = {}
+        if ceilings is not None and CEILING_POPULATION_LEVELS in ceilings:
+            for case in cases:
                 session = load_brats_case(root / case)
-                brain, tissue = session.brain_mask, truth["tissue"]
-                own = tissue_levels([(session, tissue)])
+                brain, tissue = session.brain_mask, load_phantom_truth(root / case)["tissue"]
                 candidates = {
                     COPY_T1: copy_t1(session),
-                    CEILING_POPULATION_LEVELS: np.where(brain, population[tissue], 0.0),
-                    OWN_LEVELS: np.where(brain, own[tissue], 0.0),
+                    CEILING_POPULATION_LEVELS: ceilings[CEILING_POPULATION_LEVELS](session),
+                    OWN_LEVELS: np.where(brain, tissue_levels([(session, tissue)])[tissue], 0.0),
                 }
                 for name in roles:
                     image = nib.load(predictions / name / f"{case}_t1ce.nii.gz")
