@@ -280,8 +280,9 @@ The phantom's true tissue map (`phantom_truth/tissue`) splits each model's squar
 pooled over the subjects of every seed, so the last column is the pooled brain MSE (the tables above average
 PSNR per subject instead). Each cell: the tissue's MSE x 1e3 (its share of the row's brain error). Beside the arms:
 copy-T1, the tissue map at the population's levels, and an oracle that paints each test subject's own mean T1ce
-per tissue: what it leaves is the T1ce's own bias field, texture and noise, which no input carries, so no synthesis
-goes below it.
+per tissue. The oracle looks at the test subject's T1ce: what it leaves inside a tissue is mostly the T1ce's own bias
+field, texture and noise, which no input carries; at the tissues' partial-volume edges, where a hard map is wrong, a
+network can do better than it.
 
 {tissue_table(tissues, seeds) if tissues else "(not measured)"}
 
