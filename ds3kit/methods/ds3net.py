@@ -92,6 +92,9 @@ class DS3NetOptions:
     use_image_distillation: bool = True
     lambda_student_adv: float = 1.0  # the student's adversarial weight (lambda_adv is the teacher's)
     student_noise: bool = False  # noisy student: an intensity perturbation on the student's unpaired inputs only
+    # What the noisy student's perturbation is (STUDENT_NOISE_KINDS): "intensity", the training augmentation's gamma,
+    # bias field and noise; "gaussian", its additive noise alone, which leaves the inputs' contrasts as they are.
+    student_noise_kind: str = "intensity"
     student_pixel: bool = False  # the student also gets L_pid on the paired batches (not in the figure)
     teacher_ema: float = 0.0  # > 0: pseudo-targets from an exponential moving average of the teacher (this decay)
     tumour_weight: float = 1.0  # L_pid's weight inside the paired subjects' tumour (seg > 0); 1: no extra weight
@@ -137,6 +140,7 @@ class DS3NetOptions:
             ("tumour_levels_from", TUMOUR_LEVEL_SOURCES),
             ("teacher_flips", tuple(FLIPS)),
             ("teacher_agreement", tuple(FLIPS)),
+            ("student_noise_kind", STUDENT_NOISE_KINDS),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
@@ -165,6 +169,8 @@ class DS3NetOptions:
         "use_image_distillation": "use L_id",
         "lambda_student_adv": "weight of the student's adversarial term",
         "student_noise": "noisy student: intensity augmentation on the student's unpaired inputs only",
+        "student_noise_kind": "the noisy student's perturbation: intensity (gamma, bias field and noise, as the training "
+        "augmentation) or gaussian (its additive noise alone, the inputs' contrasts kept)",
         "student_pixel": "the student also learns L_pid from the paired subjects (not in the paper's figure)",
         "teacher_ema": "decay of an exponential moving average of the teacher that gives the pseudo-targets (0: off)",
         "tumour_weight": "L_pid's weight inside the paired subjects' tumour labels (seg > 0), relative to 1 elsewhere",
@@ -376,7 +382,11 @@ class DS3Net(Method):
             self.register_buffer("paired_label_sums", torch.zeros(len(TUMOUR_LABELS), dtype=torch.float64))
             self.register_buffer("paired_label_counts", torch.zeros(len(TUMOUR_LABELS), dtype=torch.float64))
         # Intensity only: the teacher's prediction stays aligned with the student's input voxel for voxel.
-        self.student_noise = MRIAugmentation(geometric=False) if options.student_noise else None
+        self.student_noise = (
+            MRIAugmentation(geometric=False, **STUDENT_NOISE_KINDS[options.student_noise_kind])
+            if options.student_noise
+            else None
+        )
         self.student_nce = self.teacher._make_patch_nce(student) if options.use_nce and options.student_nce else None
         student_params = list(student.parameters())
         if self.student_nce is not None:
@@ -660,6 +670,12 @@ class DS3Net(Method):
 RECIPE_OPTIONS: dict[str, object] = {"lambda_adv": 0.0, "use_nce": False, "tumour_weight": 5.0}
 
 
+#: The noisy student's perturbations (``DS3NetOptions.student_noise_kind``): :class:`MRIAugmentation` settings on top of
+#: its intensity defaults (gamma 0.8-1.25, bias field up to 0.3, noise up to 0.02 std, each with probability 0.8).
+STUDENT_NOISE_KINDS: dict[str, dict[str, object]] = {
+    "intensity": {},
+    "gaussian": {"gamma": (1.0, 1.0), "bias_field": 0.0},
+}
 #: Where ``tumour_levels`` counts the paired subjects' levels (``DS3NetOptions.tumour_levels_from``).
 TUMOUR_LEVEL_SOURCES: tuple[str, ...] = ("subjects", "batches")
 #: The options that multiply L_id's weight inside one unpaired tumour label, and that label.

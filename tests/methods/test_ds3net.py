@@ -210,6 +210,24 @@ def test_student_sees_perturbed_inputs_when_student_noise_is_on(monkeypatch):
     assert float(student_inputs.min()) >= 0.0 and float(student_inputs.max()) <= 1.0
 
 
+def test_gaussian_student_noise_only_adds_noise_and_keeps_the_contrasts(monkeypatch):
+    method = make_method(student_noise=True, student_noise_kind="gaussian")
+    assert method.student_noise is not None
+    method.student_noise.p_intensity = 1.0
+    student_calls = record_inputs(method.student, monkeypatch)
+    _, unpaired = batches()
+    run_step(method, method.warmup_steps)
+    params = method.student_noise.last_params
+    assert torch.all(params["gamma"] == 1.0) and torch.all(params["bias_strength"] == 0.0)
+    assert float(params["noise_std"].max()) > 0.0
+    inside = unpaired["brain_mask"].expand_as(student_calls[0])
+    change = student_calls[0][inside] - unpaired["inputs"][inside]
+    # Additive noise of at most 0.02 std around the clean inputs (clamped to [0, 1]): no gamma, no bias field.
+    assert 0.0 < float(change.std()) < 0.025 and abs(float(change.mean())) < 0.005
+    with pytest.raises(ValueError, match="student_noise_kind must be one of intensity, gaussian, got 'speckle'"):
+        make_method(student_noise=True, student_noise_kind="speckle")
+
+
 def test_student_and_teacher_see_the_same_inputs_when_student_noise_is_off(monkeypatch):
     method = make_method(student_noise=False)
     assert method.student_noise is None
