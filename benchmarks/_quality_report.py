@@ -155,13 +155,13 @@ def tissue_table(tissues: dict[str, list[dict[str, dict[str, list[float]]] | Non
     if not rows:
         return "(not measured: the data has no phantom truth, or no run saved its test predictions)"
 
-    def pooled(results: list[dict[str, list[float]]]) -> dict[str, tuple[float, float]]:
+    def pooled(results: list[dict[str, list[float]]]) -> dict[str, tuple[float, int]]:
         return {name: (sum(r[name][0] for r in results), sum(r[name][1] for r in results)) for name in results[0]}
 
     table = {
         **{
-            f"{arm}" + (f" ({len(v)} of {len(seeds)} seeds)" if len(v) < len(seeds) else ""): pooled(v)
-            for arm, v in rows.items()
+            arm + (f" ({len(measured)} of {len(seeds)} seeds)" if len(measured) < len(seeds) else ""): pooled(measured)
+            for arm, measured in rows.items()
         },
         **{name: pooled(list(by_seed.values())) for name, by_seed in references.items()},
     }
