@@ -564,8 +564,9 @@ def last_step_scores(arm: Arm, seed: int, base: RunConfig, out: Path) -> dict[st
 
 
 # The tissue split's oracle: the true tissue map painted with each test subject's own mean T1ce per tissue. It sees
-# the test subject's T1ce, so no synthesis can reach it; what it leaves is the T1ce's own bias field, texture and noise,
-# which the phantom draws independently of the inputs (ds3kit.data.phantom).
+# the test subject's T1ce; what it leaves inside a tissue is mostly the T1ce's own bias field, texture and noise, which
+# the phantom draws independently of the inputs (ds3kit.data.phantom). At partial-volume edges, where a hard map is
+# wrong, a network can beat it (pix2pix at 100 % does in the grey matter and CSF).
 OWN_LEVELS = "oracle: tissue map, each subject's own levels"
 # The references the tissue split puts beside the arms: the floor, the ceiling fully supervised levels allow, the
 # oracle.
