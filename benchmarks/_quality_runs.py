@@ -355,6 +355,15 @@ ARMS = (
         0.05,
         {"student_noise": True, "student_noise_kind": "gaussian", "lambda_student_adv": 0.0},
     ),
+    # The same at three times the noise (std drawn up to 0.06 instead of 0.02, the inputs' own noise being 1.2-3 % of
+    # their signal): the student passes more input noise into its white matter than its teacher does (0.0138
+    # against 0.0118 std per 0.02 of input noise), and a denoising task that weak may not teach it to stop.
+    Arm(
+        "DS3-Net 5% (noisy student: gaussian 0.06, lambda_student_adv 0)",
+        "ds3net",
+        0.05,
+        {"student_noise": True, "student_noise_kind": "gaussian", "student_noise_std": 0.06, "lambda_student_adv": 0.0},
+    ),
 )
 
 # Run when --arms is not given: the semi-supervision question (paired-only vs DS3-Net) and the fully supervised

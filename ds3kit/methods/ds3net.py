@@ -95,6 +95,9 @@ class DS3NetOptions:
     # What the noisy student's perturbation is (STUDENT_NOISE_KINDS): "intensity", the training augmentation's gamma,
     # bias field and noise; "gaussian", its additive noise alone, which leaves the inputs' contrasts as they are.
     student_noise_kind: str = "intensity"
+    # The largest std of the noisy student's additive Gaussian noise (drawn per sample from U(0, this), on the inputs'
+    # [0, 1] scale); 0.02 is the training augmentation's. The phantom's own input noise is 1.2-3 % of the signal.
+    student_noise_std: float = 0.02
     student_pixel: bool = False  # the student also gets L_pid on the paired batches (not in the figure)
     teacher_ema: float = 0.0  # > 0: pseudo-targets from an exponential moving average of the teacher (this decay)
     tumour_weight: float = 1.0  # L_pid's weight inside the paired subjects' tumour (seg > 0); 1: no extra weight
@@ -132,7 +135,7 @@ class DS3NetOptions:
     def __post_init__(self) -> None:
         """Each option's own range, checked when the options are made (a recipe's command line, before any data is
         read); what depends on the networks is checked by :class:`DS3Net`."""
-        for name in ("tumour_weight", "student_tumour_weight", "teacher_mutual", *_LABEL_FACTORS):
+        for name in ("tumour_weight", "student_tumour_weight", "teacher_mutual", "student_noise_std", *_LABEL_FACTORS):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name, choices in (
@@ -171,6 +174,8 @@ class DS3NetOptions:
         "student_noise": "noisy student: intensity augmentation on the student's unpaired inputs only",
         "student_noise_kind": "the noisy student's perturbation: intensity (gamma, bias field and noise, as the training "
         "augmentation) or gaussian (its additive noise alone, the inputs' contrasts kept)",
+        "student_noise_std": "the noisy student's largest additive-noise std on the inputs' [0, 1] scale (the "
+        "training augmentation's: 0.02)",
         "student_pixel": "the student also learns L_pid from the paired subjects (not in the paper's figure)",
         "teacher_ema": "decay of an exponential moving average of the teacher that gives the pseudo-targets (0: off)",
         "tumour_weight": "L_pid's weight inside the paired subjects' tumour labels (seg > 0), relative to 1 elsewhere",
@@ -383,7 +388,9 @@ class DS3Net(Method):
             self.register_buffer("paired_label_counts", torch.zeros(len(TUMOUR_LABELS), dtype=torch.float64))
         # Intensity only: the teacher's prediction stays aligned with the student's input voxel for voxel.
         self.student_noise = (
-            MRIAugmentation(geometric=False, **STUDENT_NOISE_KINDS[options.student_noise_kind])
+            MRIAugmentation(
+                geometric=False, noise_std=options.student_noise_std, **STUDENT_NOISE_KINDS[options.student_noise_kind]
+            )
             if options.student_noise
             else None
         )

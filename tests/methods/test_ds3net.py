@@ -228,6 +228,21 @@ def test_gaussian_student_noise_only_adds_noise_and_keeps_the_contrasts(monkeypa
         make_method(student_noise=True, student_noise_kind="speckle")
 
 
+def test_student_noise_std_sets_the_noisy_students_noise(monkeypatch):
+    method = make_method(student_noise=True, student_noise_kind="gaussian", student_noise_std=0.1)
+    method.student_noise.p_intensity = 1.0
+    student_calls = record_inputs(method.student, monkeypatch)
+    _, unpaired = batches()
+    run_step(method, method.warmup_steps)
+    drawn = method.student_noise.last_params["noise_std"]
+    assert float(drawn.max()) <= 0.1 and float(drawn.max()) > 0.02  # U(0, 0.1), seeded
+    inside = unpaired["brain_mask"].expand_as(student_calls[0])
+    change = student_calls[0][inside] - unpaired["inputs"][inside]
+    assert float(change.std()) > 0.025  # more than the default 0.02 can give
+    with pytest.raises(ValueError, match="student_noise_std must be >= 0, got -0.01"):
+        make_method(student_noise=True, student_noise_std=-0.01)
+
+
 def test_student_and_teacher_see_the_same_inputs_when_student_noise_is_off(monkeypatch):
     method = make_method(student_noise=False)
     assert method.student_noise is None
