@@ -93,7 +93,8 @@ class DS3NetOptions:
     lambda_student_adv: float = 1.0  # the student's adversarial weight (lambda_adv is the teacher's)
     student_noise: bool = False  # noisy student: an intensity perturbation on the student's unpaired inputs only
     # What the noisy student's perturbation is (STUDENT_NOISE_KINDS): "intensity", the training augmentation's gamma,
-    # bias field and noise; "gaussian", its additive noise alone, which leaves the inputs' contrasts as they are.
+    # bias field and noise; "gaussian", its additive noise alone, which leaves the inputs' contrasts as they are;
+    # "bias-field", its slow multiplicative field per channel and its noise (student_noise_std 0: the field alone).
     student_noise_kind: str = "intensity"
     # The largest std of the noisy student's additive Gaussian noise (drawn per sample from U(0, this), on the inputs'
     # [0, 1] scale); 0.02 is the training augmentation's. The phantom's own input noise is 1.2-3 % of the signal.
@@ -173,7 +174,8 @@ class DS3NetOptions:
         "lambda_student_adv": "weight of the student's adversarial term",
         "student_noise": "noisy student: intensity augmentation on the student's unpaired inputs only",
         "student_noise_kind": "the noisy student's perturbation: intensity (gamma, bias field and noise, as the training "
-        "augmentation) or gaussian (its additive noise alone, the inputs' contrasts kept)",
+        "augmentation), gaussian (its additive noise alone, the inputs' contrasts kept) or bias-field (its slow "
+        "multiplicative field per channel and its noise, no gamma)",
         "student_noise_std": "the noisy student's largest additive-noise std on the inputs' [0, 1] scale (the "
         "training augmentation's: 0.02)",
         "student_pixel": "the student also learns L_pid from the paired subjects (not in the paper's figure)",
@@ -683,6 +685,7 @@ RECIPE_OPTIONS: dict[str, object] = {"lambda_adv": 0.0, "use_nce": False, "tumou
 STUDENT_NOISE_KINDS: dict[str, dict[str, object]] = {
     "intensity": {},
     "gaussian": {"gamma": (1.0, 1.0), "bias_field": 0.0},
+    "bias-field": {"gamma": (1.0, 1.0)},
 }
 #: Where ``tumour_levels`` counts the paired subjects' levels (``DS3NetOptions.tumour_levels_from``).
 TUMOUR_LEVEL_SOURCES: tuple[str, ...] = ("subjects", "batches")

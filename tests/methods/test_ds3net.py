@@ -1,5 +1,6 @@
 """DS3Net / PairedTeacher: the warm-up schedule, the student's initialisation, the noisy student, the loss switches."""
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -224,8 +225,27 @@ def test_gaussian_student_noise_only_adds_noise_and_keeps_the_contrasts(monkeypa
     change = student_calls[0][inside] - unpaired["inputs"][inside]
     # Additive noise of at most 0.02 std around the clean inputs (clamped to [0, 1]): no gamma, no bias field.
     assert 0.0 < float(change.std()) < 0.025 and abs(float(change.mean())) < 0.005
-    with pytest.raises(ValueError, match="student_noise_kind must be one of intensity, gaussian, got 'speckle'"):
+    with pytest.raises(
+        ValueError, match="student_noise_kind must be one of intensity, gaussian, bias-field, got 'speckle'"
+    ):
         make_method(student_noise=True, student_noise_kind="speckle")
+
+
+def test_bias_field_student_noise_multiplies_by_a_slow_field_alone(monkeypatch):
+    method = make_method(student_noise=True, student_noise_kind="bias-field", student_noise_std=0.0)
+    method.student_noise.p_intensity = 1.0
+    student_calls = record_inputs(method.student, monkeypatch)
+    _, unpaired = batches()
+    run_step(method, method.warmup_steps)
+    params = method.student_noise.last_params
+    assert torch.all(params["gamma"] == 1.0) and torch.all(params["noise_std"] == 0.0)
+    assert float(params["bias_strength"].max()) > 0.0
+    inside = unpaired["brain_mask"].expand_as(student_calls[0])
+    clean = unpaired["inputs"][inside]
+    ratio = student_calls[0][inside][clean > 0.05] / clean[clean > 0.05]
+    # A multiplicative field of at most exp(+-0.3), clamped to [0, 1]: every voxel scaled, none shifted.
+    assert float(ratio.min()) >= math.exp(-0.3) - 1e-4 and float(ratio.max()) <= math.exp(0.3) + 1e-4
+    assert float((ratio - 1).abs().max()) > 0.01
 
 
 def test_student_noise_std_sets_the_noisy_students_noise(monkeypatch):
