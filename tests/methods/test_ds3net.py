@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from ds3kit.distill import DualLevelDistillation
 from ds3kit.methods import DS3Net, DS3NetOptions
@@ -211,18 +212,24 @@ def test_student_sees_perturbed_inputs_when_student_noise_is_on(monkeypatch):
     assert float(student_inputs.min()) >= 0.0 and float(student_inputs.max()) <= 1.0
 
 
-def test_gaussian_student_noise_only_adds_noise_and_keeps_the_contrasts(monkeypatch):
-    method = make_method(student_noise=True, student_noise_kind="gaussian")
-    assert method.student_noise is not None
+def noisy_student_view(monkeypatch, **options) -> tuple[DS3Net, Tensor, Tensor]:
+    """One joint step of a noisy student that perturbs every sample: the method, the clean unpaired inputs inside the
+    brain, and what the student saw there."""
+    method = make_method(student_noise=True, **options)
     method.student_noise.p_intensity = 1.0
     student_calls = record_inputs(method.student, monkeypatch)
     _, unpaired = batches()
     run_step(method, method.warmup_steps)
+    inside = unpaired["brain_mask"].expand_as(student_calls[0])
+    return method, unpaired["inputs"][inside], student_calls[0][inside]
+
+
+def test_gaussian_student_noise_only_adds_noise_and_keeps_the_contrasts(monkeypatch):
+    method, clean, seen = noisy_student_view(monkeypatch, student_noise_kind="gaussian")
     params = method.student_noise.last_params
     assert torch.all(params["gamma"] == 1.0) and torch.all(params["bias_strength"] == 0.0)
     assert float(params["noise_std"].max()) > 0.0
-    inside = unpaired["brain_mask"].expand_as(student_calls[0])
-    change = student_calls[0][inside] - unpaired["inputs"][inside]
+    change = seen - clean
     # Additive noise of at most 0.02 std around the clean inputs (clamped to [0, 1]): no gamma, no bias field.
     assert 0.0 < float(change.std()) < 0.025 and abs(float(change.mean())) < 0.005
     with pytest.raises(
@@ -232,32 +239,21 @@ def test_gaussian_student_noise_only_adds_noise_and_keeps_the_contrasts(monkeypa
 
 
 def test_bias_field_student_noise_multiplies_by_a_slow_field_alone(monkeypatch):
-    method = make_method(student_noise=True, student_noise_kind="bias-field", student_noise_std=0.0)
-    method.student_noise.p_intensity = 1.0
-    student_calls = record_inputs(method.student, monkeypatch)
-    _, unpaired = batches()
-    run_step(method, method.warmup_steps)
+    method, clean, seen = noisy_student_view(monkeypatch, student_noise_kind="bias-field", student_noise_std=0.0)
     params = method.student_noise.last_params
     assert torch.all(params["gamma"] == 1.0) and torch.all(params["noise_std"] == 0.0)
     assert float(params["bias_strength"].max()) > 0.0
-    inside = unpaired["brain_mask"].expand_as(student_calls[0])
-    clean = unpaired["inputs"][inside]
-    ratio = student_calls[0][inside][clean > 0.05] / clean[clean > 0.05]
+    ratio = seen[clean > 0.05] / clean[clean > 0.05]
     # A multiplicative field of at most exp(+-0.3), clamped to [0, 1]: every voxel scaled, none shifted.
     assert float(ratio.min()) >= math.exp(-0.3) - 1e-4 and float(ratio.max()) <= math.exp(0.3) + 1e-4
     assert float((ratio - 1).abs().max()) > 0.01
 
 
 def test_student_noise_std_sets_the_noisy_students_noise(monkeypatch):
-    method = make_method(student_noise=True, student_noise_kind="gaussian", student_noise_std=0.1)
-    method.student_noise.p_intensity = 1.0
-    student_calls = record_inputs(method.student, monkeypatch)
-    _, unpaired = batches()
-    run_step(method, method.warmup_steps)
+    method, clean, seen = noisy_student_view(monkeypatch, student_noise_kind="gaussian", student_noise_std=0.1)
     drawn = method.student_noise.last_params["noise_std"]
     assert float(drawn.max()) <= 0.1 and float(drawn.max()) > 0.02  # U(0, 0.1), seeded
-    inside = unpaired["brain_mask"].expand_as(student_calls[0])
-    change = student_calls[0][inside] - unpaired["inputs"][inside]
+    change = seen - clean
     assert float(change.std()) > 0.025  # more than the default 0.02 can give
     with pytest.raises(ValueError, match="student_noise_std must be >= 0, got -0.01"):
         make_method(student_noise=True, student_noise_std=-0.01)
