@@ -680,8 +680,8 @@ RECIPE_OPTIONS: dict[str, object] = {"lambda_adv": 0.0, "use_nce": False, "tumou
 
 
 #: The noisy student's perturbations (``DS3NetOptions.student_noise_kind``): :class:`MRIAugmentation` settings on top of
-#: its intensity defaults (gamma 0.8-1.25, bias field up to 0.3, noise up to 0.02 std; a sample is perturbed with
-#: probability 0.8).
+#: its intensity defaults (gamma 0.8-1.25, bias field up to 0.3; a sample is perturbed with probability 0.8). The
+#: noise's largest std is ``DS3NetOptions.student_noise_std``, which a kind does not set.
 STUDENT_NOISE_KINDS: dict[str, dict[str, object]] = {
     "intensity": {},
     "gaussian": {"gamma": (1.0, 1.0), "bias_field": 0.0},
