@@ -367,9 +367,9 @@ ARMS = (
         0.05,
         {"student_noise": True, "student_noise_kind": "gaussian", "student_noise_std": 0.06, "lambda_student_adv": 0.0},
     ),
-    # The student's excess error in the white matter is slow and follows the T1's own slow variation (the input's
-    # receive-coil bias field; low-pass correlation 0.44 as its teacher's, pix2pix's 0.21), which additive noise does
-    # not touch. Here the student's inputs get the augmentation's slow multiplicative field per channel alone (no
+    # The twenty-fifth session read the student's excess error in the white matter as slow and following the T1's
+    # own slow variation (the input's receive-coil bias field; low-pass correlation 0.44 as its teacher's, pix2pix's
+    # 0.21), which additive noise does not touch. Here the student's inputs get the augmentation's slow multiplicative field per channel alone (no
     # gamma, no noise), so it is taught the teacher's answer to the input without that field. Five seeds (twenty-sixth
     # session, another machine, its own default arm beside it): +0.05 ± 0.05 dB brain over the default student
     # (p = 0.09), tumour +0.07, +0.12 ± 0.21 over paired-only; second cohort +0.09 over paired-only. Its white matter
