@@ -389,7 +389,9 @@ ARMS = (
     # The two five-seed variants that each gained about +0.08 dB brain over the default student by different routes,
     # together: the teacher learning back from the student (co-training at W = 3) and the student denoising (the
     # gaussian noisy student without its adversarial term). Five seeds: +0.26 ± 0.17 dB brain over paired-only
-    # (p = 0.026), +0.11 over the default student, only +0.03 over co-training alone; ET Dice 0.469. Off.
+    # (p = 0.026), +0.11 over the default student, only +0.03 over co-training alone; ET Dice 0.469. On a second
+    # machine (twenty-seventh session): +0.15 ± 0.15 over paired-only (p = 0.08), +0.09 over the default student;
+    # second cohort +0.06 over paired-only, -0.03 against the bias-field student. Off.
     Arm(
         "DS3-Net 5% (co-training W = 3, noisy student: gaussian, lambda_student_adv 0)",
         "ds3net",
