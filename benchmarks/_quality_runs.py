@@ -399,7 +399,7 @@ ARMS = (
         {"teacher_mutual": 3.0, "student_noise": True, "student_noise_kind": "gaussian", "lambda_student_adv": 0.0},
     ),
     # The student's excess white-matter error over its teacher grows away from the tumour whose levels it is taught
-    # (2 % above the teacher's within 3 voxels of it, 12 % beyond 16), and averaging a quarter of the teacher's
+    # (2 % above the teacher's within 3 voxels of it, 13 % beyond 16), and averaging a quarter of the teacher's
     # synthesis into the student's gains +0.07 dB brain PSNR: the student drifts from its teacher where its
     # pseudo-target is the teacher's own output. Feature distillation ten times as strong (L_fd about 0.2 against
     # L_id about 1 at the default weights) holds its encoder nearer the teacher's. Five seeds (twenty-seventh session):
