@@ -53,6 +53,7 @@ from ds3kit.methods.pseudo_targets import (
     CORE_LABEL,
     ENHANCING_LABEL,
     TUMOUR_LABELS,
+    TUMOUR_LEVEL_MODES,
     agreement_weights,
     calibrated_target,
     label_sums,
@@ -107,6 +108,9 @@ class DS3NetOptions:
     # Where those levels are counted: "subjects", the paired subjects' whole volumes before any augmentation, or
     # "batches", a running mean over the augmented paired batches (the rule until 2026-12-06, biased by the warp).
     tumour_levels_from: str = "batches"
+    # How the pseudo-target takes those levels (TUMOUR_LEVEL_MODES): "shift", each label's mean moved to its level,
+    # the teacher's pattern inside kept; "replace", every voxel of the label at its level, the pattern dropped; ours.
+    tumour_levels_mode: str = "shift"
     student_enhancing_weight: float = 1.0  # L_id's extra factor inside the unpaired enhancing tumour (label 4); ours
     student_core_weight: float = 1.0  # L_id's extra factor inside the unpaired necrotic / non-enhancing core (label 1)
     # The pseudo-target as the mean of the teacher's predictions on flipped copies of the unpaired batch, each flipped
@@ -142,6 +146,7 @@ class DS3NetOptions:
         for name, choices in (
             ("pixel_loss", PIXEL_LOSSES),
             ("tumour_levels_from", TUMOUR_LEVEL_SOURCES),
+            ("tumour_levels_mode", TUMOUR_LEVEL_MODES),
             ("teacher_flips", tuple(FLIPS)),
             ("teacher_agreement", tuple(FLIPS)),
             ("student_noise_kind", STUDENT_NOISE_KINDS),
@@ -187,6 +192,8 @@ class DS3NetOptions:
         "(1, 2, 4) to the paired subjects' mean T1ce there (needs their seg; ours)",
         "tumour_levels_from": "where tumour_levels counts the paired subjects' levels: subjects (their whole volumes, "
         "before augmentation) or batches (a running mean over the augmented paired batches)",
+        "tumour_levels_mode": "how tumour_levels moves each label to its level: shift (its mean, the teacher's "
+        "pattern inside kept) or replace (every voxel at the level, the label map painted; ours)",
         "student_enhancing_weight": "L_id's extra factor inside the unpaired subjects' enhancing tumour (label 4), "
         "on top of student_tumour_weight (needs their seg; ours)",
         "student_core_weight": "L_id's extra factor inside the unpaired subjects' necrotic / non-enhancing core "
@@ -623,7 +630,7 @@ class DS3Net(Method):
             levels = self.paired_levels
             assert levels is not None
             teacher_prediction = forward.teacher_prediction if pseudo_target is None else pseudo_target
-            pseudo_target = tumour_level_targets(teacher_prediction, unpaired["seg"], levels)
+            pseudo_target = tumour_level_targets(teacher_prediction, unpaired["seg"], levels, mode=o.tumour_levels_mode)
         if theta is not None:
             # Into the student's frame: the pseudo-target, its confidence and the distilled features, by the warp.
             pseudo_target = warp(forward.teacher_prediction if pseudo_target is None else pseudo_target, theta)

@@ -16,6 +16,8 @@ TUMOUR_LABELS: tuple[int, ...] = (1, 2, 4)
 ENHANCING_LABEL = 4
 #: The necrotic / non-enhancing core's label: dark in T1ce, inside the rim (with it, BraTS's TC).
 CORE_LABEL = 1
+#: How :func:`tumour_level_targets` moves a label to its level: its mean (the pattern kept) or every voxel.
+TUMOUR_LEVEL_MODES: tuple[str, ...] = ("shift", "replace")
 
 
 def tumour_weighted(difficulty: Tensor, tumour_mask: Tensor | None, weight: float) -> Tensor:
@@ -84,19 +86,24 @@ def label_sums(image: Tensor, seg: Tensor) -> tuple[Tensor, Tensor]:
     return sums, masks.flatten(1).sum(1).to(torch.float64)
 
 
-def tumour_level_targets(prediction: Tensor, seg: Tensor, levels: Tensor) -> Tensor:
-    """The teacher's pseudo-target with each tumour label's mean moved to the paired subjects' level there.
+def tumour_level_targets(prediction: Tensor, seg: Tensor, levels: Tensor, *, mode: str = "shift") -> Tensor:
+    """The teacher's pseudo-target with each tumour label moved to the paired subjects' level there.
 
-    Per image ``b`` and label ``k`` of :data:`TUMOUR_LABELS` present in ``seg[b]``, the prediction over that label's
-    voxels is shifted by ``levels[k] - mean(prediction[b] over them)``: the teacher's pattern inside the label is
-    kept, its level is the one the paired subjects' real T1ce has (ours, docs/method.md). Labels whose level is NaN
-    (never seen in a paired batch) and voxels outside the tumour are left as they are.
+    ``mode="shift"``: per image ``b`` and label ``k`` of :data:`TUMOUR_LABELS` present in ``seg[b]``, the prediction
+    over that label's voxels is shifted by ``levels[k] - mean(prediction[b] over them)``: the teacher's pattern inside
+    the label is kept, its level is the one the paired subjects' real T1ce has. ``mode="replace"``: every voxel of the
+    label becomes ``levels[k]``: the teacher's pattern there is dropped, and the target is the label map painted at
+    the paired levels (the tissue-map prediction inside the tumour). Both ours, docs/method.md. Labels whose level
+    is NaN (never seen in a paired batch) and voxels outside the tumour are left as they are.
 
     Args:
         prediction: (B, 1, H, W) the teacher's prediction on unpaired inputs.
         seg: (B, 1, H, W) BraTS labels (0, 1, 2, 4) of the unpaired subjects.
         levels: (len(TUMOUR_LABELS),) target level per label.
+        mode: ``"shift"`` or ``"replace"`` (:data:`TUMOUR_LEVEL_MODES`).
     """
+    if mode not in TUMOUR_LEVEL_MODES:
+        raise ValueError(f"mode must be one of {', '.join(TUMOUR_LEVEL_MODES)}, got {mode!r}")
     if prediction.shape != seg.shape:
         raise ValueError(
             f"prediction and seg must have one shape, got {tuple(prediction.shape)} and {tuple(seg.shape)}"
@@ -110,5 +117,11 @@ def tumour_level_targets(prediction: Tensor, seg: Tensor, levels: Tensor) -> Ten
     means = (masks * values).flatten(2).sum(2) / counts.clamp(min=1)
     shifts = levels.to(values)[:, None] - means
     shifts = torch.where(torch.isnan(shifts) | (counts == 0), 0.0, shifts)
+    if mode == "replace":
+        # Each label's voxels at its level: shift every voxel by its own distance to it (labels whose level is NaN
+        # keep a zero shift, as above).
+        level_maps = levels.to(values).view(-1, *([1] * values.dim()))  # (L, 1, ..., 1)
+        distance = torch.where(torch.isnan(level_maps), 0.0, level_maps - values)
+        return (values + (masks * distance).sum(0)).to(prediction.dtype)
     corrected = values + (masks * shifts.view(*shifts.shape, *([1] * (prediction.dim() - 1)))).sum(0)
     return corrected.to(prediction.dtype)

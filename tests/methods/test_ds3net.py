@@ -705,6 +705,52 @@ def test_tumour_level_targets_move_each_labels_mean_to_its_level_and_keep_the_pa
         tumour_level_targets(prediction, seg, levels[:2])
 
 
+def test_painted_tumour_level_targets_set_every_labelled_voxel_to_its_level():
+    from ds3kit.methods.pseudo_targets import TUMOUR_LABELS, tumour_level_targets
+
+    generator = torch.Generator().manual_seed(9)
+    prediction = torch.rand(4, 1, 23, 21, generator=generator)
+    seg = random_seg(prediction.shape, seed=10)
+    levels = torch.tensor([0.25, float("nan"), 0.9], dtype=torch.float64)  # oedema never seen in a paired batch
+    painted = tumour_level_targets(prediction, seg, levels, mode="replace")
+    # Independent of the function: voxel by voxel, from the label map and the levels alone.
+    expected = prediction.clone()
+    for k, label in enumerate(TUMOUR_LABELS):
+        if not torch.isnan(levels[k]):
+            expected[seg == label] = float(levels[k])
+    torch.testing.assert_close(painted, expected, rtol=0, atol=1e-7)
+    assert painted.dtype == prediction.dtype
+    assert (seg == 4).any() and (seg == 1).any()
+    assert torch.equal(painted[seg == 0], prediction[seg == 0])
+    assert torch.equal(painted[seg == 2], prediction[seg == 2])  # NaN level: untouched
+    # In bf16 (the training autocast) the painted voxels hold the level as bf16 rounds it.
+    half = tumour_level_targets(prediction.bfloat16(), seg, levels, mode="replace")
+    assert half.dtype == torch.bfloat16
+    assert torch.equal(half[seg == 4], torch.full_like(half[seg == 4], 0.9))
+    with pytest.raises(ValueError, match="mode must be one of shift, replace, got 'paint'"):
+        tumour_level_targets(prediction, seg, levels, mode="paint")
+
+
+def test_painted_tumour_levels_reach_the_students_image_distillation(monkeypatch):
+    from ds3kit.methods.pseudo_targets import TUMOUR_LABELS
+
+    method = make_method(**IMAGE_DISTILLATION_ONLY, tumour_levels=True, tumour_levels_mode="replace")
+    unpaired, logs, (teacher, student) = first_student_pass(method, monkeypatch)
+    levels = method.paired_levels
+    assert not torch.isnan(levels).all()
+    target = teacher.double().clone()
+    for k, label in enumerate(TUMOUR_LABELS):
+        if not torch.isnan(levels[k]):
+            target[unpaired["seg"] == label] = levels[k].item()
+    expected = 100.0 * (student.double() - target).abs().mean()
+    assert logs["student/image"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_tumour_levels_mode_names_its_choices():
+    with pytest.raises(ValueError, match="tumour_levels_mode must be one of shift, replace, got 'paint'"):
+        make_method(tumour_levels=True, tumour_levels_mode="paint")
+
+
 def test_tumour_levels_distil_the_corrected_pseudo_target_at_the_paired_subjects_levels(monkeypatch):
     from ds3kit.methods.pseudo_targets import TUMOUR_LABELS
 
