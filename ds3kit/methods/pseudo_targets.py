@@ -113,15 +113,15 @@ def tumour_level_targets(prediction: Tensor, seg: Tensor, levels: Tensor, *, mod
     # All labels at once and without a host sync (the labels are disjoint, so the shifts add up voxel by voxel).
     values = prediction.detach().float()
     masks = torch.stack([seg == label for label in TUMOUR_LABELS]).float()  # (L, B, 1, H, W)
+    if mode == "replace":
+        # Each label's voxels set to its level exactly (a level that is NaN leaves its label as it is).
+        painted = values
+        for mask, level in zip(masks, levels.to(values)):
+            painted = torch.where((mask > 0) & ~torch.isnan(level), level, painted)
+        return painted.to(prediction.dtype)
     counts = masks.flatten(2).sum(2)  # (L, B)
     means = (masks * values).flatten(2).sum(2) / counts.clamp(min=1)
     shifts = levels.to(values)[:, None] - means
     shifts = torch.where(torch.isnan(shifts) | (counts == 0), 0.0, shifts)
-    if mode == "replace":
-        # Each label's voxels at its level: shift every voxel by its own distance to it (labels whose level is NaN
-        # keep a zero shift, as above).
-        level_maps = levels.to(values).view(-1, *([1] * values.dim()))  # (L, 1, ..., 1)
-        distance = torch.where(torch.isnan(level_maps), 0.0, level_maps - values)
-        return (values + (masks * distance).sum(0)).to(prediction.dtype)
     corrected = values + (masks * shifts.view(*shifts.shape, *([1] * (prediction.dim() - 1)))).sum(0)
     return corrected.to(prediction.dtype)
