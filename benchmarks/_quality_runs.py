@@ -418,7 +418,8 @@ ARMS = (
     # One paired subject whatever the cohort's size (a fraction that rounds to one, at least one is kept), so a larger
     # cohort grows the unpaired pool alone: does the student's gain over its teacher grow with it? Its teacher is the
     # paired-only model of that one subject draw for draw. On a 100-case cohort (69 unpaired; twenty-eighth session)
-    # +0.16 ± 0.16 dB brain over paired-only at five seeds (p = 0.11), against +0.07 with 27 unpaired.
+    # +0.16 ± 0.16 dB brain over paired-only at five seeds (p = 0.11), against +0.07 with 27 unpaired. "DS3-Net 5%"
+    # on 100-case cohorts (4 paired, 66 unpaired; twenty-ninth session): +0.27 ± 0.26 on phantom seed 2, -0.01 on seed 3.
     Arm("DS3-Net 1%", "ds3net", 0.01, versus=("paired-only 1%",)),
     Arm("paired-only 1%", "paired_only", 0.01, read_from=("teacher", "DS3-Net 1%")),
 )
